@@ -1,0 +1,336 @@
+"""Analytic prefill FLOPs of CrossLMM, of full-token baselines, and under the paper's own counting convention.
+
+Two conventions, kept apart on purpose:
+
+``prefill_flops`` / ``full_token_baseline_flops`` count what our model computes for one sample's prefill:
+2 FLOPs per multiply-add; every matmul, including the attention scores (QK^T) and the weighted sum (AV);
+causal self-attention counted as the full S x S score matrix, which is what eager and SDPA kernels
+compute and what ``torch.utils.flop_counter.FlopCounterMode`` reports; norms, activations, softmax,
+rotary embeddings, pooling and bias additions are ignored, as ``FlopCounterMode`` ignores them. So these
+numbers can be checked against a counted forward pass.
+
+``paper_convention_flops`` is the count that reproduces the paper's efficiency numbers (PAPER.md
+section 6): multiply-adds, no decoder attention scores, no LM head, one K/V projection per cross-attention
+layer. Only use it to compare with the published TFLOPs.
+
+The prompt is assumed to be laid out as ``[prefix text][T x tokens_per_frame pooled video][text]``: T2V
+queries are the text after the video (text before it sees no frames), V2V queries the pooled tokens.
+The configs are duck-typed: anything with ``CrossLMMConfig``'s fields and ``resolved_cross_layers()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+# Published TFLOPs at 32/64/128/256 frames. 7B: Fig. 4 (tokens per frame not stated; 9 fits).
+# 2B: Table 6 (tokens per frame not stated; only 1 fits, see paper_convention_flops).
+PAPER_TFLOPS: dict[str, dict[int, float]] = {
+    "7b": {32: 13.17, 64: 25.92, 128: 51.43, 256: 102.42},
+    "2b": {32: 10.93, 64: 21.77, 128: 43.46, 256: 86.82},
+}
+
+
+@dataclass(frozen=True)
+class FlopsBreakdown:
+    """FLOPs per component for one sample (multiply-adds instead, from ``paper_convention_flops``)."""
+
+    vision: int
+    projector: int
+    llm_dense: int  # q/k/v/o projections and SwiGLU MLPs of the decoder layers
+    llm_attention: int  # QK^T and AV of decoder self-attention
+    lm_head: int
+    cross_attention: int  # every DCAL: K/V, Q/O projections, scores, optional gated MLP
+
+    @property
+    def llm(self) -> int:
+        return self.llm_dense + self.llm_attention
+
+    @property
+    def llm_side(self) -> int:
+        """Work on the decoder's sequence (layers plus cross-attention): what pooling and DCALs trade off."""
+        return self.llm + self.cross_attention
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.projector + self.llm + self.lm_head + self.cross_attention
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "llm": self.llm, "llm_side": self.llm_side, "total": self.total}
+
+
+@dataclass(frozen=True)
+class _Decoder:
+    """Shapes of a Qwen2/Llama decoder, with head_dim defaulting to hidden/heads as in HF."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, text_config: Any) -> _Decoder:
+        heads = text_config.num_attention_heads
+        return cls(
+            hidden=text_config.hidden_size,
+            intermediate=text_config.intermediate_size,
+            layers=text_config.num_hidden_layers,
+            heads=heads,
+            kv_heads=getattr(text_config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // heads,
+            vocab=text_config.vocab_size,
+        )
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def dense(self, tokens: int) -> int:
+        """All decoder layers' projections and SwiGLU MLPs on ``tokens`` positions."""
+        attn = _linear(tokens, self.hidden, self.q_dim) + 2 * _linear(tokens, self.hidden, self.kv_dim)
+        attn += _linear(tokens, self.q_dim, self.hidden)
+        return self.layers * (attn + self.swiglu(tokens))
+
+    def swiglu(self, tokens: int) -> int:
+        return 3 * _linear(tokens, self.hidden, self.intermediate)
+
+    def scores(self, queries: int, keys: int) -> int:
+        """QK^T and AV; GQA shares K/V across query heads but not the work, so it is ``heads`` wide."""
+        return 2 * 2 * queries * keys * self.q_dim
+
+
+def _linear(tokens: int, d_in: int, d_out: int) -> int:
+    return 2 * tokens * d_in * d_out
+
+
+@dataclass(frozen=True)
+class _ViT:
+    """Shapes of a ViT tower, read from an HF SigLIP/CLIP vision config or an ``open_clip_vision`` one."""
+
+    width: int
+    mlp: int
+    layers: int
+    grid: int  # patch tokens per frame
+    patch_inputs: int  # channels * patch^2, the patch-embedding conv's fan-in
+    class_tokens: int  # run through the tower, dropped before pooling
+
+    @classmethod
+    def from_config(cls, vision_config: Any) -> _ViT:
+        if vision_config.model_type == "open_clip_vision":
+            from open_clip.model import CLIPVisionCfg  # lazy: open_clip imports timm, which is slow
+
+            cfg = CLIPVisionCfg(**(vision_config.vision_cfg or {}))
+            patch = _side(cfg.patch_size)
+            return cls(
+                width=cfg.width,
+                mlp=int(cfg.width * cfg.mlp_ratio),
+                layers=cfg.layers,
+                grid=(_side(cfg.image_size) // patch) ** 2,
+                patch_inputs=3 * patch * patch,
+                class_tokens=1,
+            )
+        patch = vision_config.patch_size
+        return cls(
+            width=vision_config.hidden_size,
+            mlp=vision_config.intermediate_size,
+            layers=vision_config.num_hidden_layers,
+            grid=(vision_config.image_size // patch) ** 2,
+            patch_inputs=vision_config.num_channels * patch * patch,
+            class_tokens=1 if vision_config.model_type == "clip_vision_model" else 0,
+        )
+
+    def layers_run(self, vision_feature_layer: int) -> int:
+        """Layers needed to reach ``hidden_states[vision_feature_layer]`` (index 0 = embeddings)."""
+        if not -self.layers - 1 <= vision_feature_layer <= self.layers:
+            raise ValueError(
+                f"vision_feature_layer={vision_feature_layer} is out of range for a {self.layers}-layer tower"
+            )
+        return vision_feature_layer % (self.layers + 1)
+
+
+def _side(size: int | tuple[int, int]) -> int:
+    return size if isinstance(size, int) else size[0]
+
+
+def grid_tokens(vision_config: Any) -> int:
+    """Patch tokens per frame, (image_size / patch_size)^2: the originals that DCALs attend to."""
+    return _ViT.from_config(vision_config).grid
+
+
+def vision_tower_flops(vision_config: Any, num_frames: int, vision_feature_layer: int = -1) -> int:
+    """ViT on each frame independently: patch-embedding conv, then attention (scores included) and MLP
+    for the layers up to ``vision_feature_layer`` only, as our towers stop there."""
+    vit = _ViT.from_config(vision_config)
+    seq = vit.grid + vit.class_tokens
+    per_layer = 4 * _linear(seq, vit.width, vit.width) + 2 * _linear(seq, vit.width, vit.mlp)
+    per_layer += 2 * 2 * seq * seq * vit.width
+    embed = _linear(vit.grid, vit.patch_inputs, vit.width)
+    return num_frames * (embed + vit.layers_run(vision_feature_layer) * per_layer)
+
+
+def _projector_flops(config: Any, tokens: int) -> int:
+    vision_dim, text_dim = _ViT.from_config(config.vision_config).width, config.text_config.hidden_size
+    if config.projector_type == "linear":
+        return _linear(tokens, vision_dim, text_dim)
+    if config.projector_type == "mlp2x_gelu":
+        return _linear(tokens, vision_dim, text_dim) + _linear(tokens, text_dim, text_dim)
+    raise ValueError(f"unknown projector_type {config.projector_type!r}; expected mlp2x_gelu or linear")
+
+
+def _projected_tokens(config: Any, num_frames: int) -> int:
+    """Tokens through the projector: pooled ones before it, all originals after it, plus all originals
+    once more when they feed the DCALs' keys/values through the projector."""
+    originals = num_frames * grid_tokens(config.vision_config)
+    if config.pooling_position == "after_projector":
+        return originals
+    pooled = num_frames * config.tokens_per_frame
+    projected_memory = config.cross_attention_kv_source == "projector" and config.resolved_cross_layers()
+    return pooled + (originals if projected_memory else 0)
+
+
+def _memory_dim(config: Any) -> int:
+    if config.cross_attention_kv_source == "projector":
+        return config.text_config.hidden_size
+    return _ViT.from_config(config.vision_config).width
+
+
+def cross_attention_flops(config: Any, num_frames: int, text_tokens: int, prefix_tokens: int = 0) -> int:
+    """All DCALs of one sample's prefill, as ``DualCrossAttentionLayer`` computes them.
+
+    V2V and T2V each project keys/values from all T*N originals; V2V's T*s^2 queries see their own frame's
+    N originals (scope "frame") or all T*N ("video"); T2V's ``text_tokens`` queries see all T*N. The
+    optional gated MLP runs once per DCAL on every position of the sequence, as the model applies it.
+    Without frames the model skips the DCALs entirely.
+    """
+    if not num_frames:
+        return 0
+    dec = _Decoder.from_config(config.text_config)
+    grid = grid_tokens(config.vision_config)
+    originals, pooled = num_frames * grid, num_frames * config.tokens_per_frame
+    blocks = []  # (queries, keys per query)
+    if config.v2v:
+        blocks.append((pooled, grid if config.v2v_scope == "frame" else originals))
+    if config.t2v and text_tokens:
+        blocks.append((text_tokens, originals))
+    per_layer = 0
+    for queries, keys in blocks:
+        per_layer += 2 * _linear(originals, _memory_dim(config), dec.kv_dim)
+        per_layer += _linear(queries, dec.hidden, dec.q_dim) + _linear(queries, dec.q_dim, dec.hidden)
+        per_layer += dec.scores(queries, keys)
+    if config.cross_attention_mlp:
+        per_layer += dec.swiglu(prefix_tokens + pooled + text_tokens)
+    return len(config.resolved_cross_layers()) * per_layer
+
+
+def _decoder_breakdown(config: Any, seq: int, lm_head_all_positions: bool) -> tuple[int, int, int]:
+    dec = _Decoder.from_config(config.text_config)
+    head_positions = seq if lm_head_all_positions else 1
+    return dec.dense(seq), dec.layers * dec.scores(seq, seq), _linear(head_positions, dec.hidden, dec.vocab)
+
+
+def prefill_flops(
+    config: Any,
+    num_frames: int,
+    text_tokens: int,
+    *,
+    prefix_tokens: int = 0,
+    lm_head_all_positions: bool = False,
+) -> FlopsBreakdown:
+    """CrossLMM prefill of one sample: T frames pooled to ``tokens_per_frame`` each, ``text_tokens`` after
+    the video (the T2V queries) and ``prefix_tokens`` before it. The LM head runs on the last position
+    only (generation) unless ``lm_head_all_positions`` (training / scoring)."""
+    seq = prefix_tokens + num_frames * config.tokens_per_frame + text_tokens
+    llm_dense, llm_attention, lm_head = _decoder_breakdown(config, seq, lm_head_all_positions)
+    return FlopsBreakdown(
+        vision=vision_tower_flops(config.vision_config, num_frames, config.vision_feature_layer),
+        projector=_projector_flops(config, _projected_tokens(config, num_frames)),
+        llm_dense=llm_dense,
+        llm_attention=llm_attention,
+        lm_head=lm_head,
+        cross_attention=cross_attention_flops(config, num_frames, text_tokens, prefix_tokens),
+    )
+
+
+def full_token_baseline_flops(
+    config: Any,
+    num_frames: int,
+    text_tokens: int,
+    *,
+    tokens_per_frame: int | None = None,
+    prefix_tokens: int = 0,
+    lm_head_all_positions: bool = False,
+) -> FlopsBreakdown:
+    """The same vision tower and LLM as a LLaVA-style model without cross-attention, feeding
+    ``tokens_per_frame`` tokens per frame to the LLM (default: all N patches; LLaVA-Video uses 169,
+    LLaVA-OneVision 196). The projector runs on all N patches, which such models pool afterwards."""
+    per_frame = grid_tokens(config.vision_config) if tokens_per_frame is None else tokens_per_frame
+    seq = prefix_tokens + num_frames * per_frame + text_tokens
+    llm_dense, llm_attention, lm_head = _decoder_breakdown(config, seq, lm_head_all_positions)
+    return FlopsBreakdown(
+        vision=vision_tower_flops(config.vision_config, num_frames, config.vision_feature_layer),
+        projector=_projector_flops(config, num_frames * grid_tokens(config.vision_config)),
+        llm_dense=llm_dense,
+        llm_attention=llm_attention,
+        lm_head=lm_head,
+        cross_attention=0,
+    )
+
+
+def paper_convention_flops(
+    config: Any, num_frames: int, text_tokens: int = 70, *, kv_sets: int = 1
+) -> FlopsBreakdown:
+    """The paper's "FLOPs", reconstructed: multiply-adds (values are half of ours), counting the vision
+    tower with its attention scores, the projector on the tokens it projects, the decoder's dense layers
+    per token (no attention scores, no LM head), and per DCAL only ``kv_sets`` K/V projections of all T*N
+    originals (GQA width, from raw encoder features unless ``cross_attention_kv_source="projector"``).
+
+    Fit to the published CrossLMM-7B column (9 tokens per frame, 70 text tokens): kv_sets=1 gives
+    +0.20 / +0.06 / -0.03 / -0.04 % at 32 / 64 / 128 / 256 frames. The published numbers are exactly
+    affine in T (398.44 GMAC per frame + 0.42 TMAC), which excludes anything quadratic in T (decoder
+    attention scores, video-scope V2V). The K/V term (6.0 GMAC per frame) is the one that decides: 0
+    sets undershoot by 1.3-1.6 %, 2 sets (one per V2V/T2V block, as our model computes) overshoot by
+    1.5-1.7 %, projected-through-the-MLP originals overshoot by 6 %. Q/O projections and scores of the
+    DCALs are not needed: the frame-scope V2V scores (0.33 GMAC per frame) sit inside the rounding of
+    the published numbers, V2V Q/O (1.6 GMAC per frame) and T2V scores (2.6 GMAC per frame at 70 text
+    tokens) would overshoot the slope. The 2B column (Table 6) fits the same count only at 1 token per
+    frame (-0.35 %); at 9 tokens it is 2.7 % too high.
+    """
+    vision_config = config.vision_config
+    dec = _Decoder.from_config(config.text_config)
+    originals = num_frames * grid_tokens(vision_config)
+    kv_projection = 2 * _linear(originals, _memory_dim(config), dec.kv_dim)
+    flops = FlopsBreakdown(
+        vision=vision_tower_flops(vision_config, num_frames, config.vision_feature_layer),
+        projector=_projector_flops(config, _projected_tokens(config, num_frames)),
+        llm_dense=dec.dense(num_frames * config.tokens_per_frame + text_tokens),
+        llm_attention=0,
+        lm_head=0,
+        cross_attention=len(config.resolved_cross_layers()) * kv_sets * kv_projection,
+    )
+    return FlopsBreakdown(**{name: value // 2 for name, value in asdict(flops).items()})
+
+
+def flop_counter() -> FlopCounterMode:
+    """A ``FlopCounterMode`` that also counts SDPA on CPU.
+
+    torch registers formulas for the CUDA SDPA kernels only, so on CPU the attention scores of
+    ``F.scaled_dot_product_attention`` (HF "sdpa" models, our cross-attention) silently count as zero.
+    Still uncounted: ``nn.MultiheadAttention``'s inference fast path (open_clip towers under ``no_grad``);
+    disable it with ``torch.backends.mha.set_fastpath_enabled(False)`` while counting.
+    """
+    cpu_sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    return FlopCounterMode(display=False, custom_mapping={cpu_sdpa: _sdpa_formula})
+
+
+def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)

@@ -1,0 +1,294 @@
+"""Video/image loading with frame sampling for long-video LMMs.
+
+decord is fast (keyframe seeking, batched decode) but fails or miscounts frames on some files, so
+``backend="auto"`` falls back to PyAV, which decodes sequentially and keeps only the sampled frames.
+Failures are raised as :class:`VideoError` (never replaced by a blank or different sample) so that a
+broken file is visible instead of silently degrading training or evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "decord", "pyav")
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
+# Still-image formats PIL may sniff from content; restricting the list keeps PIL from claiming video files
+# (it "identifies" MPEG-1 streams without being able to decode them).
+_PIL_STILL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
+
+_EPS = 1e-6
+_fallback_logged: set[str] = set()
+
+
+class VideoError(ValueError):
+    """A video/image could not be loaded; carries the path and the reason so dataset errors are traceable."""
+
+    def __init__(self, path: str | os.PathLike, reason: str = "") -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if reason else self.path)
+
+    def __reduce__(self):  # keep path/reason across pickling (DataLoader workers)
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass
+class VideoClip:
+    """Sampled frames plus where they came from (indices/fps let callers compute timestamps)."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    indices: np.ndarray  # (T,) int64 source frame indices that were sampled
+    fps: float  # source average fps (0.0 for an image)
+    duration: float  # seconds (0.0 for an image)
+
+
+def _check_sampling_args(
+    num_frames: int | None, fps: float | None, max_frames: int | None, start: float | None, end: float | None
+) -> None:
+    """Validate arguments that do not depend on the video, raising ValueError with the reason."""
+    if (num_frames is None) == (fps is None):
+        raise ValueError("give exactly one of num_frames or fps")
+    if num_frames is not None and num_frames <= 0:
+        raise ValueError(f"num_frames must be > 0, got {num_frames}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames is not None and max_frames <= 0:
+        raise ValueError(f"max_frames must be > 0, got {max_frames}")
+    if start is not None and start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if start is not None and end is not None and start >= end:
+        raise ValueError(f"start ({start}) must be < end ({end})")
+
+
+def _uniform(count: int, n: int) -> np.ndarray:
+    """Positions of the centres of ``n`` equal segments of ``range(count)``, in exact integer arithmetic."""
+    k = np.arange(n, dtype=np.int64)
+    return (2 * k + 1) * count // (2 * n)
+
+
+def sample_indices(
+    total_frames: int,
+    src_fps: float,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> np.ndarray:
+    """Choose sorted, unique source frame indices (int64) inside the ``[start, end)`` window (seconds).
+
+    - ``num_frames``: centres of ``num_frames`` equal segments of the window (LLaVA-Video/lmms-eval style
+      uniform sampling), capped by ``max_frames``. If the window holds fewer frames than requested, all of
+      its frames are returned: frames are never duplicated, so the result may be shorter than asked.
+    - ``fps``: one frame every ``src_fps / fps`` source frames from the window start (all frames if
+      ``fps >= src_fps``); if ``max_frames`` is exceeded the result is uniformly subsampled down to it.
+
+    Frame ``i`` is taken to be shown at ``i / src_fps`` seconds; ``end`` beyond the video is clipped.
+    Raises ValueError with the reason for bad arguments, zero frames or an empty window.
+    """
+    _check_sampling_args(num_frames, fps, max_frames, start, end)
+    if total_frames <= 0:
+        raise ValueError("video has zero frames")
+    if not (math.isfinite(src_fps) and src_fps > 0):
+        raise ValueError(f"invalid source fps {src_fps}")
+    duration = total_frames / src_fps
+    if start is not None and start >= duration:
+        raise ValueError(f"start {start}s is beyond the video duration {duration:.3f}s")
+    first = math.ceil(start * src_fps - _EPS) if start is not None else 0
+    stop = min(total_frames, math.ceil(end * src_fps - _EPS)) if end is not None else total_frames
+    count = stop - first
+    if count <= 0:
+        raise ValueError(f"window [{start}, {end}) contains no frames")
+
+    if num_frames is not None:
+        n = min(num_frames, max_frames) if max_frames is not None else num_frames
+        pos = np.arange(count, dtype=np.int64) if count <= n else _uniform(count, n)
+    else:
+        step = src_fps / fps
+        n = math.ceil(count / step - _EPS)
+        pos = np.unique(np.floor(np.arange(n) * step + _EPS).astype(np.int64))
+        pos = pos[pos < count]
+        if max_frames is not None and len(pos) > max_frames:
+            pos = pos[_uniform(len(pos), max_frames)]
+    return (first + pos).astype(np.int64)
+
+
+# A picker maps (total_frames, src_fps) to the indices to decode; it raises VideoError for argument/window
+# problems, which must propagate instead of triggering a backend fallback.
+Picker = Callable[[int, float], np.ndarray]
+
+
+def _read_decord(path: str, pick: Picker) -> VideoClip:
+    import decord
+
+    # One thread: loaders run many workers, and decord's auto threading oversubscribes the CPU.
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    total, src_fps = len(vr), float(vr.get_avg_fps())
+    if total <= 0:
+        raise RuntimeError("decord reports zero frames")
+    indices = pick(total, src_fps)
+    batch = vr.get_batch(indices.tolist())
+    # Another library may have switched decord's global bridge to torch, in which case there is no asnumpy.
+    frames = np.asarray(batch.asnumpy() if hasattr(batch, "asnumpy") else batch)
+    if frames.shape[0] != len(indices) or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise RuntimeError(f"decord returned frames of shape {frames.shape} for {len(indices)} indices")
+    return VideoClip(np.ascontiguousarray(frames, dtype=np.uint8), indices, src_fps, total / src_fps)
+
+
+def _count_packets(path: str) -> int:
+    """Frame count for containers that do not store it (e.g. mkv/webm/some avi): count packets, no decoding."""
+    import av
+
+    with av.open(path) as container:
+        return sum(1 for p in container.demux(video=0) if p.size > 0)
+
+
+def _read_pyav(path: str, pick: Picker) -> VideoClip:
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise RuntimeError("no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise RuntimeError("unknown frame rate")
+        src_fps = float(rate)
+        total = stream.frames or _count_packets(path)
+        if total <= 0:
+            raise RuntimeError("video has zero frames")
+        indices = pick(total, src_fps)
+        stream.thread_type = "AUTO"
+        # Sequential decode, converting and keeping only the sampled frames so memory stays bounded; stop
+        # at the last wanted index. Frame-accurate, unlike pts-based seeking on odd timestamps.
+        frames: list[np.ndarray] = []
+        last = int(indices[-1])
+        decoded = 0
+        for i, frame in enumerate(container.decode(stream)):
+            decoded = i + 1
+            if i == indices[len(frames)]:
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if i == last:
+                    break
+    if len(frames) != len(indices):
+        raise RuntimeError(
+            f"stream ended after {decoded} frames but frame {last} was requested ({total} expected)"
+        )
+    return VideoClip(np.stack(frames), indices, src_fps, total / src_fps)
+
+
+def _image_format(path: str) -> str | None:
+    """PIL format name if the file is a still image (checked by header only), else None."""
+    try:
+        with Image.open(path, formats=_PIL_STILL_FORMATS) as img:
+            return img.format
+    except Exception:
+        return None
+
+
+def _read_image(path: str) -> VideoClip:
+    try:
+        with Image.open(path) as img:  # GIF/WebP animations: PIL opens the first frame
+            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except Exception as e:
+        raise VideoError(path, f"cannot read image: {e}") from e
+    return VideoClip(rgb[None].copy(), np.zeros(1, dtype=np.int64), 0.0, 0.0)
+
+
+def load_video(
+    path: str | os.PathLike,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    backend: str = "auto",
+) -> VideoClip:
+    """Decode the frames chosen by :func:`sample_indices` (see there for the sampling rules).
+
+    Images (by extension or content) are one-frame clips: indices ``[0]``, fps/duration 0, start/end ignored.
+    ``backend``: "decord", "pyav", or "auto" (decord, falling back to PyAV if it cannot open/decode).
+    Every failure raises :class:`VideoError` naming the file and the reason.
+    """
+    path = os.fspath(path)
+    if backend not in BACKENDS:
+        raise VideoError(path, f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        _check_sampling_args(num_frames, fps, max_frames, start, end)
+    except ValueError as e:
+        raise VideoError(path, str(e)) from None
+    if not os.path.exists(path):
+        raise VideoError(path, "no such file")
+    if os.path.isdir(path):
+        raise VideoError(path, "is a directory, not a file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "empty file")
+    if os.path.splitext(path)[1].lower() in IMAGE_EXTS or _image_format(path) is not None:
+        return _read_image(path)
+
+    def pick(total: int, src_fps: float) -> np.ndarray:
+        try:
+            return sample_indices(total, src_fps, num_frames, fps, max_frames, start, end)
+        except ValueError as e:
+            raise VideoError(path, str(e)) from None
+
+    readers = {"decord": _read_decord, "pyav": _read_pyav}
+    if backend != "auto":
+        try:
+            return readers[backend](path, pick)
+        except VideoError:
+            raise
+        except Exception as e:
+            raise VideoError(path, f"cannot decode with {backend}: {e}") from e
+
+    try:
+        return _read_decord(path, pick)
+    except VideoError:
+        raise
+    except Exception as e:
+        decord_error = e
+    if path not in _fallback_logged:
+        _fallback_logged.add(path)
+        logger.info("decord failed on %s (%s); falling back to PyAV", path, decord_error)
+    try:
+        return _read_pyav(path, pick)
+    except VideoError:
+        raise
+    except Exception as e:
+        raise VideoError(path, f"unreadable video (decord: {decord_error}; pyav: {e})") from e
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> None:
+    """Write (T, H, W, 3) uint8 RGB frames as an mp4 (H.264/yuv420p, or MPEG-4 Part 2 without libx264).
+
+    Used by tests and demos to make videos that both decord and PyAV can read. yuv420p needs even H and W.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(
+            f"frames must be a non-empty (T, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}"
+        )
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"yuv420p needs even height and width, got {height}x{width}")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(os.fspath(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())

@@ -1,0 +1,56 @@
+"""Generation cache that also keeps the T2V cross-attention keys/values of the original visual tokens."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+class CrossLMMCache(DynamicCache):
+    """A ``DynamicCache`` for the decoder's self-attention plus, per cross-attention layer, the T2V keys and
+    values computed once at prefill (as HF mllama keeps its cross-attention states).
+
+    ``cross_kv[layer]`` holds (keys, values), each (B, KVH, F_max * N, head_dim), padded per sample;
+    ``frame_counts`` (B,) says how many frames of each row are real, each with ``original_tokens_per_frame``
+    keys. Generated tokens attend to all
+    real frames of their sample, so decoding never re-encodes the video.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.frame_counts: torch.Tensor | None = None
+        self.original_tokens_per_frame = 0
+
+    def set_visual_memory(self, frame_counts: torch.Tensor, original_tokens_per_frame: int) -> None:
+        self.frame_counts = frame_counts
+        self.original_tokens_per_frame = original_tokens_per_frame
+
+    @property
+    def has_visual_memory(self) -> bool:
+        return self.frame_counts is not None
+
+    def store_cross(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.cross_kv[layer] = (keys, values)
+
+    def _map_cross(self, fn) -> None:
+        self.cross_kv = {k: (fn(key), fn(val)) for k, (key, val) in self.cross_kv.items()}
+        if self.frame_counts is not None:
+            self.frame_counts = fn(self.frame_counts)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._map_cross(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._map_cross(lambda t: t[indices.to(t.device)])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._map_cross(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def reset(self) -> None:
+        super().reset()
+        self.cross_kv = {}
+        self.frame_counts = None

@@ -1,0 +1,135 @@
+"""CrossLMMConfig: one nested HF config for the vision tower, the LLM and the CrossLMM knobs."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, PretrainedConfig
+
+from crosslmm.model.vision import vision_config_from_dict
+
+POOLING_MODES = ("avg", "max", "bilinear")
+POOLING_POSITIONS = ("before_projector", "after_projector")
+V2V_SCOPES = ("frame", "video")
+PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
+KV_SOURCES = ("encoder", "projector")
+TEXT_MODEL_TYPES = ("qwen2", "llama")
+
+
+def _text_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig:
+    if isinstance(value, PretrainedConfig):
+        return value
+    value = dict(value or {"model_type": "qwen2"})
+    model_type = value.pop("model_type", None)
+    if model_type not in TEXT_MODEL_TYPES:
+        raise ValueError(f"text_config.model_type must be one of {TEXT_MODEL_TYPES}, got {model_type!r}")
+    return AutoConfig.for_model(model_type, **value)
+
+
+def _choice(name: str, value, options: tuple) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
+class CrossLMMConfig(PretrainedConfig):
+    """Vision tower + pooling projector + decoder with gated V2V/T2V cross-attention.
+
+    Cross-attention placement: ``cross_attention_layers`` (explicit decoder-layer indices, each block runs
+    right after that layer) wins over ``cross_attention_every`` (after layers K-1, 2K-1, ...); an empty list
+    or ``cross_attention_every=0`` disables cross-attention, giving a plain pooled LLaVA model.
+    ``cross_attention_kv_source="encoder"`` projects the raw, unpooled encoder features straight to each
+    block's keys/values (the paper's efficiency numbers only fit this); ``"projector"`` routes them through
+    the MLP projector first.
+    """
+
+    model_type = "crosslmm"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config: dict | PretrainedConfig | None = None,
+        text_config: dict | PretrainedConfig | None = None,
+        tokens_per_frame: int = 9,
+        pooling_mode: str = "avg",
+        pooling_antialias: bool = True,
+        pooling_position: str = "before_projector",
+        cross_attention_every: int = 4,
+        cross_attention_layers: list[int] | None = None,
+        v2v: bool = True,
+        t2v: bool = True,
+        v2v_scope: str = "frame",
+        cross_attention_mlp: bool = False,
+        cross_attention_kv_source: str = "encoder",
+        vision_feature_layer: int = -1,
+        projector_type: str = "mlp2x_gelu",
+        video_token_id: int | None = None,
+        vision_chunk_size: int = 32,
+        **kwargs,
+    ):
+        if isinstance(vision_config, dict):
+            vision_config = vision_config_from_dict(vision_config)
+        self.vision_config = vision_config
+        self.text_config = _text_config_from(text_config)
+        self.tokens_per_frame = tokens_per_frame
+        self.pooling_mode = pooling_mode
+        self.pooling_antialias = pooling_antialias
+        self.pooling_position = pooling_position
+        self.cross_attention_every = cross_attention_every
+        self.cross_attention_layers = (
+            list(cross_attention_layers) if cross_attention_layers is not None else None
+        )
+        self.v2v = v2v
+        self.t2v = t2v
+        self.v2v_scope = v2v_scope
+        self.cross_attention_mlp = cross_attention_mlp
+        self.cross_attention_kv_source = cross_attention_kv_source
+        self.vision_feature_layer = vision_feature_layer
+        self.projector_type = projector_type
+        self.video_token_id = video_token_id
+        self.vision_chunk_size = vision_chunk_size
+        kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+        self.validate_crosslmm()
+
+    @property
+    def pooled_grid(self) -> int:
+        return math.isqrt(self.tokens_per_frame)
+
+    def resolved_cross_layers(self) -> list[int]:
+        """Decoder-layer indices after which a dual cross-attention layer runs (empty = none)."""
+        if not (self.v2v or self.t2v):
+            return []
+        if self.cross_attention_layers is not None:
+            return sorted(self.cross_attention_layers)
+        k = self.cross_attention_every
+        return list(range(k - 1, self.text_config.num_hidden_layers, k)) if k else []
+
+    def validate_crosslmm(self) -> None:
+        """Fail at construction, naming the field, instead of deep inside a forward pass."""
+        tpf = self.tokens_per_frame
+        if not isinstance(tpf, int) or tpf < 1 or math.isqrt(tpf) ** 2 != tpf:
+            raise ValueError(f"tokens_per_frame must be a positive square (1, 4, 9, 16, ...), got {tpf!r}")
+        _choice("pooling_mode", self.pooling_mode, POOLING_MODES)
+        _choice("pooling_position", self.pooling_position, POOLING_POSITIONS)
+        _choice("v2v_scope", self.v2v_scope, V2V_SCOPES)
+        _choice("projector_type", self.projector_type, PROJECTOR_TYPES)
+        _choice("cross_attention_kv_source", self.cross_attention_kv_source, KV_SOURCES)
+        n_layers = self.text_config.num_hidden_layers
+        if self.cross_attention_layers is not None:
+            bad = [i for i in self.cross_attention_layers if not isinstance(i, int) or not 0 <= i < n_layers]
+            if bad or len(set(self.cross_attention_layers)) != len(self.cross_attention_layers):
+                raise ValueError(
+                    f"cross_attention_layers must be distinct indices in [0, {n_layers}), "
+                    f"got {self.cross_attention_layers}"
+                )
+        elif not isinstance(self.cross_attention_every, int) or self.cross_attention_every < 0:
+            raise ValueError(f"cross_attention_every must be an int >= 0, got {self.cross_attention_every!r}")
+        if self.vision_config is not None:
+            grid = self.vision_config.image_size // self.vision_config.patch_size
+            if self.pooled_grid > grid:
+                raise ValueError(
+                    f"tokens_per_frame={tpf} needs a {self.pooled_grid}x{self.pooled_grid} grid, "
+                    f"but the vision tower only gives {grid}x{grid} patches"
+                )
+        if not isinstance(self.vision_chunk_size, int) or self.vision_chunk_size < 1:
+            raise ValueError(f"vision_chunk_size must be a positive int, got {self.vision_chunk_size!r}")

@@ -1,0 +1,168 @@
+"""Gated cross-attention from sequence tokens to the original (unpooled) visual tokens.
+
+One block type serves V2V (queries: pooled video tokens) and T2V (queries: text tokens) on Qwen2 and
+Llama alike; head counts, GQA and norm epsilon come from the backbone's text config. A
+``DualCrossAttentionLayer`` runs V2V and T2V in parallel on the same input after one decoder layer.
+Gates are ``tanh(gate)`` with ``gate = 0`` at init, so a fresh layer is the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from crosslmm.model.cache import CrossLMMCache
+from crosslmm.model.layout import VisualLayout
+
+
+class CrossAttention(nn.Module):
+    """Pre-norm GQA cross-attention whose keys/values come from visual memory of width ``memory_dim``."""
+
+    def __init__(self, text_config: PretrainedConfig, memory_dim: int):
+        super().__init__()
+        hidden = text_config.hidden_size
+        self.num_heads = text_config.num_attention_heads
+        self.num_kv_heads = getattr(text_config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or hidden // self.num_heads
+        self.query_norm = nn.RMSNorm(hidden, eps=text_config.rms_norm_eps)
+        self.memory_norm = nn.LayerNorm(memory_dim)
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(memory_dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(memory_dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (F, N, Dm) -> keys, values (F, KVH, N, head_dim)."""
+        frames, n, _ = memory.shape
+        memory = self.memory_norm(memory)
+        k = self.k_proj(memory).view(frames, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(memory).view(frames, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """queries (G, Lq, D) over keys/values (G, KVH, M, hd) -> gated update (G, Lq, D)."""
+        groups, length, _ = queries.shape
+        q = self.q_proj(self.query_norm(queries)).view(groups, length, self.num_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, enable_gqa=True)
+        out = self.o_proj(out.transpose(1, 2).reshape(groups, length, -1))
+        return torch.tanh(self.gate).to(out.dtype) * out
+
+
+class GatedMLP(nn.Module):
+    """Optional SwiGLU feed-forward after the cross-attentions, gated like HF mllama's."""
+
+    def __init__(self, text_config: PretrainedConfig):
+        super().__init__()
+        hidden, inner = text_config.hidden_size, text_config.intermediate_size
+        self.norm = nn.RMSNorm(hidden, eps=text_config.rms_norm_eps)
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.norm(hidden)
+        return hidden + torch.tanh(self.gate).to(x.dtype) * self.down_proj(
+            F.silu(self.gate_proj(x)) * self.up_proj(x)
+        )
+
+
+def _per_sample(kv: torch.Tensor, layout: VisualLayout) -> list[torch.Tensor]:
+    """(F_total, KVH, N, hd) -> per sample (1, KVH, F_b * N, hd), frames in time order."""
+    out = []
+    for off, n in zip(layout.frame_offsets.tolist(), layout.frame_counts.tolist()):
+        chunk = kv[off : off + n]
+        out.append(chunk.transpose(0, 1).reshape(1, kv.shape[1], -1, kv.shape[3]))
+    return out
+
+
+def _pad_batch(per_sample: list[torch.Tensor]) -> torch.Tensor:
+    """Pad per-sample (1, KVH, M_b, hd) to (B, KVH, M_max, hd) for the cache."""
+    longest = max(t.shape[2] for t in per_sample)
+    return torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[2])) for t in per_sample])
+
+
+class DualCrossAttentionLayer(GradientCheckpointingLayer):
+    """V2V and T2V cross-attention (either may be off) plus an optional gated MLP, after one decoder layer."""
+
+    def __init__(self, config, layer_idx: int, memory_dim: int):
+        super().__init__()
+        text_config = config.text_config
+        self.layer_idx = layer_idx
+        self.tokens_per_frame = config.tokens_per_frame
+        self.v2v_scope = config.v2v_scope
+        self.v2v = CrossAttention(text_config, memory_dim) if config.v2v else None
+        self.t2v = CrossAttention(text_config, memory_dim) if config.t2v else None
+        self.mlp = GatedMLP(text_config) if config.cross_attention_mlp else None
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        layout: VisualLayout,
+        memory: torch.Tensor | None,
+        cache: CrossLMMCache | None = None,
+    ) -> torch.Tensor:
+        """hidden (B, L, D); memory (F_total, N, Dm) original tokens at prefill, None when decoding."""
+        batch, length, dim = hidden.shape
+        flat = hidden.reshape(batch * length, dim)
+        out = flat
+        if self.v2v is not None and memory is not None and layout.video_positions.numel():
+            out = out.index_add(0, layout.video_positions, self._v2v(flat, layout, memory))
+        if self.t2v is not None and layout.text_groups:
+            positions, update = self._t2v(flat, layout, memory, cache)
+            out = out.index_add(0, positions, update)
+        out = out.view(batch, length, dim)
+        return self.mlp(out) if self.mlp is not None else out
+
+    def _v2v(self, flat: torch.Tensor, layout: VisualLayout, memory: torch.Tensor) -> torch.Tensor:
+        """Update for the pooled video tokens, (F_total * tokens_per_frame, D)."""
+        keys, values = self.v2v.project_memory(memory)
+        queries = flat[layout.video_positions]
+        if self.v2v_scope == "frame":  # frames are the batch: no mask, nothing dense over the whole video
+            frames = keys.shape[0]
+            update = self.v2v.attend(queries.view(frames, self.tokens_per_frame, -1), keys, values)
+            return update.reshape(queries.shape)
+        per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
+        updates, start = [], 0
+        for b, n in enumerate(layout.frame_counts.tolist()):
+            if n:
+                q = queries[start : start + n * self.tokens_per_frame]
+                updates.append(self.v2v.attend(q[None], per_sample_k[b], per_sample_v[b])[0])
+                start += q.shape[0]
+        return torch.cat(updates)
+
+    def _t2v(
+        self,
+        flat: torch.Tensor,
+        layout: VisualLayout,
+        memory: torch.Tensor | None,
+        cache: CrossLMMCache | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions and updates for text tokens; each sees only the frames that precede it."""
+        if memory is not None:
+            tokens_per_frame = memory.shape[1]
+            keys, values = self.t2v.project_memory(memory)
+            per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
+            if cache is not None:
+                cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))
+        else:
+            if cache is None or self.layer_idx not in cache.cross_kv:
+                raise RuntimeError(
+                    "T2V on decoded tokens needs the cross-attention keys/values cached at prefill"
+                )
+            tokens_per_frame = cache.original_tokens_per_frame
+            padded_k, padded_v = cache.cross_kv[self.layer_idx]
+            per_sample_k = [padded_k[b : b + 1] for b in range(padded_k.shape[0])]
+            per_sample_v = [padded_v[b : b + 1] for b in range(padded_v.shape[0])]
+        updates = []
+        for group in layout.text_groups:
+            span = group.visible_frames * tokens_per_frame
+            k = per_sample_k[group.sample][:, :, :span]
+            v = per_sample_v[group.sample][:, :, :span]
+            updates.append(self.t2v.attend(flat[group.positions][None], k, v)[0])
+        positions = torch.cat([g.positions for g in layout.text_groups])
+        return positions, torch.cat(updates)

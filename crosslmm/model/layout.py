@@ -1,0 +1,105 @@
+"""Where the pooled visual tokens sit in a batch, and which frames each text token may look at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class QueryGroup:
+    """Text positions of one sample that see the same prefix of that sample's frames (T2V queries)."""
+
+    sample: int
+    positions: torch.Tensor  # (n,) flat indices into the (B*L) sequence
+    visible_frames: int
+
+
+@dataclass
+class VisualLayout:
+    """Built once per forward pass from ``input_ids``; shared by every cross-attention layer.
+
+    Frames are numbered in row-major order of their video tokens across the batch, which is also the
+    order of the flattened frame tensor, so frame ``f`` of sample ``b`` is global frame
+    ``frame_offsets[b] + f``.
+    """
+
+    video_positions: torch.Tensor  # (F_total * tokens_per_frame,) flat positions of pooled video tokens
+    frame_counts: torch.Tensor  # (B,) frames per sample
+    frame_offsets: torch.Tensor  # (B,) index of each sample's first frame in the flat frame list
+    text_groups: list[QueryGroup]
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.frame_counts.sum())
+
+
+def _text_groups(
+    text_mask: torch.Tensor, visible: torch.Tensor, frame_counts: torch.Tensor
+) -> list[QueryGroup]:
+    """Group text positions by how many frames precede them (almost always one group per sample)."""
+    batch, length = text_mask.shape
+    groups = []
+    for b in range(batch):
+        if int(frame_counts[b]) == 0:
+            continue
+        for c in torch.unique(visible[b][text_mask[b]]).tolist():
+            if c > 0:
+                pos = torch.nonzero(text_mask[b] & (visible[b] == c)).squeeze(1) + b * length
+                groups.append(QueryGroup(sample=b, positions=pos, visible_frames=int(c)))
+    return groups
+
+
+def prefill_layout(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    frame_counts: torch.Tensor,
+    video_token_id: int,
+    tokens_per_frame: int,
+) -> VisualLayout:
+    """Layout of a prompt that contains the video tokens.
+
+    A text token sees every frame whose last pooled token comes before it (causal T2V); text before
+    the first video sees nothing.
+    """
+    is_video = input_ids == video_token_id
+    per_sample = is_video.sum(1)
+    expected = frame_counts.to(per_sample.device) * tokens_per_frame
+    if not torch.equal(per_sample, expected):
+        raise ValueError(
+            f"video tokens per sample {per_sample.tolist()} do not match frames x tokens_per_frame "
+            f"{expected.tolist()} (frames {frame_counts.tolist()}, {tokens_per_frame} tokens per frame): "
+            "build the prompt with CrossLMMProcessor so each <video> expands to the right length"
+        )
+    video_seen = torch.cumsum(is_video.long(), dim=1)
+    visible = torch.div(video_seen, tokens_per_frame, rounding_mode="floor")
+    text_mask = ~is_video
+    if attention_mask is not None:
+        text_mask &= attention_mask.bool()
+    counts = frame_counts.to(input_ids.device)
+    return VisualLayout(
+        video_positions=torch.nonzero(is_video.flatten()).squeeze(1),
+        frame_counts=counts,
+        frame_offsets=torch.cumsum(counts, 0) - counts,
+        text_groups=_text_groups(text_mask, visible, counts),
+    )
+
+
+def decode_layout(
+    shape: tuple[int, int], attention_mask: torch.Tensor | None, frame_counts: torch.Tensor
+) -> VisualLayout:
+    """Layout for the (B, L) tokens generated after the prompt: they see all of their sample's frames."""
+    batch, length = shape
+    device = frame_counts.device
+    text_mask = torch.ones((batch, length), dtype=torch.bool, device=device)
+    if attention_mask is not None:
+        text_mask &= attention_mask[:, -length:].bool().to(device)
+    counts = frame_counts
+    visible = counts[:, None].expand(batch, length)
+    return VisualLayout(
+        video_positions=torch.zeros(0, dtype=torch.long, device=device),
+        frame_counts=counts,
+        frame_offsets=torch.cumsum(counts, 0) - counts,
+        text_groups=_text_groups(text_mask, visible, counts),
+    )

@@ -1,0 +1,313 @@
+"""CrossLMM: vision tower -> per-frame pooling projector -> HF decoder with interleaved dual cross-attention.
+
+The decoder is composed explicitly from a stock ``Qwen2Model``/``LlamaModel`` (its embeddings, layers,
+rotary embedding and norm); a ``DualCrossAttentionLayer`` runs after each chosen layer. Nothing in
+transformers is patched, so the LLM weights keep their HF names under ``model.language_model``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+
+from crosslmm.model.cache import CrossLMMCache
+from crosslmm.model.configuration import CrossLMMConfig
+from crosslmm.model.cross_attention import CrossAttention, DualCrossAttentionLayer, GatedMLP
+from crosslmm.model.layout import VisualLayout, decode_layout, prefill_layout
+from crosslmm.model.pooling import pool_frames
+from crosslmm.model.projector import build_projector
+from crosslmm.model.vision import build_vision_tower
+
+
+class CrossLMMPreTrainedModel(PreTrainedModel):
+    config: CrossLMMConfig
+    config_class = CrossLMMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = [
+        "Qwen2DecoderLayer",
+        "LlamaDecoderLayer",
+        "DualCrossAttentionLayer",
+        "SiglipEncoderLayer",
+        "CLIPEncoderLayer",
+    ]
+    _skip_keys_device_placement = "cache"
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, CrossAttention | GatedMLP):
+            init.zeros_(module.gate)
+
+
+def select_frames(pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor | None) -> torch.Tensor:
+    """(B, F_max, 3, H, W) padded videos + (B,) real frame counts -> (F_total, 3, H, W) in batch order."""
+    if pixel_values_videos.dim() != 5:
+        raise ValueError(
+            f"pixel_values_videos must be (batch, frames, 3, H, W), got shape {tuple(pixel_values_videos.shape)}"
+        )
+    batch, max_frames = pixel_values_videos.shape[:2]
+    if frame_counts is None:
+        frame_counts = torch.full((batch,), max_frames, dtype=torch.long)
+    if (
+        frame_counts.shape != (batch,)
+        or bool((frame_counts < 0).any())
+        or bool((frame_counts > max_frames).any())
+    ):
+        raise ValueError(
+            f"video_frame_counts {frame_counts.tolist()} must give 0..{max_frames} frames for each of {batch} samples"
+        )
+    if int(frame_counts.sum()) == 0:
+        raise ValueError("pixel_values_videos holds zero frames: every video needs at least one frame")
+    keep = torch.arange(max_frames, device=frame_counts.device)[None] < frame_counts[:, None]
+    return pixel_values_videos[keep.to(pixel_values_videos.device)]
+
+
+class CrossLMMModel(CrossLMMPreTrainedModel):
+    def __init__(self, config: CrossLMMConfig):
+        super().__init__(config)
+        if config.vision_config is None:
+            raise ValueError("CrossLMMConfig.vision_config is required to build a model")
+        if config.video_token_id is None:
+            raise ValueError("CrossLMMConfig.video_token_id is required (the tokenizer's <video> token id)")
+        self.vision_tower = build_vision_tower(config.vision_config, config.vision_feature_layer)
+        vision_dim, text_dim = self.vision_tower.hidden_size, config.text_config.hidden_size
+        self.projector = build_projector(config.projector_type, vision_dim, text_dim)
+        self.language_model = AutoModel.from_config(config.text_config)
+        memory_dim = vision_dim if config.cross_attention_kv_source == "encoder" else text_dim
+        self.cross_layers = nn.ModuleDict(
+            {str(i): DualCrossAttentionLayer(config, i, memory_dim) for i in config.resolved_cross_layers()}
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.embed_tokens = value
+
+    def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """frames (F, 3, H, W) -> pooled LLM embeddings (F, tokens_per_frame, D) and the cross-attention
+        memory (F, N, Dm) of original tokens (None without cross-attention layers).
+
+        Frames are encoded in chunks of ``vision_chunk_size`` to bound the vision tower's activations.
+        """
+        cfg = self.config
+        dtype = next(self.vision_tower.parameters()).dtype
+        original = torch.cat(
+            [self.vision_tower(chunk.to(dtype)) for chunk in frames.split(cfg.vision_chunk_size)]
+        )
+        projected = None
+        if cfg.pooling_position == "before_projector":
+            pooled = self.projector(
+                pool_frames(original, cfg.pooled_grid, cfg.pooling_mode, cfg.pooling_antialias)
+            )
+        else:
+            projected = self.projector(original)
+            pooled = pool_frames(projected, cfg.pooled_grid, cfg.pooling_mode, cfg.pooling_antialias)
+        if not self.cross_layers:
+            return pooled, None
+        if cfg.cross_attention_kv_source == "encoder":
+            return pooled, original
+        return pooled, projected if projected is not None else self.projector(original)
+
+    def embed_video(
+        self,
+        input_ids: torch.LongTensor,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values_videos: torch.Tensor,
+        video_frame_counts: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, VisualLayout, torch.Tensor | None]:
+        """Write the pooled frames into the ``<video>`` slots of ``inputs_embeds`` (B, L, D); also return the
+        layout and the cross-attention memory. This is the whole visual input of the LLM sequence."""
+        frames = select_frames(pixel_values_videos, video_frame_counts)
+        counts = video_frame_counts
+        if counts is None:
+            counts = torch.full((input_ids.shape[0],), pixel_values_videos.shape[1], dtype=torch.long)
+        layout = prefill_layout(
+            input_ids, attention_mask, counts, self.config.video_token_id, self.config.tokens_per_frame
+        )
+        pooled, memory = self.encode_video(frames)
+        flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
+        pooled = pooled.reshape(-1, flat.shape[-1]).to(flat.dtype)
+        return flat.index_copy(0, layout.video_positions, pooled).view_as(inputs_embeds), layout, memory
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: CrossLMMCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_frame_counts: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if use_cache and cache is None:
+            cache = CrossLMMCache(config=self.config.text_config)
+        if self.cross_layers and cache is not None and not isinstance(cache, CrossLMMCache):
+            raise TypeError(
+                f"CrossLMM needs a CrossLMMCache to keep cross-attention keys/values, got {type(cache)}"
+            )
+        past = cache.get_seq_length() if cache is not None else 0
+        mask_2d = (
+            attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+        )
+
+        layout, memory = None, None
+        if pixel_values_videos is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values_videos needs input_ids to locate the <video> tokens")
+            if past:
+                raise ValueError("videos must be passed with the prompt (first forward), not while decoding")
+            inputs_embeds, layout, memory = self.embed_video(
+                input_ids, inputs_embeds, mask_2d, pixel_values_videos, video_frame_counts
+            )
+            if isinstance(cache, CrossLMMCache) and memory is not None:
+                cache.set_visual_memory(layout.frame_counts, memory.shape[1])
+        elif input_ids is not None and not past and bool((input_ids == self.config.video_token_id).any()):
+            raise ValueError("input_ids contain <video> tokens but no pixel_values_videos were given")
+        elif isinstance(cache, CrossLMMCache) and cache.has_visual_memory:
+            layout = decode_layout(inputs_embeds.shape[:2], mask_2d, cache.frame_counts)
+
+        hidden = self._decode(
+            inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
+        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache if use_cache else None)
+
+    def _decode(
+        self, inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
+    ):
+        """The stock decoder loop of Qwen2Model/LlamaModel with a cross-attention layer after chosen layers."""
+        lm = self.language_model
+        if position_ids is None:
+            position_ids = (
+                torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past
+            ).unsqueeze(0)
+        mask_map = attention_mask
+        if not isinstance(mask_map, dict):
+            mask_kwargs = dict(
+                config=lm.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                position_ids=position_ids,
+            )
+            mask_map = {"full_attention": create_causal_mask(**mask_kwargs)}
+            if getattr(lm, "has_sliding_layers", False):
+                mask_map["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        layer_types = (
+            getattr(lm.config, "layer_types", None) or ["full_attention"] * lm.config.num_hidden_layers
+        )
+        hidden = inputs_embeds
+        position_embeddings = lm.rotary_emb(hidden, position_ids)
+        for i, decoder_layer in enumerate(lm.layers[: lm.config.num_hidden_layers]):
+            hidden = decoder_layer(
+                hidden,
+                attention_mask=mask_map[layer_types[i]],
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            cross = self.cross_layers[str(i)] if str(i) in self.cross_layers else None
+            if cross is not None and layout is not None:
+                hidden = cross(hidden, layout, memory, cache)
+        return lm.norm(hidden)
+
+
+class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: CrossLMMConfig):
+        super().__init__(config)
+        self.model = CrossLMMModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: CrossLMMCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_frame_counts: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """``pixel_values_videos`` (B, F_max, 3, H, W) with ``video_frame_counts`` (B,) real frames per
+        sample; each sample's ``<video>`` tokens (frames x tokens_per_frame) receive its pooled frames."""
+        if use_cache is None:
+            use_cache = self.config.text_config.use_cache and not self.training
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            pixel_values_videos=pixel_values_videos,
+            video_frame_counts=video_frame_counts,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        cache=None,
+        pixel_values_videos=None,
+        video_frame_counts=None,
+        is_first_iteration=False,
+        **kwargs,
+    ):
+        """Videos go in with the prompt only; later steps read the cached cross-attention keys/values."""
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, cache=cache, is_first_iteration=is_first_iteration, **kwargs
+        )
+        if is_first_iteration or cache is None or cache.get_seq_length() == 0:
+            inputs["pixel_values_videos"] = pixel_values_videos
+            inputs["video_frame_counts"] = video_frame_counts
+        return inputs
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Swap generate's default DynamicCache for one that also holds the cross-attention memory."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("cache")
+        if type(cache) is DynamicCache:
+            model_kwargs["cache"] = CrossLMMCache(config=self.config.text_config)

@@ -1,0 +1,39 @@
+"""Model variants as data: ``configs/model/<name>.yaml``, picked by name or by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Resolves in a source checkout or an editable install, where configs/ sits next to the package.
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config_yaml(path_or_name: str | Path) -> dict[str, Any]:
+    """Load a model config YAML (CrossLMMConfig kwargs with nested ``text_config``/``vision_config``).
+
+    A bare name such as ``"crosslmm-7b-9tok"`` means ``configs/model/crosslmm-7b-9tok.yaml``; anything
+    that is an existing file, or looks like a path, is read as a path.
+    """
+    path = Path(path_or_name)
+    looks_like_path = path.suffix in (".yaml", ".yml") or len(path.parts) > 1
+    if not path.is_file():
+        if looks_like_path:
+            raise FileNotFoundError(f"model config file {str(path)!r} does not exist")
+        path = PRESET_DIR / f"{path_or_name}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"unknown model preset {str(path_or_name)!r}; available in {PRESET_DIR}: "
+                f"{', '.join(available_presets()) or '(none)'}"
+            )
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a model config must be a YAML mapping, got {type(data).__name__}")
+    return data

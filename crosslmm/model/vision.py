@@ -1,0 +1,406 @@
+"""Vision towers that turn video frames into a square grid of patch tokens.
+
+Every backend returns ``(N, grid_size**2, hidden_size)`` tokens in row-major grid order with no CLS token, taken
+from the LLaVA-style ``feature_layer``: an index into the tower's hidden states, where index 0 is the encoder
+input (embeddings) and ``-1`` the output of the last transformer layer *before* any post-layernorm. For HF towers
+this is exactly ``model(pixel_values, output_hidden_states=True).hidden_states[feature_layer]`` (what transformers'
+LlavaOnevision selects), but layers after ``feature_layer`` are never run and no other hidden state is kept, which
+matters when encoding hundreds of frames.
+
+Backends are picked by the config's ``model_type`` through dispatch tables:
+
+* ``siglip_vision_model``: transformers ``SiglipVisionModel`` (also SigLIP2 fixed-resolution checkpoints).
+* ``clip_vision_model``: transformers ``CLIPVisionModel``; the CLS token is dropped.
+* ``open_clip_vision``: an open_clip ``VisionTransformer`` described by ``OpenCLIPVisionConfig``. Tokens have the
+  transformer width (before ``ln_post`` and the final projection). open_clip is imported lazily because importing
+  it pulls in timm, which is slow.
+
+Parameters that the selected feature never reaches (post-layernorm, pooling heads, projection, layers after
+``feature_layer``) are kept so checkpoints load strictly and keep stable names; freeze them or use
+``find_unused_parameters`` when training the tower under DDP.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import (
+    AutoConfig,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedConfig,
+    PreTrainedModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+Triple = tuple[float, float, float]
+_T = TypeVar("_T")
+
+
+class OpenCLIPVisionConfig(PreTrainedConfig):
+    """Enough of an open_clip model config to rebuild its ViT image tower without downloads.
+
+    A ``PreTrainedConfig`` (not a plain dict) so it can sit nested in a parent config and round-trip through
+    ``to_dict()`` / JSON like the HF vision configs. ``vision_cfg`` uses open_clip's ``CLIPVisionCfg`` keys (width,
+    layers, patch_size, image_size, head_width, mlp_ratio, ...); ``embed_dim`` and ``quick_gelu`` come from the
+    open_clip model config; ``image_mean``/``image_std`` from its ``preprocess_cfg`` (None = open_clip defaults).
+    """
+
+    model_type = "open_clip_vision"
+
+    embed_dim: int = 512
+    vision_cfg: dict | None = None
+    quick_gelu: bool = False
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+
+# Lets ``AutoConfig``-based sub-config specs of a parent config resolve ``open_clip_vision`` too.
+AutoConfig.register(OpenCLIPVisionConfig.model_type, OpenCLIPVisionConfig, exist_ok=True)
+
+
+def _square(value: int | Sequence[int], name: str) -> int:
+    """Side length of a square size given as an int or an (h, w) pair; the token grid must be square."""
+    if isinstance(value, int):
+        return value
+    height, width = value
+    if height != width:
+        raise ValueError(f"{name} must be square to give a square patch grid, got {tuple(value)}")
+    return int(height)
+
+
+def _triple(values: Sequence[float] | None, default: Sequence[float]) -> Triple:
+    r, g, b = default if values is None else values
+    return (float(r), float(g), float(b))
+
+
+class VisionTower(nn.Module):
+    """Base class: per-frame patch tokens on a square grid, selected by LLaVA-style ``feature_layer``.
+
+    Subclasses implement ``from_config`` and ``_patch_tokens``; this class validates geometry, the feature
+    layer and the input shape so every backend fails the same way.
+    """
+
+    hidden_size: int
+    grid_size: int
+    image_size: int
+    image_mean: Triple
+    image_std: Triple
+
+    def __init__(
+        self,
+        config: PreTrainedConfig,
+        *,
+        hidden_size: int,
+        image_size: int | Sequence[int],
+        patch_size: int | Sequence[int],
+        num_layers: int,
+        feature_layer: int,
+        image_mean: Triple,
+        image_std: Triple,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.hidden_size = hidden_size
+        self.image_size = _square(image_size, "image_size")
+        # Floor division like the stride-``patch_size`` conv: SigLIP so400m/14 @ 384 gives a 27x27 grid.
+        self.grid_size = self.image_size // _square(patch_size, "patch_size")
+        self.image_mean = image_mean
+        self.image_std = image_std
+        num_states = num_layers + 1  # embeddings + one per transformer layer, as in HF hidden_states
+        if not -num_states <= feature_layer < num_states:
+            raise ValueError(
+                f"feature_layer={feature_layer} is out of range for a {num_layers}-layer tower "
+                f"(valid: {-num_states}..{num_layers})"
+            )
+        self.feature_layer = feature_layer
+        self.num_layers_to_run = feature_layer % num_states
+
+    @classmethod
+    def from_config(cls, config: PreTrainedConfig, feature_layer: int) -> VisionTower:
+        """Build the tower with random weights."""
+        raise NotImplementedError
+
+    def _patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, grid_size**2, hidden_size); input already validated."""
+        raise NotImplementedError
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (N, 3, H, W) -> patch tokens (N, grid_size*grid_size, hidden_size), row-major, no CLS."""
+        expected = (3, self.image_size, self.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"{type(self).__name__} expects pixel_values of shape (N, {', '.join(map(str, expected))}), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        return self._patch_tokens(pixel_values)
+
+
+class _HFTower(VisionTower):
+    """Wraps a transformers ViT (held as ``self.model``) and runs its encoder layers only up to feature_layer.
+
+    Reuses the model's own embedding and layer modules, so results equal ``hidden_states[feature_layer]``
+    bit-for-bit (tested) while skipping later layers, the post-layernorm and the pooling head.
+    """
+
+    model_cls: ClassVar[type[PreTrainedModel]]
+    num_prefix_tokens: ClassVar[int]  # CLS-like tokens in front of the patch tokens
+    default_mean: ClassVar[Triple]
+    default_std: ClassVar[Triple]
+
+    def __init__(self, model: PreTrainedModel, feature_layer: int) -> None:
+        config = model.config
+        super().__init__(
+            config,
+            hidden_size=config.hidden_size,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            num_layers=config.num_hidden_layers,
+            feature_layer=feature_layer,
+            image_mean=_triple(getattr(config, "image_mean", None), self.default_mean),
+            image_std=_triple(getattr(config, "image_std", None), self.default_std),
+        )
+        self.model = model
+
+    @classmethod
+    def from_config(cls, config: PreTrainedConfig, feature_layer: int) -> _HFTower:
+        # HF embeddings fail with a bare TypeError on (h, w) sizes; reject non-square ones clearly first.
+        _square(config.image_size, "image_size")
+        _square(config.patch_size, "patch_size")
+        return cls(cls.model_cls(config), feature_layer)
+
+    def _encoder_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, prefix + grid**2, D): what the model feeds its first encoder layer."""
+        raise NotImplementedError
+
+    def _patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self._encoder_input(pixel_values)
+        for layer in self.model.encoder.layers[: self.num_layers_to_run]:
+            hidden = layer(hidden, None)  # same call as the HF encoder loop (no attention mask for images)
+        return hidden[:, self.num_prefix_tokens :]
+
+
+class SiglipTower(_HFTower):
+    """transformers ``SiglipVisionModel`` (SigLIP / SigLIP2 fixed resolution); no CLS token."""
+
+    model_cls = SiglipVisionModel
+    num_prefix_tokens = 0
+    default_mean = (0.5, 0.5, 0.5)
+    default_std = (0.5, 0.5, 0.5)
+
+    def _encoder_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.embeddings(pixel_values)
+
+
+class CLIPTower(_HFTower):
+    """transformers ``CLIPVisionModel``; its CLS token (position 0) is dropped from the output."""
+
+    model_cls = CLIPVisionModel
+    num_prefix_tokens = 1
+    default_mean = tuple(OPENAI_CLIP_MEAN)
+    default_std = tuple(OPENAI_CLIP_STD)
+
+    def _encoder_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.pre_layrnorm(self.model.embeddings(pixel_values))
+
+
+class OpenCLIPTower(VisionTower):
+    """open_clip ``VisionTransformer`` (held as ``self.visual``, so weights keep open_clip's ``visual.*`` names).
+
+    Built with open_clip's own ``_build_vision_tower`` (what ``open_clip.CLIP`` uses; there is no public
+    equivalent) so every ``vision_cfg`` option maps exactly as in open_clip. ``patch_dropout`` is forced to 0
+    because the grid must stay complete. Only plain ViTs are supported (no timm or ModifiedResNet trunks), and
+    ``feature_layer`` must select a transformer layer output: open_clip's public ``forward_intermediates`` does
+    not expose the embeddings.
+    """
+
+    def __init__(self, config: OpenCLIPVisionConfig, feature_layer: int) -> None:
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        from open_clip.model import _build_vision_tower
+
+        vision_cfg = dict(config.vision_cfg or {})
+        if vision_cfg.get("timm_model_name") or isinstance(vision_cfg.get("layers"), (list, tuple)):
+            raise ValueError(
+                "OpenCLIPTower supports open_clip's native ViT only, not timm or ModifiedResNet towers"
+            )
+        vision_cfg.update(patch_dropout=0.0, output_tokens=False)
+        visual = _build_vision_tower(config.embed_dim, vision_cfg, quick_gelu=config.quick_gelu)
+        super().__init__(
+            config,
+            hidden_size=visual.transformer.width,
+            image_size=visual.image_size,
+            patch_size=visual.patch_size,
+            num_layers=len(visual.transformer.resblocks),
+            feature_layer=feature_layer,
+            image_mean=_triple(config.image_mean, OPENAI_DATASET_MEAN),
+            image_std=_triple(config.image_std, OPENAI_DATASET_STD),
+        )
+        if self.num_layers_to_run == 0:
+            raise ValueError(
+                f"feature_layer={feature_layer} selects the embeddings, which OpenCLIP towers do not expose"
+            )
+        self.visual = visual
+
+    @classmethod
+    def from_config(cls, config: PreTrainedConfig, feature_layer: int) -> OpenCLIPTower:
+        return cls(config, feature_layer)
+
+    def _patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.visual.forward_intermediates(
+            pixel_values.to(self.visual.conv1.weight.dtype),
+            indices=[self.num_layers_to_run - 1],
+            stop_early=True,
+            intermediates_only=True,
+            output_fmt="NLC",
+        )
+        return out["image_intermediates"][0]  # open_clip already strips the class token
+
+
+# model_type -> config class. "open_clip" is accepted as an alias for hand-written dicts.
+_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {
+    "siglip_vision_model": SiglipVisionConfig,
+    "clip_vision_model": CLIPVisionConfig,
+    OpenCLIPVisionConfig.model_type: OpenCLIPVisionConfig,
+    "open_clip": OpenCLIPVisionConfig,
+}
+# Canonical config model_type -> tower class.
+_TOWERS: dict[str, type[VisionTower]] = {
+    "siglip_vision_model": SiglipTower,
+    "clip_vision_model": CLIPTower,
+    OpenCLIPVisionConfig.model_type: OpenCLIPTower,
+}
+# model_type in a local HF checkpoint's config.json -> tower; full dual-encoder dirs load only the vision part.
+_HF_CHECKPOINT_TOWERS: dict[str, type[_HFTower]] = {
+    "siglip": SiglipTower,
+    "siglip_vision_model": SiglipTower,
+    "clip": CLIPTower,
+    "clip_vision_model": CLIPTower,
+}
+
+
+def _lookup(table: dict[str, _T], model_type: str | None, what: str) -> _T:
+    if model_type not in table:
+        raise ValueError(f"Unsupported {what} model_type {model_type!r}; supported: {sorted(table)}")
+    return table[model_type]
+
+
+def vision_config_from_dict(d: dict) -> PreTrainedConfig:
+    """Rebuild a vision config from its ``to_dict()`` form (e.g. the nested ``vision_config`` of a saved config)."""
+    config_cls = _lookup(_CONFIG_CLASSES, d.get("model_type"), "vision config")
+    return config_cls.from_dict({k: v for k, v in d.items() if k != "model_type"})
+
+
+def build_vision_tower(vision_config: dict | PreTrainedConfig, feature_layer: int) -> VisionTower:
+    """Randomly initialised tower for a config object or its dict form."""
+    config = vision_config_from_dict(vision_config) if isinstance(vision_config, dict) else vision_config
+    return _lookup(_TOWERS, config.model_type, "vision tower").from_config(config, feature_layer)
+
+
+def _open_clip_visual_weights(path: Path) -> dict[str, torch.Tensor]:
+    """``visual.*`` weights of a hub-layout open_clip checkpoint, prefix stripped; the text tower is not read."""
+    safetensors_file = path / "open_clip_model.safetensors"
+    if safetensors_file.is_file():
+        with safe_open(str(safetensors_file), framework="pt") as f:
+            return {k.removeprefix("visual."): f.get_tensor(k) for k in f.keys() if k.startswith("visual.")}
+    bin_file = path / "open_clip_pytorch_model.bin"
+    if bin_file.is_file():
+        state = torch.load(bin_file, map_location="cpu", weights_only=True)
+        return {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    raise FileNotFoundError(
+        f"{path} has open_clip_config.json but neither {safetensors_file.name} nor {bin_file.name}"
+    )
+
+
+def _load_open_clip(path: Path, feature_layer: int) -> tuple[OpenCLIPTower, OpenCLIPVisionConfig]:
+    raw = json.loads((path / "open_clip_config.json").read_text())
+    model_cfg, preprocess_cfg = raw["model_cfg"], raw.get("preprocess_cfg", {})
+    config = OpenCLIPVisionConfig(
+        embed_dim=model_cfg["embed_dim"],
+        vision_cfg=model_cfg["vision_cfg"],
+        quick_gelu=model_cfg.get("quick_gelu", False),
+        image_mean=preprocess_cfg.get("mean"),
+        image_std=preprocess_cfg.get("std"),
+    )
+    tower = OpenCLIPTower(config, feature_layer)
+    tower.visual.load_state_dict(_open_clip_visual_weights(path))
+    return tower, config
+
+
+def _load_hf(path: Path, feature_layer: int) -> tuple[_HFTower, PreTrainedConfig]:
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    tower_cls = _lookup(_HF_CHECKPOINT_TOWERS, model_type, "HF vision checkpoint")
+    model = tower_cls.model_cls.from_pretrained(path)
+    # Normalisation lives in the image processor's file, not the model config; carry it in the config so it
+    # survives a to_dict() round trip.
+    processor_file = path / "preprocessor_config.json"
+    if processor_file.is_file():
+        processor = json.loads(processor_file.read_text())
+        for key in ("image_mean", "image_std"):
+            if key in processor:
+                setattr(model.config, key, list(processor[key]))
+    return tower_cls(model, feature_layer), model.config
+
+
+def load_pretrained_vision_tower(path: str, feature_layer: int) -> tuple[VisionTower, PreTrainedConfig]:
+    """Load a tower from a local dir: an open_clip hub layout (``open_clip_config.json``) or an HF checkpoint
+    (SiglipVisionModel/SiglipModel/CLIPVisionModel/CLIPModel; full models load only their vision part).
+
+    Returns the tower and the vision config to store in the parent config (rebuild with ``build_vision_tower``).
+    """
+    directory = Path(path)
+    if (directory / "open_clip_config.json").is_file():
+        return _load_open_clip(directory, feature_layer)
+    if (directory / "config.json").is_file():
+        return _load_hf(directory, feature_layer)
+    raise FileNotFoundError(f"{path} contains neither open_clip_config.json nor config.json")
+
+
+def tiny_vision_config(
+    kind: str,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+) -> PreTrainedConfig:
+    """Small random-init config of each backend ("siglip", "clip", "open_clip") for tests and ``init-tiny``."""
+    if kind == "siglip":
+        return SiglipVisionConfig(
+            hidden_size=hidden_size,
+            intermediate_size=4 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image_size,
+            patch_size=patch_size,
+            vision_use_head=False,  # LLaVA-OneVision drops the pooling head too
+        )
+    if kind == "clip":
+        return CLIPVisionConfig(
+            hidden_size=hidden_size,
+            intermediate_size=4 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image_size,
+            patch_size=patch_size,
+        )
+    if kind == "open_clip":
+        return OpenCLIPVisionConfig(
+            embed_dim=hidden_size,
+            vision_cfg={
+                "image_size": image_size,
+                "patch_size": patch_size,
+                "width": hidden_size,
+                "layers": layers,
+                "head_width": hidden_size // heads,
+                "mlp_ratio": 4.0,
+            },
+        )
+    raise ValueError(f"Unknown tiny vision tower kind {kind!r}; supported: ['clip', 'open_clip', 'siglip']")

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random models and generated inputs (no downloads, CPU only)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def random_frames(n: int, size: int = 40, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 3) uint8 frames, as the video reader returns them."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def video_prompt(processor, question: str = "What colour is the marker?") -> str:
+    return processor.apply_chat_template([{"role": "user", "content": f"<video>\n{question}"}])
+
+
+def set_gates(model, value: float) -> None:
+    """Open every cross-attention gate, so tests can see what the blocks compute."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".gate"):
+                p.fill_(value)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,197 @@
+"""Analytic FLOPs: the paper's published numbers, sanity of the components, and agreement with
+``torch.utils.flop_counter`` on tiny HF models."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import (
+    AutoConfig,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from crosslmm.bench.flops import (
+    PAPER_TFLOPS,
+    full_token_baseline_flops,
+    paper_convention_flops,
+    prefill_flops,
+    vision_tower_flops,
+)
+from crosslmm.model.presets import available_presets, load_config_yaml
+
+
+def _duck_config(data: dict) -> SimpleNamespace:
+    """A stand-in for CrossLMMConfig built from preset-style kwargs (same fields, same layer rule)."""
+    data = copy.deepcopy(data)
+    text = data.pop("text_config")
+    vision = data.pop("vision_config")
+    if isinstance(text, dict):
+        text = AutoConfig.for_model(text.pop("model_type"), **text)
+    if isinstance(vision, dict):
+        vision = AutoConfig.for_model(vision.pop("model_type"), **vision)
+    cfg = SimpleNamespace(text_config=text, vision_config=vision, **data)
+    every = cfg.cross_attention_every
+    cfg.resolved_cross_layers = lambda: (
+        list(range(every - 1, text.num_hidden_layers, every)) if every and (cfg.v2v or cfg.t2v) else []
+    )
+    return cfg
+
+
+def _preset(name: str, **overrides) -> SimpleNamespace:
+    return _duck_config({**load_config_yaml(name), **overrides})
+
+
+def _max_rel_error(name: str, column: str, **kwargs) -> float:
+    cfg = _preset(name)
+    return max(
+        abs(paper_convention_flops(cfg, frames, **kwargs).total / 1e12 / tflops - 1)
+        for frames, tflops in PAPER_TFLOPS[column].items()
+    )
+
+
+def test_presets_load_by_name_and_path():
+    assert available_presets() == sorted(
+        f"crosslmm-{size}-{tok}tok" for size in ("2b", "7b") for tok in (1, 9, 16)
+    )
+    by_name = load_config_yaml("crosslmm-2b-9tok")
+    assert load_config_yaml("configs/model/crosslmm-2b-9tok.yaml") == by_name
+    assert by_name["text_config"]["tie_word_embeddings"] is True
+    assert load_config_yaml("crosslmm-7b-9tok")["text_config"]["tie_word_embeddings"] is False
+    with pytest.raises(FileNotFoundError, match="crosslmm-7b-9tok"):
+        load_config_yaml("crosslmm-9b")
+
+
+def test_paper_7b_column_reproduced():
+    """One GQA K/V projection per DCAL from raw encoder features hits Fig. 4 within 0.2 %."""
+    assert _max_rel_error("crosslmm-7b-9tok", "7b") < 0.0025
+    cfg = _preset("crosslmm-7b-9tok")
+    at_256 = paper_convention_flops(cfg, 256)
+    assert 0.82 < at_256.vision / at_256.total < 0.84  # the vision tower dominates, as PAPER.md says
+
+
+def test_paper_7b_column_rules_out_other_kv_counts():
+    """The K/V term is what the fit hinges on: none, one per block, or MLP-projected memory all miss."""
+    assert _max_rel_error("crosslmm-7b-9tok", "7b", kv_sets=0) > 0.012
+    assert _max_rel_error("crosslmm-7b-9tok", "7b", kv_sets=2) > 0.014
+    projected = _preset("crosslmm-7b-9tok", cross_attention_kv_source="projector")
+    at_32 = paper_convention_flops(projected, 32).total / 1e12
+    assert at_32 / PAPER_TFLOPS["7b"][32] - 1 > 0.05
+
+
+def test_paper_2b_table_fits_only_one_token_per_frame():
+    """Table 6 does not say its token count; the 7B convention fits it at 1 token, not at 9."""
+    assert _max_rel_error("crosslmm-2b-1tok", "2b") < 0.005
+    assert _max_rel_error("crosslmm-2b-9tok", "2b") > 0.02
+
+
+def test_frame_scope_v2v_is_cheaper_than_video_scope():
+    frame = prefill_flops(_preset("crosslmm-7b-9tok"), 64, 70)
+    video = prefill_flops(_preset("crosslmm-7b-9tok", v2v_scope="video"), 64, 70)
+    assert frame.cross_attention < video.cross_attention
+    assert frame.llm == video.llm and frame.vision == video.vision
+
+
+def test_doubling_frames_roughly_doubles_crosslmm():
+    cfg = _preset("crosslmm-7b-9tok")
+    ratio = prefill_flops(cfg, 256, 70).total / prefill_flops(cfg, 128, 70).total
+    assert 1.95 < ratio < 2.05
+
+
+def test_full_token_baseline_llm_side_dwarfs_crosslmm():
+    """At 256 frames, 169 tokens per frame (LLaVA-Video) cost ~32x CrossLMM-9's LLM layers + DCALs."""
+    cfg = _preset("crosslmm-7b-9tok")
+    crosslmm = prefill_flops(cfg, 256, 70)
+    baseline = full_token_baseline_flops(cfg, 256, 70, tokens_per_frame=169)
+    assert baseline.cross_attention == 0 and baseline.vision == crosslmm.vision
+    assert baseline.llm_side / crosslmm.llm_side >= 20
+    all_patches = full_token_baseline_flops(cfg, 256, 70)
+    assert all_patches.llm > baseline.llm
+
+
+def test_projector_and_cross_attention_follow_the_config():
+    cfg = _preset("crosslmm-2b-9tok")
+    base = prefill_flops(cfg, 8, 20)
+    after = prefill_flops(_preset("crosslmm-2b-9tok", pooling_position="after_projector"), 8, 20)
+    assert after.projector == base.projector * 729 // 9
+    no_cross = prefill_flops(_preset("crosslmm-2b-9tok", v2v=False, t2v=False), 8, 20)
+    assert no_cross.cross_attention == 0 and no_cross.llm == base.llm
+    with_mlp = prefill_flops(_preset("crosslmm-2b-9tok", cross_attention_mlp=True), 8, 20)
+    assert with_mlp.cross_attention > base.cross_attention
+    shallower = prefill_flops(_preset("crosslmm-2b-9tok", vision_feature_layer=-2), 8, 20)
+    assert shallower.vision < base.vision
+
+
+# --- agreement with FlopCounterMode on tiny HF models --------------------------------------------------
+
+
+def _counted(module: torch.nn.Module, **inputs) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(**inputs)
+    return counter.get_total_flops()
+
+
+def _tiny_config(vision_config) -> SimpleNamespace:
+    """The 2B preset's CrossLMM fields around a 2-layer Qwen2 and the given tiny vision tower."""
+    text = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        attn_implementation="eager",
+    )
+    fields = dict(text_config=text, vision_config=vision_config, tokens_per_frame=4, cross_attention_every=2)
+    return _duck_config({**load_config_yaml("crosslmm-2b-9tok"), **fields})
+
+
+_VISION = dict(
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=56,
+    patch_size=14,
+)
+
+
+@pytest.mark.parametrize(
+    "vision_config, model_class",
+    [
+        (
+            SiglipVisionConfig(**_VISION, vision_use_head=False, attn_implementation="eager"),
+            SiglipVisionModel,
+        ),
+        (CLIPVisionConfig(**_VISION, attn_implementation="eager"), CLIPVisionModel),  # + class token
+    ],
+)
+def test_vision_tower_matches_flop_counter(vision_config, model_class):
+    torch.manual_seed(0)
+    frames = 3
+    pixels = torch.randn(frames, 3, vision_config.image_size, vision_config.image_size)
+    counted = _counted(model_class(vision_config).eval(), pixel_values=pixels)
+    analytic = prefill_flops(_tiny_config(vision_config), frames, 10).vision
+    assert analytic == pytest.approx(counted, rel=0.02)
+    assert analytic == vision_tower_flops(vision_config, frames)
+
+
+@pytest.mark.parametrize("all_positions", [False, True])
+def test_llm_matches_flop_counter(all_positions):
+    torch.manual_seed(0)
+    cfg = _tiny_config(SiglipVisionConfig(**_VISION))
+    frames, text, prefix = 3, 10, 5
+    analytic = prefill_flops(cfg, frames, text, prefix_tokens=prefix, lm_head_all_positions=all_positions)
+    seq = prefix + frames * cfg.tokens_per_frame + text
+    input_ids = torch.randint(0, cfg.text_config.vocab_size, (1, seq))
+    model = Qwen2ForCausalLM(cfg.text_config).eval()
+    counted = _counted(model, input_ids=input_ids, use_cache=False, logits_to_keep=0 if all_positions else 1)
+    assert analytic.llm + analytic.lm_head == pytest.approx(counted, rel=0.02)

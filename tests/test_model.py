@@ -1,0 +1,233 @@
+"""Model core: zero-gate equivalence, V2V locality, cache correctness, save/load, gradients, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import random_frames, set_gates, video_prompt
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
+
+import crosslmm  # noqa: F401  (registers the Auto classes)
+from crosslmm.model.configuration import CrossLMMConfig
+from crosslmm.model.factory import TinySpec, make_tiny, save_model_dir
+from crosslmm.model.layout import prefill_layout
+from crosslmm.model.pooling import pool_frames
+
+
+def _inputs(processor, frames=(3,), question="What colour is the marker?"):
+    texts = [video_prompt(processor, question) for _ in frames]
+    videos = [random_frames(n, seed=i) for i, n in enumerate(frames)]
+    return processor(text=texts, videos=videos)
+
+
+def _reference_lm(model):
+    """The same decoder as a stock HF causal LM, without any cross-attention blocks."""
+    ref = AutoModelForCausalLM.from_config(model.config.text_config)
+    ref.model.load_state_dict(model.model.language_model.state_dict())
+    ref.lm_head.load_state_dict(model.lm_head.state_dict())
+    return ref.eval()
+
+
+@pytest.mark.parametrize("llm", ["qwen2", "llama"])
+@pytest.mark.parametrize("scope", ["frame", "video"])
+def test_zero_gates_equal_base_decoder(llm, scope):
+    model, processor = make_tiny(
+        TinySpec(llm=llm), v2v=True, t2v=True, v2v_scope=scope, cross_attention_mlp=True
+    )
+    inputs = _inputs(processor, frames=(3, 2))
+    with torch.no_grad():
+        ours = model(**inputs).logits
+        embeds, _, _ = model.model.embed_video(
+            inputs["input_ids"],
+            model.get_input_embeddings()(inputs["input_ids"]),
+            inputs["attention_mask"],
+            inputs["pixel_values_videos"],
+            inputs["video_frame_counts"],
+        )
+        ref = _reference_lm(model)(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+        set_gates(model, 0.5)  # the comparison is not vacuous: open gates change the output
+        assert not torch.allclose(model(**inputs).logits, ref)
+
+
+def _first_cross_layer_output(model, inputs, memory):
+    cross = next(iter(model.model.cross_layers.values()))
+    layout = prefill_layout(
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["video_frame_counts"],
+        model.config.video_token_id,
+        model.config.tokens_per_frame,
+    )
+    hidden = torch.randn(
+        *inputs["input_ids"].shape,
+        model.config.text_config.hidden_size,
+        generator=torch.Generator().manual_seed(1),
+    )
+    return cross(hidden, layout, memory)[0], layout
+
+
+@pytest.mark.parametrize("scope", ["frame", "video"])
+def test_v2v_scope_locality(scope):
+    model, processor = make_tiny(TinySpec(), v2v=True, t2v=False, v2v_scope=scope)
+    set_gates(model, 0.7)
+    inputs = _inputs(processor, frames=(4,))
+    frames = inputs["pixel_values_videos"][0]
+    with torch.no_grad():
+        _, memory = model.model.encode_video(frames)
+        out, layout = _first_cross_layer_output(model, inputs, memory)
+        changed_memory = memory.clone()
+        changed_memory[2] += torch.randn_like(memory[2])  # not a constant: memory_norm would remove it
+        out2, _ = _first_cross_layer_output(model, inputs, changed_memory)
+    tpf = model.config.tokens_per_frame
+    diff = (out - out2).abs().sum(-1)
+    video = layout.video_positions.view(4, tpf)
+    assert diff[video[2]].min() > 0  # frame 2's pooled tokens see the change
+    others = video[[0, 1, 3]].flatten()
+    text = torch.ones_like(diff, dtype=torch.bool)
+    text[layout.video_positions] = False
+    assert diff[text].max() == 0  # T2V off: text untouched
+    if scope == "frame":
+        assert diff[others].max() == 0
+    else:
+        assert diff[others].min() > 0
+
+
+@pytest.mark.parametrize("llm", ["qwen2", "llama"])
+def test_generate_with_cache_matches_full_forward(llm):
+    model, processor = make_tiny(TinySpec(llm=llm), v2v=True, t2v=True)
+    set_gates(model, 0.8)
+    inputs = _inputs(processor, frames=(3,))
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        full = model(
+            input_ids=out.sequences,
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_frame_counts=inputs["video_frame_counts"],
+            use_cache=False,
+        ).logits
+    prompt_len = inputs["input_ids"].shape[1]
+    step_logits = torch.stack(out.logits, dim=1)
+    torch.testing.assert_close(step_logits, full[:, prompt_len - 1 : -1], rtol=1e-4, atol=1e-4)
+
+
+def test_batched_generate_with_different_frame_counts():
+    model, processor = make_tiny(TinySpec(), v2v=True, t2v=True)
+    set_gates(model, 0.8)
+    processor.tokenizer.padding_side = "left"
+    batch = _inputs(processor, frames=(3, 1))
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        for b, n in enumerate((3, 1)):
+            single = processor(text=[video_prompt(processor)], videos=[random_frames(n, seed=b)])
+            alone = model.generate(**single, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            assert out[b, -4:].tolist() == alone[0, -4:].tolist()
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model, processor = make_tiny(TinySpec(), v2v=True, t2v=True)
+    set_gates(model, 0.3)
+    save_model_dir(model, processor, tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded).__name__ == "CrossLMMForCausalLM"
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    proc2 = AutoProcessor.from_pretrained(tmp_path)
+    inputs = _inputs(proc2)
+    assert proc2.tokens_per_frame == processor.tokens_per_frame
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, loaded(**inputs).logits, rtol=0, atol=0)
+
+
+def test_gradients_reach_gates_and_cross_weights():
+    model, processor = make_tiny(TinySpec(), v2v=True, t2v=True)
+    model.train()
+    inputs = _inputs(processor)
+    labels = inputs["input_ids"].clone()
+    model(**inputs, labels=labels).loss.backward()
+    cross = model.model.cross_layers
+    for block in cross.values():
+        assert block.v2v.gate.grad.abs().item() > 0 and block.t2v.gate.grad.abs().item() > 0
+    model.zero_grad()
+    set_gates(model, 0.5)
+    model(**inputs, labels=labels).loss.backward()
+    for name, p in cross.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert model.model.projector.linear_1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("tokens", "grid"), [(1, 1), (4, 2), (9, 3), (16, 4)])
+@pytest.mark.parametrize("mode", ["avg", "max", "bilinear"])
+def test_pooling_shapes(tokens, grid, mode):
+    x = torch.randn(5, 27 * 27, 8)
+    out = pool_frames(x, grid, mode)
+    assert out.shape == (5, tokens, 8)
+
+
+def test_avg_pooling_is_exact_block_mean():
+    x = torch.randn(2, 27 * 27, 3)
+    out = pool_frames(x, 3, "avg")
+    blocks = x.view(2, 3, 9, 3, 9, 3).mean(dim=(2, 4)).reshape(2, 9, 3)
+    torch.testing.assert_close(out, blocks)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model, processor = make_tiny(TinySpec())
+    with pytest.raises(ValueError, match="zero frames"):
+        processor(text=[video_prompt(processor)], videos=[random_frames(0)])
+    with pytest.raises(ValueError, match="placeholder"):
+        processor(text=[video_prompt(processor)], videos=[random_frames(2), random_frames(2)])
+    inputs = _inputs(processor, frames=(3,))
+    with pytest.raises(ValueError, match="do not match"):
+        model(
+            input_ids=inputs["input_ids"],
+            pixel_values_videos=inputs["pixel_values_videos"][:, :2],
+            video_frame_counts=torch.tensor([2]),
+        )
+    with pytest.raises(ValueError, match="no pixel_values_videos"):
+        model(input_ids=inputs["input_ids"])
+    with pytest.raises(ValueError, match="zero frames"):
+        model(
+            input_ids=inputs["input_ids"],
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_frame_counts=torch.tensor([0]),
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("tokens_per_frame", 5, "square"),
+        ("pooling_mode", "median", "pooling_mode"),
+        ("v2v_scope", "clip", "v2v_scope"),
+        ("cross_attention_layers", [0, 99], "cross_attention_layers"),
+        ("tokens_per_frame", 100, "grid"),
+    ],
+)
+def test_bad_config_values_raise(field, value, match):
+    model, _ = make_tiny(TinySpec())
+    cfg = model.config.to_dict() | {field: value}
+    with pytest.raises(ValueError, match=match):
+        CrossLMMConfig(**{k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version")})
+
+
+def test_config_contradicting_checkpoint_raises(tmp_path):
+    model, processor = make_tiny(TinySpec())
+    save_model_dir(model, processor, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] = 96
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="intermediate|size|shape"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).text_config.intermediate_size == 96
