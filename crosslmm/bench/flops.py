@@ -295,15 +295,15 @@ def paper_convention_flops(
     originals (GQA width, from raw encoder features unless ``cross_attention_kv_source="projector"``).
 
     Fit to the published CrossLMM-7B column (9 tokens per frame, 70 text tokens): kv_sets=1 gives
-    +0.20 / +0.06 / -0.03 / -0.04 % at 32 / 64 / 128 / 256 frames. The published numbers are exactly
-    affine in T (398.44 GMAC per frame + 0.42 TMAC), which excludes anything quadratic in T (decoder
-    attention scores, video-scope V2V). The K/V term (6.0 GMAC per frame) is the one that decides: 0
-    sets undershoot by 1.3-1.6 %, 2 sets (one per V2V/T2V block, as our model computes) overshoot by
-    1.5-1.7 %, projected-through-the-MLP originals overshoot by 6 %. Q/O projections and scores of the
-    DCALs are not needed: the frame-scope V2V scores (0.33 GMAC per frame) sit inside the rounding of
-    the published numbers, V2V Q/O (1.6 GMAC per frame) and T2V scores (2.6 GMAC per frame at 70 text
-    tokens) would overshoot the slope. The 2B column (Table 6) fits the same count only at 1 token per
-    frame (-0.35 %); at 9 tokens it is 2.7 % too high.
+    +0.20 / +0.06 / -0.03 / -0.04 % at 32 / 64 / 128 / 256 frames. The published numbers are affine in T
+    to within rounding (398.44 GMAC per frame + 0.42 TMAC), which rules out anything quadratic in T
+    (decoder attention scores, video-scope V2V). The K/V term (6.0 GMAC per frame) decides the fit: 0 sets
+    undershoot by 1.3-1.6 %, 2 sets (one per V2V/T2V block, as our model computes) overshoot by 1.5-1.7 %,
+    originals projected through the MLP first overshoot by 6 %. The DCALs' Q/O projections and scores are
+    not needed: frame-scope V2V scores (0.33 GMAC per frame) sit inside the rounding of the published
+    numbers; V2V Q/O (1.6 GMAC per frame) and T2V scores (2.6 GMAC per frame at 70 text tokens) push the
+    slope above the published one. The 2B column (Table 6) fits the same count only at 1 token per frame
+    (-0.35 %); at 9 tokens it is 2.7 % too high.
     """
     vision_config = config.vision_config
     dec = _Decoder.from_config(config.text_config)

@@ -6,7 +6,7 @@ import math
 
 from transformers import AutoConfig, PretrainedConfig
 
-from crosslmm.model.vision import vision_config_from_dict
+from crosslmm.model.vision import vision_config_from_dict, vision_grid_size
 
 POOLING_MODES = ("avg", "max", "bilinear")
 POOLING_POSITIONS = ("before_projector", "after_projector")
@@ -125,7 +125,7 @@ class CrossLMMConfig(PretrainedConfig):
         elif not isinstance(self.cross_attention_every, int) or self.cross_attention_every < 0:
             raise ValueError(f"cross_attention_every must be an int >= 0, got {self.cross_attention_every!r}")
         if self.vision_config is not None:
-            grid = self.vision_config.image_size // self.vision_config.patch_size
+            grid = vision_grid_size(self.vision_config)
             if self.pooled_grid > grid:
                 raise ValueError(
                     f"tokens_per_frame={tpf} needs a {self.pooled_grid}x{self.pooled_grid} grid, "

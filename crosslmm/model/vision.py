@@ -298,6 +298,12 @@ def vision_config_from_dict(d: dict) -> PreTrainedConfig:
     return config_cls.from_dict({k: v for k, v in d.items() if k != "model_type"})
 
 
+def vision_grid_size(config: PreTrainedConfig) -> int:
+    """Patches per side, read from the config without building the tower (for config validation)."""
+    sizes = config.vision_cfg if config.model_type == OpenCLIPVisionConfig.model_type else vars(config)
+    return _square(sizes["image_size"], "image_size") // _square(sizes["patch_size"], "patch_size")
+
+
 def build_vision_tower(vision_config: dict | PreTrainedConfig, feature_layer: int) -> VisionTower:
     """Randomly initialised tower for a config object or its dict form."""
     config = vision_config_from_dict(vision_config) if isinstance(vision_config, dict) else vision_config
