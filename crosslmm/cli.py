@@ -9,6 +9,7 @@ import sys
 # Modules exposing ``register(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
 COMMAND_MODULES = [
     "crosslmm.model.commands",
+    "crosslmm.data.commands",
 ]
 
 

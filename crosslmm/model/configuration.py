@@ -39,7 +39,8 @@ class CrossLMMConfig(PretrainedConfig):
     or ``cross_attention_every=0`` disables cross-attention, giving a plain pooled LLaVA model.
     ``cross_attention_kv_source="encoder"`` projects the raw, unpooled encoder features straight to each
     block's keys/values (the paper's efficiency numbers only fit this); ``"projector"`` routes them through
-    the MLP projector first.
+    the MLP projector first. ``video_end_token_id`` (optional) marks one slot after each video that receives
+    a learned vector instead of its token embedding (LLaVA-OneVision's trailing ``image_newline``).
     """
 
     model_type = "crosslmm"
@@ -63,6 +64,7 @@ class CrossLMMConfig(PretrainedConfig):
         vision_feature_layer: int = -1,
         projector_type: str = "mlp2x_gelu",
         video_token_id: int | None = None,
+        video_end_token_id: int | None = None,
         vision_chunk_size: int = 32,
         **kwargs,
     ):
@@ -86,6 +88,7 @@ class CrossLMMConfig(PretrainedConfig):
         self.vision_feature_layer = vision_feature_layer
         self.projector_type = projector_type
         self.video_token_id = video_token_id
+        self.video_end_token_id = video_end_token_id
         self.vision_chunk_size = vision_chunk_size
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
@@ -131,5 +134,9 @@ class CrossLMMConfig(PretrainedConfig):
                     f"tokens_per_frame={tpf} needs a {self.pooled_grid}x{self.pooled_grid} grid, "
                     f"but the vision tower only gives {grid}x{grid} patches"
                 )
+        if self.video_end_token_id is not None and self.video_end_token_id == self.video_token_id:
+            raise ValueError(
+                "video_end_token_id must differ from video_token_id (layouts count video tokens)"
+            )
         if not isinstance(self.vision_chunk_size, int) or self.vision_chunk_size < 1:
             raise ValueError(f"vision_chunk_size must be a positive int, got {self.vision_chunk_size!r}")

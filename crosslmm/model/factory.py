@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -130,6 +131,9 @@ def build_from_pretrained(
     agree with the checkpoints, otherwise the mismatch is reported instead of silently ignored.
     """
     fields = dict(crosslmm_fields)
+    known = set(inspect.signature(CrossLMMConfig.__init__).parameters) - {"self", "kwargs"}
+    if unknown := sorted(set(fields) - known):
+        raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
     text_config = AutoConfig.from_pretrained(llm_dir)
     vision_tower, vision_config = load_pretrained_vision_tower(
         vision_dir, fields.get("vision_feature_layer", -1)
@@ -150,7 +154,8 @@ def build_from_pretrained(
     if VIDEO_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
-    llm.resize_token_embeddings(len(tokenizer))
+    if len(tokenizer) > llm.config.vocab_size:  # never shrink: Qwen2.5 pads its vocab for speed
+        llm.resize_token_embeddings(len(tokenizer))
     text_config = llm.config
     config = CrossLMMConfig(
         vision_config=vision_config,

@@ -44,6 +44,8 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, CrossAttention | GatedMLP):
             init.zeros_(module.gate)
+        if isinstance(module, CrossLMMModel) and module.video_end_embedding is not None:
+            init.normal_(module.video_end_embedding, std=module.video_end_embedding.shape[0] ** -0.5)
 
 
 def select_frames(pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor | None) -> torch.Tensor:
@@ -83,6 +85,11 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         memory_dim = vision_dim if config.cross_attention_kv_source == "encoder" else text_dim
         self.cross_layers = nn.ModuleDict(
             {str(i): DualCrossAttentionLayer(config, i, memory_dim) for i in config.resolved_cross_layers()}
+        )
+        # One learned vector per video end marker (LLaVA-OneVision's image_newline), not a vocabulary row, so
+        # it trains with the connector while the embeddings stay frozen.
+        self.video_end_embedding = (
+            nn.Parameter(torch.empty(text_dim)) if config.video_end_token_id is not None else None
         )
         self.post_init()
 
@@ -137,7 +144,11 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         pooled, memory = self.encode_video(frames)
         flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
         pooled = pooled.reshape(-1, flat.shape[-1]).to(flat.dtype)
-        return flat.index_copy(0, layout.video_positions, pooled).view_as(inputs_embeds), layout, memory
+        embeds = flat.index_copy(0, layout.video_positions, pooled).view_as(inputs_embeds)
+        if self.video_end_embedding is not None:
+            is_end = (input_ids == self.config.video_end_token_id).unsqueeze(-1)
+            embeds = torch.where(is_end, self.video_end_embedding.to(embeds.dtype), embeds)
+        return embeds, layout, memory
 
     def forward(
         self,

@@ -37,7 +37,8 @@ class CrossLMMProcessor(ProcessorMixin):
 
     Each ``<video>`` becomes ``frames * tokens_per_frame`` video tokens, so the sequence the LLM sees
     is exactly as long as the pooled visual input. Outputs ``pixel_values_videos`` (B, F_max, 3, H, W)
-    with ``video_frame_counts`` (B,): a sample's videos are concatenated in placeholder order.
+    with ``video_frame_counts`` (B,): a sample's videos are concatenated in placeholder order. With
+    ``video_end_token`` set, one such token follows each video's tokens (see ``video_end_token_id``).
     """
 
     def __init__(
@@ -46,15 +47,24 @@ class CrossLMMProcessor(ProcessorMixin):
         tokenizer=None,
         tokens_per_frame: int = 9,
         video_token: str = VIDEO_TOKEN,
+        video_end_token: str | None = None,
         chat_template: str | None = None,
         **kwargs,
     ):
         self.tokens_per_frame = tokens_per_frame
         self.video_token = video_token
+        self.video_end_token = video_end_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
         self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
         if self.video_token_id is None or self.video_token_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {video_token!r} token; add it as a special token first")
+        if video_end_token is not None and tokenizer.convert_tokens_to_ids(video_end_token) in (
+            None,
+            tokenizer.unk_token_id,
+        ):
+            raise ValueError(
+                f"the tokenizer has no {video_end_token!r} token; add it as a special token first"
+            )
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         """Messages with plain-string content (``"<video>\\nWhat happens?"``) -> prompt string."""
@@ -68,7 +78,8 @@ class CrossLMMProcessor(ProcessorMixin):
         )
 
     def expand_video_tokens(self, text: str, frame_counts: list[int]) -> str:
-        """Replace the i-th ``<video>`` in ``text`` by ``frame_counts[i] * tokens_per_frame`` video tokens."""
+        """Replace the i-th ``<video>`` in ``text`` by ``frame_counts[i] * tokens_per_frame`` video tokens
+        (plus the end token, if any)."""
         pieces = text.split(self.video_token)
         if len(pieces) - 1 != len(frame_counts):
             raise ValueError(
@@ -76,8 +87,9 @@ class CrossLMMProcessor(ProcessorMixin):
                 "were given for it"
             )
         out = [pieces[0]]
+        end = self.video_end_token or ""
         for count, piece in zip(frame_counts, pieces[1:]):
-            out.append(self.video_token * (count * self.tokens_per_frame))
+            out.append(self.video_token * (count * self.tokens_per_frame) + end)
             out.append(piece)
         return "".join(out)
 

@@ -1,0 +1,180 @@
+"""Synthetic long-video QA whose answers hide in one patch: what pooling to one token per frame destroys.
+
+Each video is T frames of mid-range noise with a few dimmed squares in the answer colours, redrawn every
+frame. For a few consecutive frames inside one quarter of the video, one patch-sized square is fully
+saturated (the only pixels at 0 or 255): the marker. Questions ask for the marker's colour or the quarter
+of the video it appears in. Averaging a frame's patches dilutes the marker to 1/grid^2 of the frame and
+buries it under the distractors, so a model that sees one pooled token per frame is near chance, while
+one that sees every patch (or attends to them) can read the answer off a single token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from crosslmm.data.video import write_video
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+}
+QUARTERS = ("first", "second", "third", "last")
+QUESTIONS = {
+    "colour": "What colour is the marker? Answer with one word.",
+    "quarter": "In which quarter of the video does the marker appear? Answer with one word.",
+}
+ANSWERS = {"colour": tuple(COLOURS), "quarter": QUARTERS}
+TASK_NAME = "crosslmm_synth"
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What to generate; the defaults are what ``crosslmm demo`` uses."""
+
+    videos: int = 2000  # train + test
+    frames: int = 16
+    seed: int = 0
+    test_fraction: float = 0.1
+    size: int = 32  # frame side in pixels; the demo's vision tower reads 32x32
+    cell: int = 4  # marker/distractor side; equal to the tower's patch so a marker fills one patch
+    marker_frames: int = 4  # consecutive frames the marker is shown (clipped to a quarter of the video)
+    distractors: int = 3  # dimmed squares per frame
+    fps: float = 4.0
+
+    def validate(self) -> None:
+        """Reject settings that would give an empty split or an unanswerable question."""
+        if self.videos < 2:
+            raise ValueError(f"--videos must be >= 2 (one train and one test video), got {self.videos}")
+        if self.frames < 4:
+            raise ValueError(f"--frames must be >= 4 so every quarter of the video has a frame, got {self.frames}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.size % self.cell or self.size % 2:
+            raise ValueError(f"size {self.size} must be even and a multiple of cell {self.cell}")
+        if self.marker_frames < 1 or self.distractors < 0:
+            raise ValueError("marker_frames must be >= 1 and distractors >= 0")
+
+
+def quarter_of(frame: int, frames: int) -> int:
+    """Index 0..3 of the quarter of a ``frames``-long video that ``frame`` falls in."""
+    return frame * 4 // frames
+
+
+def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """One video (T, H, W, 3) uint8 and its ground truth (marker colour, quarter, cell, frames)."""
+    cells = spec.size // spec.cell
+    names = list(COLOURS)
+    palette = np.array([COLOURS[n] for n in names], dtype=np.float32)
+    # Mid-range noise: no pixel near 0 or 255, so saturation is the marker's signature.
+    frames = rng.integers(80, 176, (spec.frames, spec.size, spec.size, 3)).astype(np.float32)
+    dimmed = 0.35 * palette + 0.65 * 128.0  # same hues as the answers, never saturated
+    for t in range(spec.frames):
+        for cell in rng.choice(cells * cells, spec.distractors, replace=False):
+            r, c = divmod(int(cell), cells)
+            frames[t, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell] = dimmed[
+                rng.integers(len(names))
+            ]
+    colour = int(rng.integers(len(names)))
+    quarter = int(rng.integers(4))
+    first, end = math.ceil(quarter * spec.frames / 4), math.ceil((quarter + 1) * spec.frames / 4)
+    length = min(spec.marker_frames, end - first)
+    start = int(rng.integers(first, end - length + 1))
+    r, c = divmod(int(rng.integers(cells * cells)), cells)
+    frames[start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell] = (
+        palette[colour]
+    )
+    truth = dict(colour=names[colour], quarter=QUARTERS[quarter], cell=[r, c], marker_frames=[start, start + length])
+    return frames.astype(np.uint8), truth
+
+
+def _record(vid: str, video: str, kind: str, truth: dict) -> dict:
+    return {
+        "id": f"{vid}_{kind}",
+        "video": video,
+        "question_type": kind,
+        "conversations": [
+            {"from": "human", "value": f"<video>\n{QUESTIONS[kind]}"},
+            {"from": "gpt", "value": truth[kind]},
+        ],
+    }
+
+
+def task_yaml(test_json: str) -> str:
+    """An lmms-eval task over the local test JSON: generate one word, exact match after normalising."""
+    return (
+        f"task: {TASK_NAME}\n"
+        "dataset_path: json\n"
+        "dataset_kwargs:\n"
+        f"  data_files:\n    test: {test_json}\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        "doc_to_visual: !function utils.doc_to_visual\n"
+        "doc_to_text: !function utils.doc_to_text\n"
+        "doc_to_target: !function utils.doc_to_target\n"
+        "generation_kwargs:\n  max_new_tokens: 4\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+        "    ignore_case: true\n    ignore_punctuation: true\n"
+    )
+
+
+TASK_UTILS = '''"""lmms-eval hooks for the synthetic CrossLMM task; videos are relative to this directory."""
+
+import os
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def doc_to_visual(doc):
+    return [os.path.join(ROOT, doc["video"])]
+
+
+def doc_to_text(doc):
+    return doc["conversations"][0]["value"].replace("<video>\\n", "")
+
+
+def doc_to_target(doc):
+    return doc["conversations"][1]["value"]
+'''
+
+
+def generate(out: str | os.PathLike, spec: SynthSpec, progress: bool = True) -> dict[str, Path]:
+    """Write videos/*.mp4, train.json, test.json, the lmms-eval task (YAML + hooks) and spec.json to ``out``.
+
+    Everything is a function of ``spec`` (one numpy Generator seeded with ``spec.seed``), so the same spec
+    gives byte-identical JSON and identical frames. Each video gets one question, colour or quarter, chosen
+    at random; the test split is the last ``test_fraction`` of the videos.
+    """
+    spec.validate()
+    root = Path(out)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    n_test = max(1, round(spec.videos * spec.test_fraction))
+    records: list[dict] = []
+    for i in tqdm(range(spec.videos), desc="synth videos", disable=not progress, leave=False):
+        frames, truth = make_video(spec, rng)
+        vid = f"v{i:05d}"
+        rel = f"videos/{vid}.mp4"
+        write_video(root / rel, frames, spec.fps)
+        kind = "colour" if rng.random() < 0.5 else "quarter"
+        records.append(_record(vid, rel, kind, truth))
+    paths = {
+        "train": root / "train.json",
+        "test": root / "test.json",
+        "task": root / f"{TASK_NAME}.yaml",
+        "spec": root / "spec.json",
+    }
+    paths["train"].write_text(json.dumps(records[:-n_test], indent=1))
+    paths["test"].write_text(json.dumps(records[-n_test:], indent=1))
+    paths["task"].write_text(task_yaml(str(paths["test"].resolve())))
+    (root / "utils.py").write_text(TASK_UTILS)
+    paths["spec"].write_text(json.dumps(asdict(spec), indent=1))
+    return paths

@@ -1,0 +1,1 @@
+"""Training: config, trainable parameters, atomic checkpoints, the Trainer subclass and callbacks."""

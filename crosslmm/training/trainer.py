@@ -1,0 +1,42 @@
+"""HF Trainer with per-component learning rates, atomic checkpoints and a count of dropped samples."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from crosslmm.training import checkpoint
+from crosslmm.training.config import TrainConfig
+from crosslmm.training.params import lr_groups
+
+
+class CrossLMMTrainer(Trainer):
+    def __init__(self, *args, train_config: TrainConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_config = train_config
+        self.dropped = torch.zeros(2, dtype=torch.long)  # (bad records skipped, over-length dropped) on this rank
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer (AdamW), built on our learning-rate groups; DeepSpeed wraps it."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = lr_groups(opt_model, self.train_config, set(self.get_decay_parameter_names(opt_model)))
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.dropped += inputs.pop("dropped").cpu()
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        path = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        checkpoint.fsync_tree(path)  # each rank flushes what it wrote
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            checkpoint.mark_complete(path, self.state.global_step)
+            checkpoint.rotate(self._get_output_dir(trial), self.train_config.keep_checkpoints)
