@@ -9,7 +9,10 @@ import sys
 # Modules exposing ``register(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
 COMMAND_MODULES = [
     "crosslmm.model.commands",
+    "crosslmm.eval.commands",
+    "crosslmm.bench.commands",
     "crosslmm.data.commands",
+    "crosslmm.convert.commands",
 ]
 
 

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-import crosslmm  # noqa: F401  (registers the Auto classes)
 from crosslmm.data.video import load_video, sample_indices
+from crosslmm.model import CrossLMMForCausalLM, CrossLMMProcessor  # importing registers the Auto classes
 
 DEFAULT_NUM_FRAMES = 64  # frames per video when neither a count nor an fps is given (see docs/evaluation.md)
 
@@ -96,7 +96,7 @@ def load_frames(video: VideoLike, sampling: FrameSampling) -> np.ndarray:
 
 def load(
     model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
-) -> tuple[torch.nn.Module, object]:
+) -> tuple[CrossLMMForCausalLM, CrossLMMProcessor]:
     """A saved CrossLMM dir -> (model in eval mode on ``device``, processor).
 
     ``dtype`` None means float32 on CPU (bf16 matmuls are slow there) and bfloat16 on accelerators.
@@ -114,7 +114,7 @@ def load(
     return model, processor
 
 
-def build_prompt(processor, question: str, num_videos: int = 1) -> str:
+def build_prompt(processor: CrossLMMProcessor, question: str, num_videos: int = 1) -> str:
     """Chat prompt with the videos first (the paper's [visual ; text] order), then the question."""
     content = f"{processor.video_token}\n" * num_videos + question
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)

@@ -15,6 +15,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoProcessor, TrainingArguments
 
 from crosslmm.data.dataset import VideoChatCollator, VideoChatDataset
@@ -29,10 +30,27 @@ from crosslmm.training.trainer import CrossLMMTrainer
 logger = logging.getLogger("crosslmm.train")
 
 
+def _configure_cpu_deepspeed() -> None:
+    """Set up the distributed state for DeepSpeed over gloo on CPU (tests, debugging).
+
+    accelerate only picks a backend for DeepSpeed on accelerators; on CPU it would silently run each rank
+    as a world of one. A pre-configured state with an explicit gloo backend is its supported way around.
+    """
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+
+
 def training_arguments(config: TrainConfig) -> TrainingArguments:
     """Map our config onto the Trainer's; built before the model so ZeRO-3 can partition it while loading."""
     on_gpu = torch.cuda.is_available()
+    cpu_deepspeed = bool(config.deepspeed) and not on_gpu and int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if cpu_deepspeed:
+        _configure_cpu_deepspeed()
     return TrainingArguments(
+        accelerator_config={"use_configured_state": cpu_deepspeed},
         output_dir=config.output_dir,
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.grad_accum,
@@ -48,7 +66,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings need no input grads
         deepspeed=config.deepspeed,
-        ddp_backend=None if on_gpu else "gloo",
+        ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         seed=config.seed,
         save_strategy="steps",
         save_steps=config.save_steps,

@@ -231,3 +231,24 @@ def test_config_contradicting_checkpoint_raises(tmp_path):
     with pytest.raises(Exception, match="intermediate|size|shape"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).text_config.intermediate_size == 96
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    model, processor = make_tiny(TinySpec(), v2v=True, t2v=True)
+    set_gates(model, 0.5)
+    model.train()
+    inputs = _inputs(processor)
+    labels = inputs["input_ids"].clone()
+
+    def grads():
+        model.zero_grad()
+        model(**inputs, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in model.model.cross_layers.values())
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)

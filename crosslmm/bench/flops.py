@@ -20,6 +20,7 @@ The configs are duck-typed: anything with ``CrossLMMConfig``'s fields and ``reso
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -334,3 +335,41 @@ def flop_counter() -> FlopCounterMode:
 
 def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# Full-token baselines of the efficiency comparison: all patches, LLaVA-Video, LLaVA-OneVision.
+BASELINE_TOKENS: dict[str, int | None] = {"all patches": None, "LLaVA-Video": 169, "LLaVA-OneVision": 196}
+CROSSLMM_TOKENS = (1, 9, 16)
+
+
+def flops_sweep(config: Any, frames: list[int], text_tokens: int, paper_column: str) -> dict[str, Any]:
+    """Breakdowns of CrossLMM at 1/9/16 tokens per frame and of the full-token baselines, all on ``config``'s
+    tower and LLM, plus the paper-convention count against the published column (``PAPER_TFLOPS``)."""
+    models: dict[str, dict[str, Any]] = {}
+    for tokens in CROSSLMM_TOKENS:
+        variant = copy.copy(config)
+        variant.tokens_per_frame = tokens
+        models[f"CrossLMM-{tokens}"] = {
+            "tokens_per_frame": tokens,
+            "flops": {t: prefill_flops(variant, t, text_tokens).as_dict() for t in frames},
+        }
+    for name, tokens in BASELINE_TOKENS.items():
+        models[f"{name} ({tokens or grid_tokens(config.vision_config)})"] = {
+            "tokens_per_frame": tokens or grid_tokens(config.vision_config),
+            "flops": {
+                t: full_token_baseline_flops(config, t, text_tokens, tokens_per_frame=tokens).as_dict()
+                for t in frames
+            },
+        }
+    published = PAPER_TFLOPS[paper_column]
+    paper = {
+        t: {
+            "tmac": paper_convention_flops(config, t, text_tokens).total / 1e12,
+            "published_tflops": published.get(t),
+        }
+        for t in frames
+    }
+    for row in paper.values():
+        if row["published_tflops"]:
+            row["error_pct"] = 100 * (row["tmac"] / row["published_tflops"] - 1)
+    return {"text_tokens": text_tokens, "frames": frames, "models": models, "paper_convention": paper}

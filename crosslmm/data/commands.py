@@ -14,7 +14,9 @@ def _toy_data(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("toy-data", help="write a toy video-QA dataset + mixture YAML (CPU runs, tests)")
+    p = subparsers.add_parser(
+        "toy-data", help="write a toy video-QA dataset + mixture YAML (CPU runs, tests)"
+    )
     p.add_argument("out")
     p.add_argument("--videos", type=int, default=8)
     p.add_argument("--frames", type=int, default=8)

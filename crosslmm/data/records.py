@@ -87,9 +87,9 @@ def parse_record(raw, source: str, index: int, data_root: str) -> Record:
             raise bad(f'conversations[{t}] needs "from" and "value"')
         role = ROLES.get(turn["from"])
         if role is None:
-            raise bad(f'conversations[{t}] has unknown speaker {turn["from"]!r}; use one of {sorted(ROLES)}')
+            raise bad(f"conversations[{t}] has unknown speaker {turn['from']!r}; use one of {sorted(ROLES)}")
         if not isinstance(turn["value"], str):
-            raise bad(f'conversations[{t}].value must be a string')
+            raise bad(f"conversations[{t}].value must be a string")
         text = turn["value"].replace(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER) if has_image else turn["value"]
         messages.append({"role": role, "content": text})
     placeholders = sum(m["content"].count(VIDEO_PLACEHOLDER) for m in messages)

@@ -18,7 +18,9 @@ from crosslmm.data.video import write_video
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
 
-def make_toy_dataset(out: str, num_videos: int = 8, num_frames: int = 8, size: int = 32, seed: int = 0) -> str:
+def make_toy_dataset(
+    out: str, num_videos: int = 8, num_frames: int = 8, size: int = 32, seed: int = 0
+) -> str:
     """Write ``num_videos`` mp4s, one image, a JSONL of video records, a JSON of image records and a mixture
     YAML using both; returns the mixture path."""
     rng = np.random.default_rng(seed)

@@ -35,13 +35,26 @@ class CrossAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.gate = nn.Parameter(torch.zeros(1))
 
-    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory (F, N, Dm) -> keys, values (F, KVH, N, head_dim)."""
+    def project_memory(self, memory: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (F, N, Dm) -> keys, values (F, N, KVH, head_dim), ``chunk_frames`` frames at a time so the
+        normalised copy of the memory never exists for all frames at once."""
         frames, n, _ = memory.shape
-        memory = self.memory_norm(memory)
-        k = self.k_proj(memory).view(frames, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(memory).view(frames, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return k, v
+        k = v = None
+        for start in range(0, frames, chunk_frames):
+            normed = self.memory_norm(memory[start : start + chunk_frames])
+            k_chunk, v_chunk = self.k_proj(normed), self.v_proj(normed)
+            if frames <= chunk_frames:
+                k, v = k_chunk, v_chunk
+                break
+            if k is None:
+                k, v = (
+                    k_chunk.new_empty((frames, *k_chunk.shape[1:])),
+                    v_chunk.new_empty((frames, *v_chunk.shape[1:])),
+                )
+            k[start : start + chunk_frames] = k_chunk
+            v[start : start + chunk_frames] = v_chunk
+        shape = (frames, n, self.num_kv_heads, self.head_dim)
+        return k.view(shape), v.view(shape)
 
     def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """queries (G, Lq, D) over keys/values (G, KVH, M, hd) -> gated update (G, Lq, D)."""
@@ -72,16 +85,18 @@ class GatedMLP(nn.Module):
 
 
 def _per_sample(kv: torch.Tensor, layout: VisualLayout) -> list[torch.Tensor]:
-    """(F_total, KVH, N, hd) -> per sample (1, KVH, F_b * N, hd), frames in time order."""
-    out = []
-    for off, n in zip(layout.frame_offsets.tolist(), layout.frame_counts.tolist()):
-        chunk = kv[off : off + n]
-        out.append(chunk.transpose(0, 1).reshape(1, kv.shape[1], -1, kv.shape[3]))
-    return out
+    """(F_total, N, KVH, hd) -> per sample (1, KVH, F_b * N, hd), frames in time order; views, no copies."""
+    _, n, heads, dim = kv.shape
+    return [
+        kv[off : off + count].view(1, count * n, heads, dim).transpose(1, 2)
+        for off, count in zip(layout.frame_offsets.tolist(), layout.frame_counts.tolist())
+    ]
 
 
 def _pad_batch(per_sample: list[torch.Tensor]) -> torch.Tensor:
-    """Pad per-sample (1, KVH, M_b, hd) to (B, KVH, M_max, hd) for the cache."""
+    """Pad per-sample (1, KVH, M_b, hd) to (B, KVH, M_max, hd) for the cache; one sample is kept as is."""
+    if len(per_sample) == 1:
+        return per_sample[0]
     longest = max(t.shape[2] for t in per_sample)
     return torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[2])) for t in per_sample])
 
@@ -95,6 +110,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.tokens_per_frame = config.tokens_per_frame
         self.v2v_scope = config.v2v_scope
+        self.chunk_frames = config.vision_chunk_size
         self.v2v = CrossAttention(text_config, memory_dim) if config.v2v else None
         self.t2v = CrossAttention(text_config, memory_dim) if config.t2v else None
         self.mlp = GatedMLP(text_config) if config.cross_attention_mlp else None
@@ -120,12 +136,16 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
 
     def _v2v(self, flat: torch.Tensor, layout: VisualLayout, memory: torch.Tensor) -> torch.Tensor:
         """Update for the pooled video tokens, (F_total * tokens_per_frame, D)."""
-        keys, values = self.v2v.project_memory(memory)
         queries = flat[layout.video_positions]
-        if self.v2v_scope == "frame":  # frames are the batch: no mask, nothing dense over the whole video
-            frames = keys.shape[0]
-            update = self.v2v.attend(queries.view(frames, self.tokens_per_frame, -1), keys, values)
-            return update.reshape(queries.shape)
+        if self.v2v_scope == "frame":  # frames are the batch: no mask; chunks bound the K/V held at once
+            queries = queries.view(memory.shape[0], self.tokens_per_frame, -1)
+            updates = []
+            for start in range(0, memory.shape[0], self.chunk_frames):
+                chunk = slice(start, start + self.chunk_frames)
+                keys, values = self.v2v.project_memory(memory[chunk], self.chunk_frames)
+                updates.append(self.v2v.attend(queries[chunk], keys.transpose(1, 2), values.transpose(1, 2)))
+            return torch.cat(updates).flatten(0, 1)
+        keys, values = self.v2v.project_memory(memory, self.chunk_frames)
         per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
         updates, start = [], 0
         for b, n in enumerate(layout.frame_counts.tolist()):
@@ -145,7 +165,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         """Positions and updates for text tokens; each sees only the frames that precede it."""
         if memory is not None:
             tokens_per_frame = memory.shape[1]
-            keys, values = self.t2v.project_memory(memory)
+            keys, values = self.t2v.project_memory(memory, self.chunk_frames)
             per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
             if cache is not None:
                 cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))

@@ -99,17 +99,26 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.embed_tokens = value
 
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (F, 3, H, W) -> original patch tokens (F, N, Dv), ``vision_chunk_size`` frames at a time to
+        bound the tower's activations. Chunks are written into one preallocated output: concatenating a list
+        would hold every frame's tokens twice at the peak."""
+        dtype = next(self.vision_tower.parameters()).dtype
+        size = self.config.vision_chunk_size
+        original = None
+        for start in range(0, frames.shape[0], size):
+            tokens = self.vision_tower(frames[start : start + size].to(dtype))
+            if original is None:
+                original = tokens.new_empty((frames.shape[0], *tokens.shape[1:]))
+            original[start : start + tokens.shape[0]] = tokens
+        return original
+
     def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """frames (F, 3, H, W) -> pooled LLM embeddings (F, tokens_per_frame, D) and the cross-attention
         memory (F, N, Dm) of original tokens (None without cross-attention layers).
-
-        Frames are encoded in chunks of ``vision_chunk_size`` to bound the vision tower's activations.
         """
         cfg = self.config
-        dtype = next(self.vision_tower.parameters()).dtype
-        original = torch.cat(
-            [self.vision_tower(chunk.to(dtype)) for chunk in frames.split(cfg.vision_chunk_size)]
-        )
+        original = self.encode_frames(frames)
         projected = None
         if cfg.pooling_position == "before_projector":
             pooled = self.projector(

@@ -29,6 +29,13 @@ def build_image_processor(vision_tower) -> SiglipImageProcessor:
     )
 
 
+def _special_token_id(tokenizer, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {token!r} token; add it as a special token first")
+    return token_id
+
+
 VideoInput = np.ndarray | torch.Tensor  # (T, H, W, 3) uint8 frames, as crosslmm.data.video returns them
 
 
@@ -55,16 +62,9 @@ class CrossLMMProcessor(ProcessorMixin):
         self.video_token = video_token
         self.video_end_token = video_end_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
-        if self.video_token_id is None or self.video_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {video_token!r} token; add it as a special token first")
-        if video_end_token is not None and tokenizer.convert_tokens_to_ids(video_end_token) in (
-            None,
-            tokenizer.unk_token_id,
-        ):
-            raise ValueError(
-                f"the tokenizer has no {video_end_token!r} token; add it as a special token first"
-            )
+        self.video_token_id = _special_token_id(tokenizer, video_token)
+        if video_end_token is not None:
+            _special_token_id(tokenizer, video_end_token)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         """Messages with plain-string content (``"<video>\\nWhat happens?"``) -> prompt string."""

@@ -83,7 +83,9 @@ class TrainConfig:
         if (self.data.num_frames is None) == (self.data.fps is None):
             raise ValueError("data: give exactly one of num_frames or fps (set the other to null)")
         if self.data.overlength not in OVERLENGTH_POLICIES:
-            raise ValueError(f"data.overlength must be one of {OVERLENGTH_POLICIES}, got {self.data.overlength!r}")
+            raise ValueError(
+                f"data.overlength must be one of {OVERLENGTH_POLICIES}, got {self.data.overlength!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.report_to not in ("wandb", "none"):
@@ -91,7 +93,9 @@ class TrainConfig:
         if self.lora.enabled and "llm" not in self.train:
             raise ValueError("lora.enabled needs 'llm' in train: LoRA adapters are what trains the LLM")
         if self.lora.enabled and self.deepspeed and "zero3" in self.deepspeed:
-            raise ValueError("lora with ZeRO-3 is not supported (the final merge needs whole weights); use zero2")
+            raise ValueError(
+                "lora with ZeRO-3 is not supported (the final merge needs whole weights); use zero2"
+            )
         for name in ("lr", "llm_lr", "vision_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -143,7 +147,9 @@ def _set_dotted(values: dict, override: str) -> None:
     """Apply ``a.b=value`` (value parsed as YAML, so ``null``, ``1e-4`` and ``[a, b]`` work)."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
-        raise ValueError(f"override {override!r} must look like key=value (e.g. lr=1e-4 or data.num_frames=8)")
+        raise ValueError(
+            f"override {override!r} must look like key=value (e.g. lr=1e-4 or data.num_frames=8)"
+        )
     *parents, leaf = key.split(".")
     node = values
     for part in parents:

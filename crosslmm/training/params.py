@@ -52,6 +52,9 @@ def lr_groups(model: nn.Module, config: TrainConfig, decay_names: set[str]) -> l
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            key = (rates.get(component_of(name), config.lr), config.weight_decay if name in decay_names else 0.0)
+            key = (
+                rates.get(component_of(name), config.lr),
+                config.weight_decay if name in decay_names else 0.0,
+            )
             groups.setdefault(key, []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]

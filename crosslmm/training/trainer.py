@@ -17,7 +17,9 @@ class CrossLMMTrainer(Trainer):
     def __init__(self, *args, train_config: TrainConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_config = train_config
-        self.dropped = torch.zeros(2, dtype=torch.long)  # (bad records skipped, over-length dropped) on this rank
+        self.dropped = torch.zeros(
+            2, dtype=torch.long
+        )  # (bad records skipped, over-length dropped) on this rank
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer (AdamW), built on our learning-rate groups; DeepSpeed wraps it."""

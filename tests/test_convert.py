@@ -1,0 +1,226 @@
+"""LLaVA-OneVision -> CrossLMM conversion: exact equivalence with the source, pooling switches, stage-1 start,
+export back, and clear key-mismatch errors. The source is a tiny random LlavaOnevision built from configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_frames
+from transformers import (
+    AutoModelForCausalLM,
+    AutoProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+
+import crosslmm  # noqa: F401  (registers the Auto classes)
+from crosslmm.cli import main as cli_main
+from crosslmm.convert import KeyMismatchError, export_llava_onevision
+from crosslmm.convert.llava_onevision import ADAPTER
+from crosslmm.model.factory import train_tiny_tokenizer
+
+IMAGE_SIZE, PATCH = 36, 4  # 9x9 patch grid: odd, so the source's ceil(9/2) = 5x5 pooling is exercised
+FRAMES = 3
+QUESTION = "What colour is the marker?"
+# The chat template of the llava-hf LLaVA-OneVision checkpoints: it renders only list content.
+LLAVA_OV_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}"
+    "{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory):
+    """A tiny random LLaVA-OneVision saved the way llava-hf checkpoints are (model + processor)."""
+    torch.manual_seed(0)
+    tokenizer = train_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<video>", "<image>"]})
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    preprocessing = dict(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(**preprocessing),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(**preprocessing),
+        num_image_tokens=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=LLAVA_OV_TEMPLATE,
+    )
+    out = tmp_path_factory.mktemp("llava_ov")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted_dir(source_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("crosslmm")
+    assert cli_main(["convert", "llava-onevision", str(source_dir), str(out), "--cross-every", "2"]) == 0
+    return out
+
+
+def _source_inputs(source_dir):
+    processor = AutoProcessor.from_pretrained(source_dir)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor(text=[prompt], videos=[random_frames(FRAMES)], return_tensors="pt")
+
+
+def _our_inputs(processor, frames=FRAMES):
+    prompt = processor.apply_chat_template([{"role": "user", "content": f"<video>\n{QUESTION}"}])
+    return processor(text=[prompt], videos=[random_frames(frames)])
+
+
+def _greedy(model, inputs, steps=8):
+    out = model.generate(
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.logits, 1)
+
+
+def test_converted_model_equals_source(source_dir, converted_dir):
+    source = LlavaOnevisionForConditionalGeneration.from_pretrained(source_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(converted_dir).eval()
+    processor = AutoProcessor.from_pretrained(converted_dir)
+    assert model.config.tokens_per_frame == 25 and len(model.model.cross_layers) == 2
+    src_inputs, inputs = _source_inputs(source_dir), _our_inputs(processor)
+    # Same prompt from a plain-string message, except that the source's extra last <video> slot (which
+    # receives image_newline) is our <video_end>.
+    expected = src_inputs["input_ids"].clone()
+    expected[0, int(torch.nonzero(expected[0] == model.config.video_token_id).max())] = (
+        model.config.video_end_token_id
+    )
+    assert inputs["input_ids"].tolist() == expected.tolist()
+    torch.testing.assert_close(
+        inputs["pixel_values_videos"], src_inputs["pixel_values_videos"], rtol=0, atol=0
+    )
+
+    vocab = source.config.text_config.vocab_size
+    with torch.no_grad():
+        src_logits = source(**src_inputs).logits
+        logits = model(**inputs).logits
+        # The one extra vocabulary column is <video_end>, which generation suppresses.
+        torch.testing.assert_close(logits[..., :vocab], src_logits, rtol=1e-5, atol=1e-5)
+        src_tokens, src_steps = _greedy(source, src_inputs)
+        tokens, steps = _greedy(model, inputs)
+    assert tokens.tolist() == src_tokens.tolist()
+    torch.testing.assert_close(steps[..., :vocab], src_steps, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [9, 1])
+def test_switch_tokens_per_frame(converted_dir, tokens):
+    """Switching is a config change: the processor emits the new slot count, the model pools to the new grid."""
+    model = AutoModelForCausalLM.from_pretrained(
+        converted_dir, tokens_per_frame=tokens, pooling_antialias=True
+    ).eval()
+    processor = AutoProcessor.from_pretrained(converted_dir, tokens_per_frame=tokens)
+    inputs = _our_inputs(processor)
+    n_video = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    assert n_video == FRAMES * tokens
+    with torch.no_grad():
+        pooled, _ = model.model.encode_video(inputs["pixel_values_videos"][0])
+        tokens_out, _ = _greedy(model, inputs, steps=3)
+    assert pooled.shape[:2] == (FRAMES, tokens) and tokens_out.shape == (1, 3)
+
+
+def test_stage1_training_starts_from_converted_model(converted_dir):
+    """A few optimizer steps with only the connector (projector, video-end vector) and cross-attention
+    trainable, in a plain torch loop: the loss is finite and goes down."""
+    model = AutoModelForCausalLM.from_pretrained(converted_dir, tokens_per_frame=9, pooling_antialias=True)
+    processor = AutoProcessor.from_pretrained(converted_dir, tokens_per_frame=9)
+    trainable = ("model.projector.", "model.cross_layers.", "model.video_end_embedding")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(trainable))
+    model.train()
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": f"<video>\n{QUESTION}"}, {"role": "assistant", "content": "red square"}],
+        add_generation_prompt=False,
+    )
+    batch = processor(text=[prompt, prompt], videos=[random_frames(4, seed=1), random_frames(2, seed=2)])
+    labels = batch["input_ids"].masked_fill(
+        torch.isin(
+            batch["input_ids"], torch.tensor([model.config.video_token_id, model.config.video_end_token_id])
+        ),
+        -100,
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith(".gate"))
+
+
+def test_export_round_trip_is_exact(source_dir, converted_dir, tmp_path):
+    assert cli_main(["export", "llava-onevision", str(converted_dir), str(tmp_path)]) == 0
+    original = LlavaOnevisionForConditionalGeneration.from_pretrained(source_dir)
+    exported = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path)
+    vocab = original.config.text_config.vocab_size
+    for name, value in original.state_dict().items():
+        torch.testing.assert_close(exported.state_dict()[name][:vocab], value, rtol=0, atol=0, msg=name)
+    inputs = _source_inputs(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**inputs).logits[..., :vocab], original(**inputs).logits)
+
+
+def test_export_refuses_models_it_cannot_represent(converted_dir):
+    model = AutoModelForCausalLM.from_pretrained(converted_dir, tokens_per_frame=9)
+    with torch.no_grad():
+        next(iter(model.model.cross_layers.values())).v2v.gate.fill_(0.5)
+    with pytest.raises(ValueError, match="tokens_per_frame=9.*non-zero gates"):
+        export_llava_onevision(model, AutoProcessor.from_pretrained(converted_dir))
+
+
+def test_adapter_lists_unmapped_and_missing_keys():
+    state = {"model.image_newline": torch.zeros(2), "model.mystery.weight": torch.zeros(1)}
+    expected = ["model.video_end_embedding", "lm_head.weight", "model.cross_layers.1.v2v.gate"]
+    with pytest.raises(KeyMismatchError) as err:
+        ADAPTER.from_hf(state, expected)
+    message = str(err.value)
+    assert "model.mystery.weight" in message and "lm_head.weight" in message
+    assert "cross_layers" not in message  # new modules are expected to be missing

@@ -1,0 +1,161 @@
+"""crosslmm.inference (the shared evaluation path) and ``crosslmm chat``."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_frames
+from PIL import Image
+from transformers import AutoModelForCausalLM
+
+from crosslmm.cli import main
+from crosslmm.data.video import write_video
+from crosslmm.inference import (
+    FrameSampling,
+    answer,
+    build_prompt,
+    continuation_nll,
+    generate,
+    load,
+    load_frames,
+)
+
+
+def make_tiny_dir(out) -> str:
+    """``crosslmm init-tiny`` with its final norm negated. A random model with tied embeddings greedily
+    echoes the last prompt token (the "\\n" after "assistant"), so its answers would be blank; negated, it
+    prints visible (meaningless) text, which is what the chat and lmms-eval tests need to see."""
+    assert main(["init-tiny", str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        model.model.language_model.norm.weight.neg_()
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return make_tiny_dir(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def video_path(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    write_video(path, random_frames(16, size=32), fps=8)
+    return str(path)
+
+
+def test_frame_sampling_defaults_and_errors():
+    assert FrameSampling.resolve() == FrameSampling(num_frames=64)
+    assert FrameSampling.resolve(max_frames=16) == FrameSampling(num_frames=16, max_frames=16)
+    assert FrameSampling.resolve(fps=1.0).budget is None
+    assert FrameSampling.resolve(fps=1.0, max_frames=8).budget == 8
+    with pytest.raises(ValueError, match="not both"):
+        FrameSampling.resolve(num_frames=8, fps=1.0)
+    with pytest.raises(ValueError, match="max_frames must be > 0"):
+        FrameSampling.resolve(max_frames=0)
+
+
+def test_load_frames_accepts_paths_arrays_and_pil(video_path):
+    four = FrameSampling.resolve(num_frames=4)
+    assert load_frames(video_path, four).shape == (4, 32, 32, 3)
+    frames = random_frames(10)
+    assert load_frames(frames, four).shape == (4, 40, 40, 3)  # decoded frames: the budget still applies
+    np.testing.assert_array_equal(load_frames(torch.from_numpy(frames), FrameSampling.resolve(20)), frames)
+    assert load_frames(Image.new("RGB", (12, 8)), four).shape == (1, 8, 12, 3)
+    mixed_sizes = [Image.new("RGB", (12, 8)), Image.new("L", (6, 6))]
+    assert load_frames(mixed_sizes, four).shape == (2, 8, 12, 3)
+
+
+@pytest.mark.parametrize(
+    ("video", "error"),
+    [
+        ({"array": np.zeros(16000), "sampling_rate": 16000}, TypeError),
+        (b"raw bytes", TypeError),
+        ([], TypeError),
+        (np.zeros((2, 8, 8), dtype=np.uint8), ValueError),
+        (np.zeros((2, 8, 8, 3), dtype=np.float32), ValueError),
+    ],
+)
+def test_load_frames_refuses_other_inputs(video, error):
+    with pytest.raises(error, match="video|frames"):
+        load_frames(video, FrameSampling.resolve())
+
+
+def test_load_frames_names_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="missing.mp4: no such file"):
+        load_frames(tmp_path / "missing.mp4", FrameSampling.resolve())
+
+
+def test_batched_generate_matches_single_answers(tiny):
+    """Left padding must not change an answer: a batch of prompts of different lengths, with 0, 1 and 2
+    videos, gives each prompt the answer it gets alone."""
+    model, processor = tiny
+    a, b = random_frames(3, seed=1), random_frames(5, seed=2)
+    prompts = [
+        build_prompt(processor, "What colour is the marker?"),
+        build_prompt(processor, "Which video is brighter, the first or the second?", num_videos=2),
+        build_prompt(processor, "Describe it.", num_videos=0),
+    ]
+    videos = [[a], [a, b], []]
+    batched = generate(model, processor, prompts, videos, max_new_tokens=6)
+    single = [generate(model, processor, [p], [v], max_new_tokens=6)[0] for p, v in zip(prompts, videos)]
+    assert batched == single
+    assert all(batched)
+    assert answer(model, processor, a, "What colour is the marker?", max_new_tokens=6) == batched[0]
+
+
+def test_continuation_nll_is_the_log_likelihood_of_the_continuation(tiny):
+    model, processor = tiny
+    frames = random_frames(3)
+    prompt = build_prompt(processor, "What colour is the marker?")
+    greedy = generate(model, processor, [prompt], [[frames]], max_new_tokens=3)[0]
+    (nll_a, greedy_a), (_, greedy_b) = continuation_nll(model, processor, prompt, [frames], [" red", greedy])
+    assert greedy_b and not greedy_a
+
+    inputs = processor(text=[prompt + " red"], videos=[frames])
+    with torch.no_grad():
+        logits = model(**inputs, use_cache=False).logits[0].log_softmax(-1)
+    cont = processor.tokenizer(" red", add_special_tokens=False).input_ids
+    ids = inputs["input_ids"][0]
+    start = len(ids) - len(cont)
+    assert ids[start:].tolist() == cont
+    expected = -sum(logits[start - 1 + j, t].item() for j, t in enumerate(cont))
+    assert nll_a == pytest.approx(expected, rel=1e-5)
+
+
+def test_chat_answers_a_question(tiny_dir, video_path, capsys):
+    args = ["chat", "--model", tiny_dir, "--video", video_path, "--question", "What colour is the marker?"]
+    assert main(args + ["--frames", "4", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_chat_bad_video_path_is_a_clear_error(tiny_dir, tmp_path, capsys):
+    missing = tmp_path / "no_such_video.mp4"
+    assert main(["chat", "--model", tiny_dir, "--video", str(missing), "--question", "Hi?"]) == 2
+    err = capsys.readouterr().err
+    assert "crosslmm chat: error:" in err and f"{missing}: no such file" in err
+
+
+@pytest.mark.slow
+def test_chat_command_reads_questions_until_eof(tiny_dir, video_path):
+    """The installed console script, interactive mode: one streamed answer per stdin line, exit 0 at EOF."""
+    cmd = ["crosslmm", "chat", "--model", tiny_dir, "--video", video_path, "--fps", "4", "--max-frames", "6"]
+    done = subprocess.run(
+        cmd + ["--max-new-tokens", "5"],
+        input="What colour is the marker?\n\nWhere is it?\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len([line for line in done.stdout.splitlines() if line.strip()]) == 2
+    assert "6 frames" in done.stderr

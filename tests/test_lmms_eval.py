@@ -1,0 +1,255 @@
+"""The lmms-eval plugin (entry point, inputs, real CLI run offline) and ``crosslmm paper-table``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_frames
+from PIL import Image
+from test_inference import make_tiny_dir
+
+from crosslmm.cli import main
+from crosslmm.data.video import write_video
+from crosslmm.eval.paper_numbers import BENCHMARKS, PAPER_ROWS
+from crosslmm.eval.paper_table import collect, render
+
+pytest.importorskip("lmms_eval")
+
+# A local generate_until task and a multiple-choice (loglikelihood) task over the same JSON docs; the
+# docs path is filled in per test. No hub access: the datasets library's packaged "json" builder.
+TASK_UTILS = """
+def doc_to_visual(doc):
+    return [doc["video"]]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"] + "\\n" + "\\n".join(doc["options"]) + "\\nAnswer with the option's letter."
+
+
+def doc_to_choice(doc):
+    return ["A", "B", "C", "D"]
+
+
+def process_results(doc, results):
+    return {"accuracy": float(results[0].strip()[:1] == doc["answer"])}
+"""
+
+TASK_YAML = """
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+test_split: test
+output_type: {output_type}
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+"""
+
+GENERATE_YAML = """
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 4
+  do_sample: false
+process_results: !function utils.process_results
+metric_list:
+  - metric: accuracy
+    aggregation: mean
+    higher_is_better: true
+"""
+
+CHOICE_YAML = """
+doc_to_choice: !function utils.doc_to_choice
+doc_to_target: answer_index
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def write_tasks(root, num_docs: int = 3) -> str:
+    """mp4s + docs JSON + the two task YAMLs; returns the --include_path dir."""
+    docs = []
+    for i in range(num_docs):
+        video = root / f"video{i}.mp4"
+        write_video(video, np.full((12, 32, 32, 3), 60 * i, dtype=np.uint8), fps=4)
+        options = ["A. black", "B. grey", "C. white", "D. red"]
+        docs.append(dict(video=str(video), question="What colour is the video?", options=options))
+        docs[-1].update(answer="ABCD"[i], answer_index=i)
+    (root / "docs.json").write_text(json.dumps(docs))
+    tasks = root / "tasks"
+    tasks.mkdir()
+    (tasks / "utils.py").write_text(TASK_UTILS)
+    for name, output_type, rest in [
+        ("crosslmm_smoke", "generate_until", GENERATE_YAML),
+        ("crosslmm_smoke_mc", "multiple_choice", CHOICE_YAML),
+    ]:
+        head = TASK_YAML.format(name=name, docs=root / "docs.json", output_type=output_type)
+        (tasks / f"{name}.yaml").write_text(textwrap.dedent(head) + textwrap.dedent(rest))
+    return str(tasks)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return make_tiny_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def test_entry_point_registers_the_model():
+    """lmms-eval >= 0.7 builds its registry from ``lmms_eval.models`` entry points whose payload is a
+    ModelManifest (or a callable returning one), not the model class."""
+    from lmms_eval.models import get_model
+
+    from crosslmm.eval.lmms_plugin import CrossLMMEval
+
+    (ep,) = [ep for ep in entry_points().select(group="lmms_eval.models") if ep.name == "crosslmm"]
+    manifest = ep.load()()
+    assert manifest.model_id == "crosslmm"
+    assert get_model("crosslmm") is CrossLMMEval
+
+
+@pytest.fixture(scope="module")
+def plugin(tiny_dir):
+    from crosslmm.eval.lmms_plugin import CrossLMMEval
+
+    return CrossLMMEval.create_from_arg_string(
+        f"pretrained={tiny_dir},max_frames=4,max_new_tokens=3", {"batch_size": 2, "device": "cpu"}
+    )
+
+
+def _request(plugin, visuals, doc_id: int, kind: str = "generate_until"):
+    from lmms_eval.api.instance import Instance
+
+    plugin.task_dict.setdefault("t", {"test": {}})["test"][doc_id] = {"visuals": visuals}
+    second = {"until": ["\n\n"]} if kind == "generate_until" else " A"
+    args = ("What is shown?", second, lambda doc: doc["visuals"], doc_id, "t", "test")
+    return Instance(kind, args, idx=0, metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
+
+
+def test_plugin_takes_what_lmms_eval_hands_over(plugin, tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_video(path, random_frames(8, size=32), fps=8)
+    frames = random_frames(6)
+    visuals = [
+        [str(path)],
+        [Image.new("RGB", (20, 16))],
+        [frames],
+        [[Image.fromarray(f) for f in frames]],
+        [str(path), Image.new("RGB", (20, 16))],  # two visuals: two <video> placeholders
+        [],  # text only
+    ]
+    answers = plugin.generate_until([_request(plugin, v, i) for i, v in enumerate(visuals)])
+    assert len(answers) == len(visuals) and all(isinstance(a, str) for a in answers)
+    assert answers[2] == answers[3]  # the same frames as an array or as PIL images
+    (scored,) = plugin.loglikelihood([_request(plugin, [frames], 2, kind="loglikelihood")])
+    nll, greedy = scored.text
+    assert nll > 0 and isinstance(greedy, bool)
+
+
+@pytest.mark.parametrize(
+    "visual",
+    [{"array": np.zeros(16000), "sampling_rate": 16000}, b"\x00\x01", 3.0],
+    ids=["audio", "bytes", "float"],
+)
+def test_plugin_refuses_unsupported_visuals(plugin, visual):
+    with pytest.raises(TypeError, match=r"crosslmm cannot take the visual of t/test doc 7: .*video"):
+        plugin.generate_until([_request(plugin, [visual], 7)])
+
+
+def test_benchmark_scripts_use_real_lmms_eval_tasks():
+    """Each scripts/eval/<benchmark>.sh runs one task of BENCHMARKS, and each is defined (``task:`` or
+    ``group:``) by a YAML of the installed lmms-eval, so an lmms-eval upgrade that renames one fails here."""
+    import lmms_eval
+
+    tasks_dir = Path(lmms_eval.__file__).parent / "tasks"
+    defined = set()
+    for yaml in tasks_dir.rglob("*.yaml"):
+        defined.update(re.findall(r"^(?:task|group):\s*[\"']?(\w+)", yaml.read_text(errors="ignore"), re.M))
+    scripts = Path(__file__).parents[1] / "scripts" / "eval"
+    run = {
+        re.search(r"_run\.sh\" (\w+)", p.read_text()).group(1)
+        for p in scripts.glob("[!_]*.sh")
+        if p.name != "all.sh"
+    }
+    assert run == {b.task for b in BENCHMARKS}
+    assert run <= defined
+
+
+def test_paper_table_reads_lmms_eval_results(tmp_path):
+    """Scales fractions to %, averages a group without its own score (MVBench) over its subtasks, marks
+    what is missing, and keeps the newest run of a task."""
+    subtasks = ["mvbench_action_count", "mvbench_moving_count"]
+    results = {
+        "videomme": {"alias": "videomme", "videomme_perception_score,none": 58.24, "x_stderr,none": 1.0},
+        "longvideobench_val_v": {"lvb_acc,none": 0.5},
+        "mvbench": {"alias": "mvbench"},
+        "mvbench_action_count": {"mvbench_accuracy,none": 50.0},
+        "mvbench_moving_count": {"mvbench_accuracy,none": 60.0},
+    }
+    run = tmp_path / "out" / "runs__crosslmm-2b"
+    run.mkdir(parents=True)
+    config = {"model": "crosslmm", "model_args": "pretrained=/runs/crosslmm-2b,max_frames=64"}
+    old = {"results": {"videomme": {"videomme_perception_score,none": 1.0}}, "config": config}
+    (run / "20250101_000000_results.json").write_text(json.dumps(old))
+    new = {"results": results, "group_subtasks": {"mvbench": subtasks}, "config": config}
+    (run / "20250102_000000_results.json").write_text(json.dumps(new))
+
+    rows, files = collect(tmp_path / "out")
+    assert rows == {
+        "crosslmm-2b (max_frames=64)": {
+            "Video-MME (w/o subs)": pytest.approx(58.24),
+            "LongVideoBench (val)": pytest.approx(50.0),
+            "MVBench": pytest.approx(55.0),
+        }
+    }
+    table = render(rows, files, "out")
+    header = next(line for line in table.splitlines() if line.startswith("| Model"))
+    assert header.count("|") == len(BENCHMARKS) + 2
+    assert "| **ours**: crosslmm-2b (max_frames=64) | 55.0 | – | 50.0 | – | 58.2 | – | – |" in table
+    assert "| CrossLMM-2B, 9 tok/frame (paper) | 63.5 | 63.5 | 51.8 | 61.0 | 59.1 | 61.3 | – |" in table
+    assert len(PAPER_ROWS) == 5
+
+
+def test_paper_table_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["paper-table", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
+    assert "no *_results.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lmms_eval_cli_end_to_end(tiny_dir, tmp_path):
+    """The real ``python -m lmms_eval`` finds the plugin by its entry point and runs a generation task
+    and a multiple-choice (loglikelihood) task offline; paper-table then reads the results file."""
+    include = write_tasks(tmp_path)
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "crosslmm"]
+    cmd += [
+        "--model_args",
+        f"pretrained={tiny_dir},max_frames=4",
+        "--tasks",
+        "crosslmm_smoke,crosslmm_smoke_mc",
+    ]
+    cmd += ["--include_path", include, "--batch_size", "2", "--output_path", str(out), "--log_samples"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # lmms-eval exits 0 even when evaluation fails, so the results file is the real check.
+    (results_file,) = out.rglob("*_results.json")
+    results = json.loads(results_file.read_text())["results"]
+    assert set(results) == {"crosslmm_smoke", "crosslmm_smoke_mc"}, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 0.0 <= results["crosslmm_smoke_mc"]["acc,none"] <= 1.0
+    samples = [json.loads(line) for f in out.rglob("*_samples_crosslmm_smoke.jsonl") for line in f.open()]
+    assert len(samples) == 3 and all(isinstance(s["filtered_resps"], str) for s in samples)
+
+    table = tmp_path / "results.md"
+    assert main(["paper-table", str(out), "--out", str(table)]) == 0
+    text = table.read_text()
+    assert "crosslmm_smoke (accuracy)" in text and "crosslmm_smoke_mc (acc)" in text
+    assert f"| **ours**: {os.path.basename(tiny_dir)} (max_frames=4) |" in text

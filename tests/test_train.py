@@ -1,0 +1,185 @@
+"""Training end to end on a tiny model and toy videos: stage freezing, torchrun + ZeRO, kill/resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+from crosslmm.data.synthetic import make_toy_dataset
+from crosslmm.model.factory import TinySpec, make_tiny, save_model_dir
+from crosslmm.training import checkpoint
+from crosslmm.training.params import component_of
+
+ALL_PARTS = "[projector,v2v,t2v,llm,vision]"
+ENV = dict(
+    os.environ, DS_BUILD_OPS="0", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"
+)
+
+# Kills the process (SIGKILL, no cleanup) while checkpoint KILL_AT is being saved: its files are written,
+# its COMPLETE marker is not.
+KILL_DURING_SAVE = """
+import os, signal, sys
+import crosslmm.training.checkpoint as ckpt
+kill_at, mark = int(os.environ["KILL_AT"]), ckpt.mark_complete
+def mark_or_die(path, step):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    mark(path, step)
+ckpt.mark_complete = mark_or_die
+from crosslmm.train import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model dir and a toy dataset; returns a function writing a train config."""
+    root = tmp_path_factory.mktemp("train")
+    model, processor = make_tiny(TinySpec(), seed=0)
+    save_model_dir(model, processor, root / "model")
+    mixture = make_toy_dataset(str(root / "data"), num_videos=6, num_frames=4)
+
+    def write_config(name: str, **overrides) -> tuple[str, str]:
+        config = {
+            "model": str(root / "model"),
+            "output_dir": str(root / name),
+            "data": {"mixture": mixture, "num_frames": 2, "max_length": 128, "num_workers": 0},
+            "train": ["projector", "v2v"],
+            "lr": 1e-3,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+            "max_steps": 4,
+            "per_device_batch_size": 2,
+            "save_steps": 2,
+            "report_to": "none",
+        } | overrides
+        path = root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return str(path), config["output_dir"]
+
+    return root, write_config
+
+
+def losses(output_dir: str) -> dict[int, float]:
+    """step -> training loss from metrics.jsonl (a resumed run's entries win)."""
+    out = {}
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "loss" in entry:
+                out[entry["step"]] = entry["loss"]
+    return out
+
+
+def run(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env or ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_stage1_trains_only_projector_and_v2v(setup):
+    root, write_config = setup
+    config, out = write_config("stage1")
+    result = run([sys.executable, "-m", "crosslmm.train", "--config", config])
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = load_file(str(root / "model" / "model.safetensors"))
+    after = load_file(os.path.join(out, "final", "model.safetensors"))
+    changed = {component_of(k) for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"projector", "v2v"}
+    assert all(
+        float(after[k]) == 0.0 for k in after if ".t2v." in k and k.endswith("gate")
+    )  # T2V stays identity
+    assert [os.path.basename(p) for p in checkpoint.complete_checkpoints(out)] == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+
+
+def test_unknown_key_is_a_clear_error(setup):
+    _, write_config = setup
+    config, _ = write_config("bad")
+    result = run([sys.executable, "-m", "crosslmm.train", "--config", config, "data.frames=8"])
+    assert result.returncode != 0 and "unknown config key(s) ['data.frames']" in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_zero2_loss_drops_and_final_dir_loads(setup):
+    _, write_config = setup
+    config, out = write_config("zero2", deepspeed="configs/deepspeed/zero2.json", max_steps=6, save_steps=3)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29611",
+    ]
+    result = run([*torchrun, "-m", "crosslmm.train", "--config", config, f"train={ALL_PARTS}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    curve = losses(out)
+    assert curve[6] < curve[1] - 0.3, curve
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
+    processor = AutoProcessor.from_pretrained(os.path.join(out, "final"))
+    assert model.config.model_type == "crosslmm" and processor.tokens_per_frame == 4
+    assert os.path.isfile(os.path.join(out, "checkpoint-6", checkpoint.MARKER))
+
+
+@pytest.mark.slow
+def test_torchrun_zero3(setup):
+    _, write_config = setup
+    config, out = write_config("zero3", deepspeed="configs/deepspeed/zero3.json", max_steps=2, save_steps=2)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29612",
+    ]
+    result = run([*torchrun, "-m", "crosslmm.train", "--config", config, f"train={ALL_PARTS}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert all(t.numel() > 0 for t in weights.values())  # gathered, not ZeRO-3 placeholders
+    AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
+
+
+@pytest.mark.slow
+def test_killed_mid_save_then_resumed_matches_uninterrupted(setup):
+    _, write_config = setup
+    steps = dict(max_steps=6, save_steps=2, keep_checkpoints=5, train=["projector", "v2v", "t2v", "llm"])
+    reference_config, reference_out = write_config("uninterrupted", **steps)
+    assert run([sys.executable, "-m", "crosslmm.train", "--config", reference_config]).returncode == 0
+
+    config, out = write_config("killed", **steps)
+    killed = run([sys.executable, "-c", KILL_DURING_SAVE, "--config", config], env=ENV | {"KILL_AT": "4"})
+    assert killed.returncode == -9
+    assert os.path.isdir(os.path.join(out, "checkpoint-4"))  # written but never marked complete
+    assert checkpoint.latest_complete(out).endswith("checkpoint-2")
+
+    resumed = run([sys.executable, "-m", "crosslmm.train", "--config", config])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
+    reference, after = losses(reference_out), losses(out)
+    assert [after[s] for s in range(3, 7)] == [reference[s] for s in range(3, 7)]
+
+
+def test_lora_final_dir_is_merged_and_loadable(setup):
+    root, write_config = setup
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+    config, out = write_config("lora", train=["projector", "v2v", "llm"], lora=lora, max_steps=2)
+    result = run([sys.executable, "-m", "crosslmm.train", "--config", config])
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = load_file(str(root / "model" / "model.safetensors"))
+    after = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert set(after) == set(before)  # adapters merged into the base weights, no lora_* keys
+    name = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[name], after[name])
+    assert all(torch.equal(before[k], after[k]) for k in before if component_of(k) == "vision")
