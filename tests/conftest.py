@@ -30,6 +30,22 @@ def set_gates(model, value: float) -> None:
                 p.fill_(value)
 
 
+def make_tiny_dir(out) -> str:
+    """``crosslmm init-tiny`` with its final norm negated. A random model with tied embeddings greedily
+    echoes the last prompt token (the "\\n" after "assistant"), so its answers would be blank; negated, it
+    prints visible (meaningless) text, which is what the chat and lmms-eval tests need to see."""
+    from transformers import AutoModelForCausalLM
+
+    from crosslmm.cli import main
+
+    assert main(["init-tiny", str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        model.model.language_model.norm.weight.neg_()
+    model.save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -7,9 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import random_frames
+from conftest import make_tiny_dir, random_frames
 from PIL import Image
-from transformers import AutoModelForCausalLM
 
 from crosslmm.cli import main
 from crosslmm.data.video import write_video
@@ -22,18 +21,6 @@ from crosslmm.inference import (
     load,
     load_frames,
 )
-
-
-def make_tiny_dir(out) -> str:
-    """``crosslmm init-tiny`` with its final norm negated. A random model with tied embeddings greedily
-    echoes the last prompt token (the "\\n" after "assistant"), so its answers would be blank; negated, it
-    prints visible (meaningless) text, which is what the chat and lmms-eval tests need to see."""
-    assert main(["init-tiny", str(out)]) == 0
-    model = AutoModelForCausalLM.from_pretrained(out)
-    with torch.no_grad():
-        model.model.language_model.norm.weight.neg_()
-    model.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")

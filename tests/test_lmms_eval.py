@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_frames
+from conftest import make_tiny_dir, random_frames
 from PIL import Image
-from test_inference import make_tiny_dir
 
 from crosslmm.cli import main
 from crosslmm.data.video import write_video
