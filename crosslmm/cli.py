@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "crosslmm.bench.commands",
     "crosslmm.data.commands",
     "crosslmm.convert.commands",
+    "crosslmm.demo.commands",
 ]
 
 

@@ -30,7 +30,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 QUARTERS = ("first", "second", "third", "last")
 QUESTIONS = {
     "colour": "What colour is the marker? Answer with one word.",
-    "quarter": "In which quarter of the video does the marker appear? Answer with one word.",
+    "quarter": "Which quarter of the video shows the marker? Answer with one word.",
 }
 ANSWERS = {"colour": tuple(COLOURS), "quarter": QUARTERS}
 TASK_NAME = "crosslmm_synth"
@@ -40,8 +40,8 @@ TASK_NAME = "crosslmm_synth"
 class SynthSpec:
     """What to generate; the defaults are what ``crosslmm demo`` uses."""
 
-    videos: int = 2000  # train + test
-    frames: int = 16
+    videos: int = 1400  # train + test
+    frames: int = 8
     seed: int = 0
     test_fraction: float = 0.1
     size: int = 32  # frame side in pixels; the demo's vision tower reads 32x32
@@ -55,7 +55,9 @@ class SynthSpec:
         if self.videos < 2:
             raise ValueError(f"--videos must be >= 2 (one train and one test video), got {self.videos}")
         if self.frames < 4:
-            raise ValueError(f"--frames must be >= 4 so every quarter of the video has a frame, got {self.frames}")
+            raise ValueError(
+                f"--frames must be >= 4 so every quarter of the video has a frame, got {self.frames}"
+            )
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.size % self.cell or self.size % 2:
@@ -89,10 +91,12 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
     length = min(spec.marker_frames, end - first)
     start = int(rng.integers(first, end - length + 1))
     r, c = divmod(int(rng.integers(cells * cells)), cells)
-    frames[start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell] = (
-        palette[colour]
+    frames[
+        start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell
+    ] = palette[colour]
+    truth = dict(
+        colour=names[colour], quarter=QUARTERS[quarter], cell=[r, c], marker_frames=[start, start + length]
     )
-    truth = dict(colour=names[colour], quarter=QUARTERS[quarter], cell=[r, c], marker_frames=[start, start + length])
     return frames.astype(np.uint8), truth
 
 

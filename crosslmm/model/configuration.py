@@ -35,7 +35,8 @@ class CrossLMMConfig(PretrainedConfig):
     """Vision tower + pooling projector + decoder with gated V2V/T2V cross-attention.
 
     Cross-attention placement: ``cross_attention_layers`` (explicit decoder-layer indices, each block runs
-    right after that layer) wins over ``cross_attention_every`` (after layers K-1, 2K-1, ...); an empty list
+    right after that layer) wins over ``cross_attention_every`` (after layers 0, K, 2K, ...; for K > 1 not
+    after the last layer, where a V2V update could no longer reach any supervised position); an empty list
     or ``cross_attention_every=0`` disables cross-attention, giving a plain pooled LLaVA model.
     ``cross_attention_kv_source="encoder"`` projects the raw, unpooled encoder features straight to each
     block's keys/values (the paper's efficiency numbers only fit this); ``"projector"`` routes them through
@@ -105,7 +106,7 @@ class CrossLMMConfig(PretrainedConfig):
         if self.cross_attention_layers is not None:
             return sorted(self.cross_attention_layers)
         k = self.cross_attention_every
-        return list(range(k - 1, self.text_config.num_hidden_layers, k)) if k else []
+        return list(range(0, self.text_config.num_hidden_layers, k)) if k else []
 
     def validate_crosslmm(self) -> None:
         """Fail at construction, naming the field, instead of deep inside a forward pass."""

@@ -22,7 +22,7 @@ def component_of(name: str) -> str:
     name = name.removeprefix(_PEFT_PREFIX)
     if name.startswith("model.vision_tower."):
         return "vision"
-    if name.startswith("model.projector."):
+    if name.startswith(("model.projector.", "model.video_end_embedding")):  # both map vision into the LLM
         return "projector"
     cross = _CROSS.match(name)
     if cross:

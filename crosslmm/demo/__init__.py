@@ -1,0 +1,1 @@
+"""The embedded demo: a synthetic fine-detail video QA task and a five-variant comparison on CPU."""
