@@ -108,10 +108,8 @@ def test_unknown_key_is_a_clear_error(setup):
     assert result.returncode != 0 and "unknown config key(s) ['data.frames']" in result.stderr
 
 
-@pytest.mark.slow
-def test_torchrun_zero2_loss_drops_and_final_dir_loads(setup):
-    _, write_config = setup
-    config, out = write_config("zero2", deepspeed="configs/deepspeed/zero2.json", max_steps=6, save_steps=3)
+def run_torchrun(config: str, port: int) -> subprocess.CompletedProcess:
+    """Two CPU processes training all parts (gloo), as a cluster job would be launched."""
     torchrun = [
         sys.executable,
         "-m",
@@ -119,9 +117,16 @@ def test_torchrun_zero2_loss_drops_and_final_dir_loads(setup):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29611",
+        str(port),
     ]
-    result = run([*torchrun, "-m", "crosslmm.train", "--config", config, f"train={ALL_PARTS}"])
+    return run([*torchrun, "-m", "crosslmm.train", "--config", config, f"train={ALL_PARTS}"])
+
+
+@pytest.mark.slow
+def test_torchrun_zero2_loss_drops_and_final_dir_loads(setup):
+    _, write_config = setup
+    config, out = write_config("zero2", deepspeed="configs/deepspeed/zero2.json", max_steps=6, save_steps=3)
+    result = run_torchrun(config, port=29611)
     assert result.returncode == 0, result.stderr[-3000:]
     curve = losses(out)
     assert curve[6] < curve[1] - 0.3, curve
@@ -135,16 +140,7 @@ def test_torchrun_zero2_loss_drops_and_final_dir_loads(setup):
 def test_torchrun_zero3(setup):
     _, write_config = setup
     config, out = write_config("zero3", deepspeed="configs/deepspeed/zero3.json", max_steps=2, save_steps=2)
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29612",
-    ]
-    result = run([*torchrun, "-m", "crosslmm.train", "--config", config, f"train={ALL_PARTS}"])
+    result = run_torchrun(config, port=29612)
     assert result.returncode == 0, result.stderr[-3000:]
     weights = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(t.numel() > 0 for t in weights.values())  # gathered, not ZeRO-3 placeholders
