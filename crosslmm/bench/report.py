@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: benchmarks run on servers and in tests
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,12 +51,17 @@ def loglog_panels(
 ) -> None:
     """One log-log panel per (title, y label, {series: (frames, values)}); the "vision tower" series is drawn
     dashed: it is the floor every other line is compared with."""
+    names = list(dict.fromkeys(name for _, _, series in panels for name in series))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per series across panels
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     for ax, (title, ylabel, series) in zip(axes[0], panels):
+        frames = sorted({x for xs, _ in series.values() for x in xs})
         for name, (xs, ys) in series.items():
-            style = "--" if "vision tower" in name else "-"
-            ax.plot(xs, ys, style, marker="o", markersize=3, label=name)
+            style = "--" if name == "vision tower" else "-"
+            ax.plot(xs, ys, style, color=colors[name], marker="o", markersize=3, label=name)
         ax.set(xscale="log", yscale="log", xlabel="frames", ylabel=ylabel, title=title)
+        ax.set_xticks(frames, [str(x) for x in frames], minor=False)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(suptitle)

@@ -96,10 +96,20 @@ def decode_layout(
     if attention_mask is not None:
         text_mask &= attention_mask[:, -length:].bool().to(device)
     counts = frame_counts
-    visible = counts[:, None].expand(batch, length)
+    if bool(
+        text_mask.all()
+    ):  # the usual decode step: skip _text_groups' unique/nonzero, one group per sample
+        positions = torch.arange(length, device=device)
+        groups = [
+            QueryGroup(sample=b, positions=positions + b * length, visible_frames=c)
+            for b, c in enumerate(counts.tolist())
+            if c > 0
+        ]
+    else:
+        groups = _text_groups(text_mask, counts[:, None].expand(batch, length), counts)
     return VisualLayout(
         video_positions=torch.zeros(0, dtype=torch.long, device=device),
         frame_counts=counts,
         frame_offsets=torch.cumsum(counts, 0) - counts,
-        text_groups=_text_groups(text_mask, visible, counts),
+        text_groups=groups,
     )

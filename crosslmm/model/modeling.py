@@ -67,6 +67,8 @@ def select_frames(pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor 
         )
     if int(frame_counts.sum()) == 0:
         raise ValueError("pixel_values_videos holds zero frames: every video needs at least one frame")
+    if bool((frame_counts == max_frames).all()):  # no padding: a view, not a copy of every frame's pixels
+        return pixel_values_videos.flatten(0, 1)
     keep = torch.arange(max_frames, device=frame_counts.device)[None] < frame_counts[:, None]
     return pixel_values_videos[keep.to(pixel_values_videos.device)]
 
