@@ -6,11 +6,11 @@ import pytest
 import torch
 import yaml
 from conftest import random_frames, video_prompt
-from transformers import AutoModelForCausalLM, AutoProcessor, Qwen2Config, Qwen2ForCausalLM, SiglipVisionModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, Qwen2ForCausalLM, SiglipVisionModel
 
 import crosslmm  # noqa: F401
 from crosslmm.cli import main
-from crosslmm.model.factory import train_tiny_tokenizer
+from crosslmm.model.factory import TinySpec, tiny_text_config, train_tiny_tokenizer
 from crosslmm.model.vision import tiny_vision_config
 
 
@@ -31,15 +31,7 @@ def test_init_tiny_writes_loadable_dir(tmp_path, llm, vision):
 def pretrained_parts(tmp_path):
     """A tiny 'Qwen2.5' causal-LM dir (with tokenizer) and a tiny SigLIP dir, as a user would have them."""
     tokenizer = train_tiny_tokenizer()
-    text_cfg = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
+    text_cfg = AutoConfig.for_model(**tiny_text_config(TinySpec(), len(tokenizer)))
     llm_dir, vision_dir = tmp_path / "llm", tmp_path / "vision"
     Qwen2ForCausalLM(text_cfg).save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)

@@ -378,25 +378,18 @@ def tiny_vision_config(
     heads: int = 2,
 ) -> PreTrainedConfig:
     """Small random-init config of each backend ("siglip", "clip", "open_clip") for tests and ``init-tiny``."""
+    transformer = dict(
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     if kind == "siglip":
-        return SiglipVisionConfig(
-            hidden_size=hidden_size,
-            intermediate_size=4 * hidden_size,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            image_size=image_size,
-            patch_size=patch_size,
-            vision_use_head=False,  # LLaVA-OneVision drops the pooling head too
-        )
+        return SiglipVisionConfig(**transformer, vision_use_head=False)  # LLaVA-OneVision drops the head too
     if kind == "clip":
-        return CLIPVisionConfig(
-            hidden_size=hidden_size,
-            intermediate_size=4 * hidden_size,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            image_size=image_size,
-            patch_size=patch_size,
-        )
+        return CLIPVisionConfig(**transformer)
     if kind == "open_clip":
         return OpenCLIPVisionConfig(
             embed_dim=hidden_size,
