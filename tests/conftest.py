@@ -46,6 +46,28 @@ def make_tiny_dir(out) -> str:
     return str(out)
 
 
+def write_train_config(path, model, output_dir, mixture, **overrides) -> str:
+    """A small CPU stage-1 style train config (projector + V2V, constant LR) written as YAML; returns its path."""
+    import yaml
+
+    config = {
+        "model": str(model),
+        "output_dir": str(output_dir),
+        "data": {"mixture": mixture, "num_frames": 2, "max_length": 128, "num_workers": 0},
+        "train": ["projector", "v2v"],
+        "lr": 1e-3,
+        "warmup_ratio": 0.0,
+        "lr_scheduler": "constant",
+        "max_steps": 4,
+        "per_device_batch_size": 2,
+        "save_steps": 2,
+        "report_to": "none",
+    } | overrides
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
-from conftest import random_frames
+from conftest import random_frames, write_train_config
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
@@ -176,21 +175,17 @@ def test_stage1_training_starts_from_converted_model(source_dir, tmp_path):
         == 0
     )
     mixture = make_toy_dataset(str(tmp_path / "data"), num_videos=4, num_frames=3)
-    config = {
-        "model": str(converted),
-        "output_dir": str(tmp_path / "stage1"),
-        "data": {"mixture": mixture, "num_frames": 2, "max_length": 256, "num_workers": 0},
-        "train": ["projector", "v2v"],
-        "lr": 1e-2,
-        "warmup_ratio": 0.0,
-        "lr_scheduler": "constant",
-        "max_steps": 3,
-        "per_device_batch_size": 2,
-        "save_steps": 3,
-        "report_to": "none",
-    }
-    (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(config))
-    assert train_main(["--config", str(tmp_path / "stage1.yaml")]) == 0
+    config = write_train_config(
+        tmp_path / "stage1.yaml",
+        converted,
+        tmp_path / "stage1",
+        mixture,
+        lr=1e-2,
+        max_steps=3,
+        save_steps=3,
+        data={"mixture": mixture, "num_frames": 2, "max_length": 256, "num_workers": 0},
+    )
+    assert train_main(["--config", config]) == 0
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "stage1" / "final")
     assert trained.config.tokens_per_frame == 9
     gates = [p for n, p in trained.named_parameters() if n.endswith("v2v.gate")]

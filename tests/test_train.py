@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-import yaml
+from conftest import write_train_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoProcessor
 
@@ -48,22 +48,8 @@ def setup(tmp_path_factory):
     mixture = make_toy_dataset(str(root / "data"), num_videos=6, num_frames=4)
 
     def write_config(name: str, **overrides) -> tuple[str, str]:
-        config = {
-            "model": str(root / "model"),
-            "output_dir": str(root / name),
-            "data": {"mixture": mixture, "num_frames": 2, "max_length": 128, "num_workers": 0},
-            "train": ["projector", "v2v"],
-            "lr": 1e-3,
-            "warmup_ratio": 0.0,
-            "lr_scheduler": "constant",
-            "max_steps": 4,
-            "per_device_batch_size": 2,
-            "save_steps": 2,
-            "report_to": "none",
-        } | overrides
-        path = root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        return str(path), config["output_dir"]
+        path = write_train_config(root / f"{name}.yaml", root / "model", root / name, mixture, **overrides)
+        return path, str(root / name)
 
     return root, write_config
 
