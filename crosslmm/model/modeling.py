@@ -48,8 +48,11 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
             init.normal_(module.video_end_embedding, std=module.video_end_embedding.shape[0] ** -0.5)
 
 
-def select_frames(pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor | None) -> torch.Tensor:
-    """(B, F_max, 3, H, W) padded videos + (B,) real frame counts -> (F_total, 3, H, W) in batch order."""
+def select_frames(
+    pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, F_max, 3, H, W) padded videos + (B,) real frame counts (None: all F_max) -> the real frames
+    (F_total, 3, H, W) in batch order and the validated counts (B,)."""
     if pixel_values_videos.dim() != 5:
         raise ValueError(
             f"pixel_values_videos must be (batch, frames, 3, H, W), got shape {tuple(pixel_values_videos.shape)}"
@@ -68,9 +71,9 @@ def select_frames(pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor 
     if int(frame_counts.sum()) == 0:
         raise ValueError("pixel_values_videos holds zero frames: every video needs at least one frame")
     if bool((frame_counts == max_frames).all()):  # no padding: a view, not a copy of every frame's pixels
-        return pixel_values_videos.flatten(0, 1)
+        return pixel_values_videos.flatten(0, 1), frame_counts
     keep = torch.arange(max_frames, device=frame_counts.device)[None] < frame_counts[:, None]
-    return pixel_values_videos[keep.to(pixel_values_videos.device)]
+    return pixel_values_videos[keep.to(pixel_values_videos.device)], frame_counts
 
 
 class CrossLMMModel(CrossLMMPreTrainedModel):
@@ -145,10 +148,7 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
     ) -> tuple[torch.Tensor, VisualLayout, torch.Tensor | None]:
         """Write the pooled frames into the ``<video>`` slots of ``inputs_embeds`` (B, L, D); also return the
         layout and the cross-attention memory. This is the whole visual input of the LLM sequence."""
-        frames = select_frames(pixel_values_videos, video_frame_counts)
-        counts = video_frame_counts
-        if counts is None:
-            counts = torch.full((input_ids.shape[0],), pixel_values_videos.shape[1], dtype=torch.long)
+        frames, counts = select_frames(pixel_values_videos, video_frame_counts)
         layout = prefill_layout(
             input_ids, attention_mask, counts, self.config.video_token_id, self.config.tokens_per_frame
         )
