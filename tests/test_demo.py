@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from crosslmm.cli import main as cli
-from crosslmm.demo.synth import COLOURS, QUARTERS, SynthSpec, generate, make_video, quarter_of
+from crosslmm.demo.synth import COLOURS, QUARTERS, QUESTIONS, SynthSpec, generate, make_video, quarter_of
 
 
 def test_synth_is_deterministic_for_a_seed(tmp_path):
@@ -31,9 +31,8 @@ def test_synth_records_are_llava_format_with_a_task_yaml(tmp_path):
     assert len(train) == 9 and len(test) == 1
     for record in train + test:
         human, gpt = record["conversations"]
-        assert human["from"] == "human" and human["value"].startswith("<video>\n")
-        assert human["value"].endswith("Answer with one word.")
-        assert gpt["from"] == "gpt" and gpt["value"] in (*COLOURS, *QUARTERS)
+        assert human == {"from": "human", "value": f"<video>\n{QUESTIONS['colour']}"}
+        assert gpt["from"] == "gpt" and gpt["value"] in COLOURS
         assert (tmp_path / record["video"]).is_file()
     task = paths["task"].read_text()
     assert "task: crosslmm_synth" in task and str(paths["test"].resolve()) in task
@@ -52,6 +51,31 @@ def test_marker_is_the_only_saturated_patch_and_matches_the_answer(frames):
         assert (patch == COLOURS[truth["colour"]]).all()
         assert saturated[start:end].sum() == (end - start) * spec.cell**2
         assert {quarter_of(t, frames) for t in range(start, end)} == {QUARTERS.index(truth["quarter"])}
+
+
+def test_question_types_are_drawn_from_the_spec(tmp_path):
+    paths = generate(tmp_path, SynthSpec(videos=40, questions=("colour", "quarter")), progress=False)
+    records = json.loads(paths["train"].read_text())
+    answers = {r["question_type"]: set() for r in records}
+    for r in records:
+        answers[r["question_type"]].add(r["conversations"][1]["value"])
+    assert set(answers) == {"colour", "quarter"}
+    assert answers["colour"] <= set(COLOURS) and answers["quarter"] <= set(QUARTERS)
+    with pytest.raises(ValueError, match="questions must be a non-empty subset"):
+        SynthSpec(questions=("shape",)).validate()
+
+
+def test_frame_means_hide_the_marker_colour():
+    """Each frame averages to mid-grey, so pooling a frame's (patch-linear) features cannot show the colour;
+    without ``constant_mean`` the marker frames' mean leans towards the marker's colour."""
+    for seed in range(4):
+        video, truth = make_video(SynthSpec(), np.random.default_rng(seed))
+        np.testing.assert_allclose(video.reshape(len(video), -1, 3).mean(1), 128.0, atol=0.5)
+        tinted, truth = make_video(SynthSpec(constant_mean=False, distractors=0), np.random.default_rng(seed))
+        start, end = truth["marker_frames"]
+        others = np.r_[0:start, end : len(tinted)]
+        cast = tinted[start:end].reshape(-1, 3).mean(0) - tinted[others].reshape(-1, 3).mean(0)
+        assert float(cast @ (np.array(COLOURS[truth["colour"]]) - 127.5)) > 0
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,9 @@ import time
 def _synth(args: argparse.Namespace) -> int:
     from crosslmm.demo.synth import SynthSpec, generate
 
-    spec = SynthSpec(videos=args.videos, frames=args.frames, seed=args.seed)
+    spec = SynthSpec(
+        videos=args.videos, frames=args.frames, seed=args.seed, questions=tuple(args.questions.split(","))
+    )
     paths = generate(args.out, spec)
     print(
         f"wrote {args.videos} videos of {args.frames} frames to {args.out}: "
@@ -40,8 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="write the synthetic fine-detail video QA dataset")
     p.add_argument("out", help="output directory (videos/, train.json, test.json, lmms-eval task YAML)")
     p.add_argument("--videos", type=int, default=1400, help="videos in train + test (10%% test)")
-    p.add_argument("--frames", type=int, default=8, help="frames per video (>= 4)")
+    p.add_argument("--frames", type=int, default=16, help="frames per video (>= 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--questions", default="colour", help="comma-separated question types: colour, quarter (default: colour)"
+    )
     p.set_defaults(func=_synth)
 
     p = subparsers.add_parser(

@@ -64,7 +64,7 @@ class DemoSettings:
     seeds: int = 1
     llm_layers: int = 2
     cross_layers: tuple[int, ...] = (0,)  # DCAL after the first decoder layer, so a later layer reads it
-    patch_size: int = 4  # 32 px frames -> 8x8 = 64 tokens per frame before pooling
+    patch_size: int = 8  # 48 px frames -> 6x6 = 36 tokens per frame before pooling
     vision_feature_layer: int = 0  # the frozen random tower's patch embeddings (see docs/demo.md)
     eval_batch_size: int = 25
 

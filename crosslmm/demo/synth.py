@@ -1,11 +1,14 @@
-"""Synthetic long-video QA whose answers hide in one patch: what pooling to one token per frame destroys.
+"""Synthetic long-video QA whose answer hides in one patch of a few frames: what pooling to one token destroys.
 
 Each video is T frames of mid-range noise with a few dimmed squares in the answer colours, redrawn every
 frame. For a few consecutive frames inside one quarter of the video, one patch-sized square is fully
-saturated (the only pixels at 0 or 255): the marker. Questions ask for the marker's colour or the quarter
-of the video it appears in. Averaging a frame's patches dilutes the marker to 1/grid^2 of the frame and
-buries it under the distractors, so a model that sees one pooled token per frame is near chance, while
-one that sees every patch (or attends to them) can read the answer off a single token.
+saturated (the only pixels at 0 or 255): the marker. Questions ask for the marker's colour (the default)
+or the quarter of the video it appears in.
+
+Every frame's per-channel mean is held at mid-grey by shifting the pixels around the marker, so the
+marker's colour cancels out of any average over a frame: a frame pooled to one token (of the frozen,
+patch-linear features) carries no trace of it, while every single patch still shows it plainly. That is
+the fine detail the demo asks about: lost by pooling, recoverable by attending to the original tokens.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 QUARTERS = ("first", "second", "third", "last")
 QUESTIONS = {
-    "colour": "What colour is the marker? Answer with one word.",
-    "quarter": "Which quarter of the video shows the marker? Answer with one word.",
+    "colour": "What colour is the marker?",
+    "quarter": "Which quarter of the video shows the marker?",
 }
 ANSWERS = {"colour": tuple(COLOURS), "quarter": QUARTERS}
 TASK_NAME = "crosslmm_synth"
@@ -41,13 +44,15 @@ class SynthSpec:
     """What to generate; the defaults are what ``crosslmm demo`` uses."""
 
     videos: int = 1400  # train + test
-    frames: int = 8
+    frames: int = 16
     seed: int = 0
     test_fraction: float = 0.1
-    size: int = 32  # frame side in pixels; the demo's vision tower reads 32x32
-    cell: int = 4  # marker/distractor side; equal to the tower's patch so a marker fills one patch
+    size: int = 48  # frame side in pixels; the demo's vision tower reads 48x48
+    cell: int = 8  # marker/distractor side; equal to the tower's patch so a marker fills one patch
     marker_frames: int = 4  # consecutive frames the marker is shown (clipped to a quarter of the video)
     distractors: int = 3  # dimmed squares per frame
+    questions: tuple[str, ...] = ("colour",)  # drawn uniformly per video; any of QUESTIONS
+    constant_mean: bool = True  # hold each frame's channel means at 128 so averaging cancels the marker
     fps: float = 4.0
 
     def validate(self) -> None:
@@ -64,6 +69,9 @@ class SynthSpec:
             raise ValueError(f"size {self.size} must be even and a multiple of cell {self.cell}")
         if self.marker_frames < 1 or self.distractors < 0:
             raise ValueError("marker_frames must be >= 1 and distractors >= 0")
+        unknown = [q for q in self.questions if q not in QUESTIONS]
+        if not self.questions or unknown:
+            raise ValueError(f"questions must be a non-empty subset of {tuple(QUESTIONS)}, got {self.questions}")
 
 
 def quarter_of(frame: int, frames: int) -> int:
@@ -91,13 +99,19 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
     length = min(spec.marker_frames, end - first)
     start = int(rng.integers(first, end - length + 1))
     r, c = divmod(int(rng.integers(cells * cells)), cells)
-    frames[
-        start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell
-    ] = palette[colour]
+    marker = np.zeros(frames.shape[:3], dtype=bool)
+    marker[start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell] = True
+    frames[marker] = palette[colour]
+    if spec.constant_mean:
+        # Spread the opposite of each frame's colour cast over the pixels around the marker (a few grey
+        # levels, so nothing else saturates): every frame then averages to (128, 128, 128) up to rounding.
+        for t in range(spec.frames):
+            rest = ~marker[t]
+            frames[t][rest] -= (frames[t].mean((0, 1)) - 128.0) * marker[t].size / rest.sum()
     truth = dict(
         colour=names[colour], quarter=QUARTERS[quarter], cell=[r, c], marker_frames=[start, start + length]
     )
-    return frames.astype(np.uint8), truth
+    return np.rint(frames).astype(np.uint8), truth
 
 
 def _record(vid: str, video: str, kind: str, truth: dict) -> dict:
@@ -154,8 +168,8 @@ def generate(out: str | os.PathLike, spec: SynthSpec, progress: bool = True) -> 
     """Write videos/*.mp4, train.json, test.json, the lmms-eval task (YAML + hooks) and spec.json to ``out``.
 
     Everything is a function of ``spec`` (one numpy Generator seeded with ``spec.seed``), so the same spec
-    gives byte-identical JSON and identical frames. Each video gets one question, colour or quarter, chosen
-    at random; the test split is the last ``test_fraction`` of the videos.
+    gives byte-identical JSON and identical frames. Each video gets one question, drawn uniformly from
+    ``spec.questions``; the test split is the last ``test_fraction`` of the videos.
     """
     spec.validate()
     root = Path(out)
@@ -168,7 +182,7 @@ def generate(out: str | os.PathLike, spec: SynthSpec, progress: bool = True) -> 
         vid = f"v{i:05d}"
         rel = f"videos/{vid}.mp4"
         write_video(root / rel, frames, spec.fps)
-        kind = "colour" if rng.random() < 0.5 else "quarter"
+        kind = spec.questions[int(rng.integers(len(spec.questions)))]
         records.append(_record(vid, rel, kind, truth))
     paths = {
         "train": root / "train.json",
