@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="write the synthetic fine-detail video QA dataset")
     p.add_argument("out", help="output directory (videos/, train.json, test.json, lmms-eval task YAML)")
     p.add_argument("--videos", type=int, default=1400, help="videos in train + test (10%% test)")
-    p.add_argument("--frames", type=int, default=16, help="frames per video (>= 4)")
+    p.add_argument("--frames", type=int, default=20, help="frames per video (>= 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--questions", default="colour", help="comma-separated question types: colour, quarter (default: colour)"

@@ -5,9 +5,10 @@ frame. For a few consecutive frames inside one quarter of the video, one patch-s
 saturated (the only pixels at 0 or 255): the marker. Questions ask for the marker's colour (the default)
 or the quarter of the video it appears in.
 
-Every frame's per-channel mean is held at mid-grey by shifting the pixels around the marker, so the
-marker's colour cancels out of any average over a frame: a frame pooled to one token (of the frozen,
-patch-linear features) carries no trace of it, while every single patch still shows it plainly. That is
+A marked frame keeps the per-channel mean it had without the marker (the pixels around the marker are
+shifted to cancel its colour cast), so the marker's colour cancels out of any average over a frame: a frame
+pooled to one token (of the frozen, patch-linear features) carries no trace of it, while every single patch
+still shows it plainly. That is
 the fine detail the demo asks about: lost by pooling, recoverable by attending to the original tokens.
 """
 
@@ -44,15 +45,15 @@ class SynthSpec:
     """What to generate; the defaults are what ``crosslmm demo`` uses."""
 
     videos: int = 1400  # train + test
-    frames: int = 16
+    frames: int = 20
     seed: int = 0
     test_fraction: float = 0.1
-    size: int = 48  # frame side in pixels; the demo's vision tower reads 48x48
+    size: int = 40  # frame side in pixels; the demo's vision tower reads 40x40 (decord cannot read 48-px mp4s)
     cell: int = 8  # marker/distractor side; equal to the tower's patch so a marker fills one patch
     marker_frames: int = 4  # consecutive frames the marker is shown (clipped to a quarter of the video)
     distractors: int = 3  # dimmed squares per frame
     questions: tuple[str, ...] = ("colour",)  # drawn uniformly per video; any of QUESTIONS
-    constant_mean: bool = True  # hold each frame's channel means at 128 so averaging cancels the marker
+    constant_mean: bool = True  # a marked frame keeps its unmarked channel means: averaging cancels the marker
     fps: float = 4.0
 
     def validate(self) -> None:
@@ -101,13 +102,15 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
     r, c = divmod(int(rng.integers(cells * cells)), cells)
     marker = np.zeros(frames.shape[:3], dtype=bool)
     marker[start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell] = True
+    unmarked_mean = frames.mean((1, 2))  # (T, 3): each frame's colour cast from noise and distractors
     frames[marker] = palette[colour]
     if spec.constant_mean:
-        # Spread the opposite of each frame's colour cast over the pixels around the marker (a few grey
-        # levels, so nothing else saturates): every frame then averages to (128, 128, 128) up to rounding.
-        for t in range(spec.frames):
+        # Spread the marker's colour cast, negated, over the pixels around it (a grey level or so, so nothing
+        # else saturates): every frame keeps the average it had without the marker, which varies by chance
+        # from frame to frame and says nothing about the marker.
+        for t in range(start, start + length):
             rest = ~marker[t]
-            frames[t][rest] -= (frames[t].mean((0, 1)) - 128.0) * marker[t].size / rest.sum()
+            frames[t][rest] -= (frames[t].mean((0, 1)) - unmarked_mean[t]) * marker[t].size / rest.sum()
     truth = dict(
         colour=names[colour], quarter=QUARTERS[quarter], cell=[r, c], marker_frames=[start, start + length]
     )
