@@ -89,6 +89,7 @@ def test_frame_means_hide_the_marker_colour():
     [
         (["synth", "{out}", "--frames", "2"], "--frames must be >= 4"),
         (["synth", "{out}", "--videos", "1"], "--videos must be >= 2"),
+        (["synth", "{out}", "--questions", "colour,shape"], "questions must be a non-empty subset"),
         (["demo", "--out", "{out}", "--seeds", "0"], "--seeds must be >= 1"),
         (["demo", "--out", "{out}", "--steps", "0"], "steps, batch_size and seeds must be >= 1"),
     ],

@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=20, help="frames per video (>= 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--questions", default="colour", help="comma-separated question types: colour, quarter (default: colour)"
+        "--questions",
+        default="colour",
+        help="comma-separated question types: colour, quarter (default: colour)",
     )
     p.set_defaults(func=_synth)
 

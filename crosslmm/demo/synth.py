@@ -8,8 +8,8 @@ or the quarter of the video it appears in.
 A marked frame keeps the per-channel mean it had without the marker (the pixels around the marker are
 shifted to cancel its colour cast), so the marker's colour cancels out of any average over a frame: a frame
 pooled to one token (of the frozen, patch-linear features) carries no trace of it, while every single patch
-still shows it plainly. That is
-the fine detail the demo asks about: lost by pooling, recoverable by attending to the original tokens.
+still shows it plainly. That is the fine detail the demo asks about: lost by pooling, recoverable by
+attending to the original tokens.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ class SynthSpec:
     frames: int = 20
     seed: int = 0
     test_fraction: float = 0.1
-    size: int = 40  # frame side in pixels; the demo's vision tower reads 40x40 (decord cannot read 48-px mp4s)
+    size: int = 40  # frame side in pixels (decord 0.6 cannot read 48-px-wide mp4s)
     cell: int = 8  # marker/distractor side; equal to the tower's patch so a marker fills one patch
     marker_frames: int = 4  # consecutive frames the marker is shown (clipped to a quarter of the video)
     distractors: int = 3  # dimmed squares per frame
     questions: tuple[str, ...] = ("colour",)  # drawn uniformly per video; any of QUESTIONS
-    constant_mean: bool = True  # a marked frame keeps its unmarked channel means: averaging cancels the marker
+    constant_mean: bool = True  # marked frames keep their unmarked channel means (see module docstring)
     fps: float = 4.0
 
     def validate(self) -> None:
@@ -72,7 +72,9 @@ class SynthSpec:
             raise ValueError("marker_frames must be >= 1 and distractors >= 0")
         unknown = [q for q in self.questions if q not in QUESTIONS]
         if not self.questions or unknown:
-            raise ValueError(f"questions must be a non-empty subset of {tuple(QUESTIONS)}, got {self.questions}")
+            raise ValueError(
+                f"questions must be a non-empty subset of {tuple(QUESTIONS)}, got {self.questions}"
+            )
 
 
 def quarter_of(frame: int, frames: int) -> int:
@@ -101,7 +103,9 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
     start = int(rng.integers(first, end - length + 1))
     r, c = divmod(int(rng.integers(cells * cells)), cells)
     marker = np.zeros(frames.shape[:3], dtype=bool)
-    marker[start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell] = True
+    marker[
+        start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell
+    ] = True
     unmarked_mean = frames.mean((1, 2))  # (T, 3): each frame's colour cast from noise and distractors
     frames[marker] = palette[colour]
     if spec.constant_mean:
