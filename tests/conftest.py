@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +70,24 @@ def write_train_config(path, model, output_dir, mixture, **overrides) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
     return str(path)
+
+
+def run_lmms_eval(model_args: str, tasks: str, include: str, out: Path, hf_home: Path) -> dict:
+    """``python -m lmms_eval`` with our plugin, offline; returns the results file's ``results``. lmms-eval
+    exits 0 even when evaluation fails, so a missing results file fails here with its output attached."""
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "crosslmm", "--model_args", model_args]
+    cmd += ["--tasks", tasks, "--include_path", include, "--batch_size", "2", "--output_path", str(out)]
+    done = subprocess.run([*cmd, "--log_samples"], env=env, capture_output=True, text=True, timeout=600)
+    found = list(out.rglob("*_results.json"))
+    assert len(found) == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(found[0].read_text())["results"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """One visible-text tiny model directory for every test that only reads it."""
+    return make_tiny_dir(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_lmms_eval
 
 from crosslmm.cli import main as cli
-from crosslmm.demo.synth import COLOURS, QUARTERS, QUESTIONS, SynthSpec, generate, make_video, quarter_of
+from crosslmm.demo.run import evaluate
+from crosslmm.demo.synth import (
+    COLOURS,
+    QUARTERS,
+    QUESTIONS,
+    TASK_NAME,
+    SynthSpec,
+    generate,
+    make_video,
+    quarter_of,
+)
 
 
 def test_synth_is_deterministic_for_a_seed(tmp_path):
@@ -99,17 +111,53 @@ def test_invalid_arguments_give_a_clear_error(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert cli(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path):
-    assert cli(["demo", "--quick", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "results.json").read_text())
+def test_quick_demo_end_to_end(quick_demo):
+    report = json.loads((quick_demo / "results.json").read_text())
     rows = {row["variant"]: row for row in report["rows"]}
     assert list(rows) == ["full", "pool", "pool_v2v", "pool_t2v", "crosslmm"]
     for row in rows.values():
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["seq_len"] > 0 and row["prefill_flops"] > 0 and row["train_seconds"] > 0
     assert rows["full"]["seq_len"] > rows["crosslmm"]["seq_len"]
-    for name in rows:  # every variant was trained and saved by the real entry point
-        assert (tmp_path / "runs" / f"{name}-seed0" / "final" / "config.json").is_file()
-    assert (tmp_path / "results.md").read_text().count("\n| ") >= 5
-    assert (tmp_path / "demo.png").stat().st_size > 0
+    test = json.loads((quick_demo / "data" / "test.json").read_text())
+    for name, row in rows.items():  # every variant was trained and saved by the real entry point
+        run = quick_demo / "runs" / f"{name}-seed0"
+        assert (run / "final" / "config.json").is_file()
+        predictions = [json.loads(line) for line in (run / "predictions.jsonl").open()]
+        assert [p["id"] for p in predictions] == [r["id"] for r in test]
+        assert row["accuracy"] == pytest.approx(sum(p["correct"] for p in predictions) / len(test))
+    assert (quick_demo / "results.md").read_text().count("\n| ") >= 5
+    assert (quick_demo / "demo.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_generated_lmms_eval_task_gives_the_demos_answers(quick_demo, tiny_dir, tmp_path):
+    """The task YAML ``crosslmm synth`` writes runs under the real ``python -m lmms_eval``, and the plugin
+    answers each question exactly as the demo's own evaluation does. The model is a random one that prints
+    visible text (the quick demo's models answer blanks, which would make the comparison empty); its text
+    barely depends on the video, so this pins the prompt, generation and scoring, not the frames."""
+    pytest.importorskip("lmms_eval")
+    data = quick_demo / "data"
+    test = json.loads((data / "test.json").read_text())
+    frames = json.loads((data / "spec.json").read_text())["frames"]
+    predictions = tmp_path / "predictions.jsonl"
+    ours = evaluate(Path(tiny_dir), test, data, frames, batch_size=2, predictions=predictions)
+    responses = [json.loads(line)["response"] for line in predictions.open()]
+    assert all(responses)
+
+    out = tmp_path / "out"
+    results = run_lmms_eval(
+        f"pretrained={tiny_dir},num_frames={frames}", TASK_NAME, str(data), out, tmp_path / "hf"
+    )
+    (samples_file,) = out.rglob(f"*_samples_{TASK_NAME}.jsonl")
+    samples = sorted(map(json.loads, samples_file.open()), key=lambda s: s["doc_id"])
+    assert [s["filtered_resps"] for s in samples] == responses
+    assert results[TASK_NAME]["accuracy,none"] == pytest.approx(ours["accuracy"])

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_dir, random_frames
+from conftest import random_frames
 from PIL import Image
 
 from crosslmm.cli import main
@@ -21,11 +21,6 @@ from crosslmm.inference import (
     load,
     load_frames,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> str:
-    return make_tiny_dir(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

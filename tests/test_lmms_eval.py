@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_dir, random_frames
+from conftest import random_frames, run_lmms_eval
 from PIL import Image
 
 from crosslmm.cli import main
@@ -96,11 +94,6 @@ def write_tasks(root, num_docs: int = 3) -> str:
         head = TASK_YAML.format(name=name, docs=root / "docs.json", output_type=output_type)
         (tasks / f"{name}.yaml").write_text(textwrap.dedent(head) + textwrap.dedent(rest))
     return str(tasks)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> str:
-    return make_tiny_dir(tmp_path_factory.mktemp("tiny"))
 
 
 def test_entry_point_registers_the_model():
@@ -229,20 +222,14 @@ def test_lmms_eval_cli_end_to_end(tiny_dir, tmp_path):
     and a multiple-choice (loglikelihood) task offline; paper-table then reads the results file."""
     include = write_tasks(tmp_path)
     out = tmp_path / "out"
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "crosslmm"]
-    cmd += [
-        "--model_args",
+    results = run_lmms_eval(
         f"pretrained={tiny_dir},max_frames=4",
-        "--tasks",
         "crosslmm_smoke,crosslmm_smoke_mc",
-    ]
-    cmd += ["--include_path", include, "--batch_size", "2", "--output_path", str(out), "--log_samples"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    # lmms-eval exits 0 even when evaluation fails, so the results file is the real check.
-    (results_file,) = out.rglob("*_results.json")
-    results = json.loads(results_file.read_text())["results"]
-    assert set(results) == {"crosslmm_smoke", "crosslmm_smoke_mc"}, done.stdout[-3000:] + done.stderr[-3000:]
+        include,
+        out,
+        tmp_path / "hf",
+    )
+    assert set(results) == {"crosslmm_smoke", "crosslmm_smoke_mc"}
     assert 0.0 <= results["crosslmm_smoke_mc"]["acc,none"] <= 1.0
     samples = [json.loads(line) for f in out.rglob("*_samples_crosslmm_smoke.jsonl") for line in f.open()]
     assert len(samples) == 3 and all(isinstance(s["filtered_resps"], str) for s in samples)

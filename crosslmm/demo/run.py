@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from crosslmm.demo.synth import SynthSpec, generate
+from crosslmm.demo.synth import SynthSpec, generate, is_correct, question_of
 
 logger = logging.getLogger("crosslmm.demo")
 
@@ -105,17 +105,6 @@ def write_mixture(data_dir: Path) -> Path:
     return path
 
 
-def normalise(text: str) -> str:
-    """Lower-case, first word, no punctuation: 'Red.' and 'red' are the same answer."""
-    words = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower()).split()
-    return words[0] if words else ""
-
-
-def question_of(record: dict) -> str:
-    """The human turn without its ``<video>`` line, as the lmms-eval task's doc_to_text gives it."""
-    return record["conversations"][0]["value"].replace("<video>\n", "")
-
-
 def _final_loss(run_dir: Path) -> float | None:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
@@ -124,24 +113,27 @@ def _final_loss(run_dir: Path) -> float | None:
     return losses[-1] if losses else None
 
 
-def evaluate(model_dir: Path, test: list[dict], data_root: Path, frames: int, batch_size: int) -> dict:
-    """Exact-match accuracy through crosslmm.inference (the lmms-eval plugin's path), plus the LLM sequence
-    length and analytic prefill FLOPs of the prompts it answered."""
+def evaluate(
+    model_dir: Path, test: list[dict], data_root: Path, frames: int, batch_size: int, predictions: Path
+) -> dict:
+    """Accuracy through crosslmm.inference (the lmms-eval plugin's path), plus the LLM sequence length and
+    analytic prefill FLOPs of the prompts it answered. Every answer goes to ``predictions`` (JSON lines)."""
     from crosslmm.bench.flops import prefill_flops
     from crosslmm.inference import FrameSampling, build_prompt, generate, load, load_frames
 
     model, processor = load(model_dir)
     sampling = FrameSampling.resolve(num_frames=frames)
     correct: dict[str, list[bool]] = {}
-    lengths, flops, shape_of = [], [], {}
+    lengths, flops, shape_of, answered = [], [], {}, []
     for start in tqdm(range(0, len(test), batch_size), desc=f"eval {model_dir.parent.name}", leave=False):
         batch = test[start : start + batch_size]
         prompts = [build_prompt(processor, question_of(r)) for r in batch]
         videos = [[load_frames(data_root / r["video"], sampling)] for r in batch]
         answers = generate(model, processor, prompts, videos, max_new_tokens=4)
         for record, prompt, video, text in zip(batch, prompts, videos, answers):
-            truth = record["conversations"][1]["value"]
-            correct.setdefault(record["question_type"], []).append(normalise(text) == truth)
+            right = is_correct(record, text)
+            correct.setdefault(record["question_type"], []).append(right)
+            answered.append(dict(id=record["id"], video=record["video"], response=text, correct=right))
             if prompt not in shape_of:  # (prefix, total) tokens; every video has the same frame count
                 ids = processor(text=[prompt], videos=video)["input_ids"][0]
                 prefix = int((ids == processor.video_token_id).nonzero()[0])
@@ -150,6 +142,7 @@ def evaluate(model_dir: Path, test: list[dict], data_root: Path, frames: int, ba
             text_tokens = total - prefix - len(video[0]) * model.config.tokens_per_frame
             lengths.append(total)
             flops.append(prefill_flops(model.config, len(video[0]), text_tokens, prefix_tokens=prefix).total)
+    predictions.write_text("".join(json.dumps(row) + "\n" for row in answered))
     everything = [c for per_type in correct.values() for c in per_type]
     return dict(
         accuracy=sum(everything) / len(everything),
@@ -204,7 +197,14 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
     for seed, variant in tqdm(todo, desc="demo variants", unit="model"):
         run_dir = root / "runs" / f"{variant.name}-seed{seed}"
         seconds = train_variant(variant, seed, settings, mixture, run_dir)
-        scores = evaluate(run_dir / "final", test, data_dir, settings.data.frames, settings.eval_batch_size)
+        scores = evaluate(
+            run_dir / "final",
+            test,
+            data_dir,
+            settings.data.frames,
+            settings.eval_batch_size,
+            predictions=run_dir / "predictions.jsonl",
+        )
         runs.append(
             RunResult(variant.name, seed, train_seconds=seconds, final_loss=_final_loss(run_dir), **scores)
         )

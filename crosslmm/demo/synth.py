@@ -133,8 +133,28 @@ def _record(vid: str, video: str, kind: str, truth: dict) -> dict:
     }
 
 
+def question_of(record: dict) -> str:
+    """The human turn without its ``<video>`` line: the question both the demo and the lmms-eval task ask."""
+    return record["conversations"][0]["value"].replace("<video>\n", "")
+
+
+def answer_of(record: dict) -> str:
+    return record["conversations"][1]["value"]
+
+
+def normalise(text: str) -> str:
+    """Lower-case, first word, no punctuation: 'Red.' and 'red' are the same answer."""
+    words = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower()).split()
+    return words[0] if words else ""
+
+
+def is_correct(record: dict, response: str) -> bool:
+    """The task's one scoring rule, shared by ``crosslmm demo`` and the generated lmms-eval task."""
+    return normalise(response) == answer_of(record)
+
+
 def task_yaml(test_json: str) -> str:
-    """An lmms-eval task over the local test JSON: generate one word, exact match after normalising."""
+    """An lmms-eval task over the local test JSON: generate a few tokens, scored by :func:`is_correct`."""
     return (
         f"task: {TASK_NAME}\n"
         "dataset_path: json\n"
@@ -145,15 +165,17 @@ def task_yaml(test_json: str) -> str:
         "doc_to_visual: !function utils.doc_to_visual\n"
         "doc_to_text: !function utils.doc_to_text\n"
         "doc_to_target: !function utils.doc_to_target\n"
+        "process_results: !function utils.process_results\n"
         "generation_kwargs:\n  max_new_tokens: 4\n  do_sample: false\n"
-        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
-        "    ignore_case: true\n    ignore_punctuation: true\n"
+        "metric_list:\n  - metric: accuracy\n    aggregation: mean\n    higher_is_better: true\n"
     )
 
 
 TASK_UTILS = '''"""lmms-eval hooks for the synthetic CrossLMM task; videos are relative to this directory."""
 
 import os
+
+from crosslmm.demo.synth import answer_of, is_correct, question_of
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -162,12 +184,16 @@ def doc_to_visual(doc):
     return [os.path.join(ROOT, doc["video"])]
 
 
-def doc_to_text(doc):
-    return doc["conversations"][0]["value"].replace("<video>\\n", "")
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return question_of(doc)
 
 
 def doc_to_target(doc):
-    return doc["conversations"][1]["value"]
+    return answer_of(doc)
+
+
+def process_results(doc, results):
+    return {"accuracy": float(is_correct(doc, results[0]))}
 '''
 
 
