@@ -123,7 +123,6 @@ def evaluate(
 
     model, processor = load(model_dir)
     sampling = FrameSampling.resolve(num_frames=frames)
-    correct: dict[str, list[bool]] = {}
     lengths, flops, shape_of, answered = [], [], {}, []
     for start in tqdm(range(0, len(test), batch_size), desc=f"eval {model_dir.parent.name}", leave=False):
         batch = test[start : start + batch_size]
@@ -131,9 +130,15 @@ def evaluate(
         videos = [[load_frames(data_root / r["video"], sampling)] for r in batch]
         answers = generate(model, processor, prompts, videos, max_new_tokens=4)
         for record, prompt, video, text in zip(batch, prompts, videos, answers):
-            right = is_correct(record, text)
-            correct.setdefault(record["question_type"], []).append(right)
-            answered.append(dict(id=record["id"], video=record["video"], response=text, correct=right))
+            answered.append(
+                dict(
+                    id=record["id"],
+                    video=record["video"],
+                    question_type=record["question_type"],
+                    response=text,
+                    correct=is_correct(record, text),
+                )
+            )
             if prompt not in shape_of:  # (prefix, total) tokens; every video has the same frame count
                 ids = processor(text=[prompt], videos=video)["input_ids"][0]
                 prefix = int((ids == processor.video_token_id).nonzero()[0])
@@ -143,10 +148,13 @@ def evaluate(
             lengths.append(total)
             flops.append(prefill_flops(model.config, len(video[0]), text_tokens, prefix_tokens=prefix).total)
     predictions.write_text("".join(json.dumps(row) + "\n" for row in answered))
-    everything = [c for per_type in correct.values() for c in per_type]
+    kinds = sorted({row["question_type"] for row in answered})
     return dict(
-        accuracy=sum(everything) / len(everything),
-        accuracy_by_type={k: sum(v) / len(v) for k, v in sorted(correct.items())},
+        accuracy=statistics.fmean(row["correct"] for row in answered),
+        accuracy_by_type={
+            k: statistics.fmean(row["correct"] for row in answered if row["question_type"] == k)
+            for k in kinds
+        },
         seq_len=statistics.fmean(lengths),
         prefill_flops=statistics.fmean(flops),
     )

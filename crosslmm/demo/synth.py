@@ -82,6 +82,11 @@ def quarter_of(frame: int, frames: int) -> int:
     return frame * 4 // frames
 
 
+def _square(r: int, c: int, side: int) -> tuple[slice, slice]:
+    """The (rows, cols) of grid cell (r, c) when cells are ``side`` pixels."""
+    return slice(r * side, (r + 1) * side), slice(c * side, (c + 1) * side)
+
+
 def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """One video (T, H, W, 3) uint8 and its ground truth (marker colour, quarter, cell, frames)."""
     cells = spec.size // spec.cell
@@ -92,10 +97,7 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
     dimmed = 0.35 * palette + 0.65 * 128.0  # same hues as the answers, never saturated
     for t in range(spec.frames):
         for cell in rng.choice(cells * cells, spec.distractors, replace=False):
-            r, c = divmod(int(cell), cells)
-            frames[t, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell] = dimmed[
-                rng.integers(len(names))
-            ]
+            frames[t][_square(*divmod(int(cell), cells), spec.cell)] = dimmed[rng.integers(len(names))]
     colour = int(rng.integers(len(names)))
     quarter = int(rng.integers(4))
     first, end = math.ceil(quarter * spec.frames / 4), math.ceil((quarter + 1) * spec.frames / 4)
@@ -103,9 +105,7 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
     start = int(rng.integers(first, end - length + 1))
     r, c = divmod(int(rng.integers(cells * cells)), cells)
     marker = np.zeros(frames.shape[:3], dtype=bool)
-    marker[
-        start : start + length, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell
-    ] = True
+    marker[(slice(start, start + length), *_square(r, c, spec.cell))] = True
     unmarked_mean = frames.mean((1, 2))  # (T, 3): each frame's colour cast from noise and distractors
     frames[marker] = palette[colour]
     if spec.constant_mean:
