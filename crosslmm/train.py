@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         records,
         processor,
         max_length=config.data.max_length,
-        num_frames=config.data.num_frames,
-        fps=config.data.fps,
-        max_frames=config.data.max_frames,
+        sampling=config.data.sampling,
         overlength=config.data.overlength,
         skip_bad=config.data.skip_bad,
     )

@@ -23,7 +23,9 @@ def random_frames(n: int, size: int = 40, seed: int = 0) -> np.ndarray:
 
 
 def video_prompt(processor, question: str = "What colour is the marker?") -> str:
-    return processor.apply_chat_template([{"role": "user", "content": f"<video>\n{question}"}])
+    return processor.apply_chat_template(
+        [{"role": "user", "content": f"<video>\n{question}"}], add_generation_prompt=True
+    )
 
 
 def set_gates(model, value: float) -> None:

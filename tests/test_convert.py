@@ -105,7 +105,9 @@ def _source_inputs(source_dir):
 
 
 def _our_inputs(processor, frames=FRAMES):
-    prompt = processor.apply_chat_template([{"role": "user", "content": f"<video>\n{QUESTION}"}])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": f"<video>\n{QUESTION}"}], add_generation_prompt=True
+    )
     return processor(text=[prompt], videos=[random_frames(frames)])
 
 
@@ -134,8 +136,13 @@ def test_converted_model_equals_source(source_dir, converted_dir):
         model.config.video_end_token_id
     )
     assert inputs["input_ids"].tolist() == expected.tolist()
+    # Our frames are uint8, resized only; normalised by the model they equal the source's pixels exactly.
+    assert inputs["pixel_values_videos"].dtype == torch.uint8
     torch.testing.assert_close(
-        inputs["pixel_values_videos"], src_inputs["pixel_values_videos"], rtol=0, atol=0
+        model.model.normalize_frames(inputs["pixel_values_videos"][0])[None],
+        src_inputs["pixel_values_videos"],
+        rtol=0,
+        atol=0,
     )
 
     vocab = source.config.text_config.vocab_size

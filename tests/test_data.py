@@ -13,6 +13,7 @@ from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, VideoChatData
 from crosslmm.data.mixture import build_mixture
 from crosslmm.data.records import RecordError, load_records
 from crosslmm.data.synthetic import make_toy_dataset
+from crosslmm.data.video import FrameSampling
 from crosslmm.model.factory import TinySpec, make_tiny
 from crosslmm.training.config import load_config
 
@@ -65,7 +66,7 @@ def test_image_record_is_one_frame_video(toy, processor):
     out, _ = toy
     records, _ = load_records(str(out / "images.json"), str(out))
     assert "<video>" in records[0].messages[0]["content"]
-    sample = VideoChatDataset(records, processor, max_length=256, num_frames=8)[0]
+    sample = VideoChatDataset(records, processor, max_length=256, sampling=FrameSampling(num_frames=8))[0]
     assert sample["frames"].shape[0] == 1
 
 
@@ -73,7 +74,7 @@ def test_mixture_counts_and_collated_batch(toy, processor):
     _, mixture = toy
     records, skipped = build_mixture(mixture)
     assert len(records) == 4 + 2 and skipped == 0
-    data = VideoChatDataset(records, processor, max_length=256, num_frames=2)
+    data = VideoChatDataset(records, processor, max_length=256, sampling=FrameSampling(num_frames=2))
     batch = VideoChatCollator(processor.tokenizer.pad_token_id)([data[0], data[5]])
     assert batch["pixel_values_videos"].shape[:2] == (2, 2)
     assert batch["video_frame_counts"].tolist() == [2, 1]
@@ -132,16 +133,24 @@ def test_unreadable_video_stops_or_is_skipped_and_counted(toy, tmp_path, process
     ]
     records, _ = load_records(_write_jsonl(tmp_path / "ann.jsonl", rows), str(tmp_path))
     with pytest.raises(RecordError, match=r"ann\.jsonl: record 0: unreadable media: .*broken\.mp4"):
-        VideoChatDataset(records, processor, max_length=256, num_frames=2)[0]
-    sample = VideoChatDataset(records, processor, max_length=256, num_frames=2, skip_bad=True)[0]
+        VideoChatDataset(records, processor, max_length=256, sampling=FrameSampling(num_frames=2))[0]
+    sample = VideoChatDataset(
+        records, processor, max_length=256, sampling=FrameSampling(num_frames=2), skip_bad=True
+    )[0]
     assert sample["dropped"].tolist() == [1, 0] and sample["frames"].shape[0] == 2
 
 
 def test_overlength_records_are_dropped_and_counted(toy, processor):
     _, mixture = toy
     records, _ = build_mixture(mixture)
-    image_length = len(VideoChatDataset(records, processor, max_length=1000, num_frames=4)[4]["input_ids"])
-    data = VideoChatDataset(records, processor, max_length=image_length, num_frames=4, overlength="drop")
+    image_length = len(
+        VideoChatDataset(records, processor, max_length=1000, sampling=FrameSampling(num_frames=4))[4][
+            "input_ids"
+        ]
+    )
+    data = VideoChatDataset(
+        records, processor, max_length=image_length, sampling=FrameSampling(num_frames=4), overlength="drop"
+    )
     sample = data[0]  # the 4-frame videos do not fit; the next record that does is the one-frame image
     assert sample["frames"].shape[0] == 1 and sample["dropped"].tolist() == [0, 4]
 

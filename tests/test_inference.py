@@ -12,8 +12,8 @@ from PIL import Image
 
 from crosslmm.cli import main
 from crosslmm.data.video import write_video
+from crosslmm.data.video import FrameSampling
 from crosslmm.inference import (
-    FrameSampling,
     answer,
     build_prompt,
     continuation_nll,
@@ -33,17 +33,6 @@ def video_path(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
     write_video(path, random_frames(16, size=32), fps=8)
     return str(path)
-
-
-def test_frame_sampling_defaults_and_errors():
-    assert FrameSampling.resolve() == FrameSampling(num_frames=64)
-    assert FrameSampling.resolve(max_frames=16) == FrameSampling(num_frames=16, max_frames=16)
-    assert FrameSampling.resolve(fps=1.0).budget is None
-    assert FrameSampling.resolve(fps=1.0, max_frames=8).budget == 8
-    with pytest.raises(ValueError, match="not both"):
-        FrameSampling.resolve(num_frames=8, fps=1.0)
-    with pytest.raises(ValueError, match="max_frames must be > 0"):
-        FrameSampling.resolve(max_frames=0)
 
 
 def test_load_frames_accepts_paths_arrays_and_pil(video_path):

@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from crosslmm.data import video as video_mod
-from crosslmm.data.video import VideoClip, VideoError, load_video, sample_indices, write_video
+from crosslmm.data.video import (
+    DEFAULT_SAMPLING,
+    FrameSampling,
+    VideoClip,
+    VideoError,
+    load_video,
+    sample_indices,
+    write_video,
+)
 
 N_FRAMES, SRC_FPS, H, W = 30, 10.0, 48, 64
 
@@ -76,6 +84,34 @@ def test_fps_sampling_and_max_frames() -> None:
 def test_fps_sampling_window() -> None:
     np.testing.assert_array_equal(sample_indices(30, 10.0, fps=2.0, start=0.5, end=2.0), [5, 10, 15])
     np.testing.assert_array_equal(sample_indices(30, 10.0, fps=2.0, start=2.0, end=99.0), [20, 25])
+
+
+def test_frame_sampling_defaults_and_errors():
+    assert (
+        FrameSampling.resolve() == DEFAULT_SAMPLING == FrameSampling(fps=1.0, min_frames=64, max_frames=512)
+    )
+    assert FrameSampling.resolve(max_frames=16) == FrameSampling(num_frames=16, max_frames=16)
+    assert FrameSampling.resolve(min_frames=8) == FrameSampling(fps=1.0, min_frames=8)
+    assert FrameSampling.resolve(fps=1.0).budget is None
+    assert FrameSampling.resolve(fps=1.0, max_frames=8).budget == 8
+    for kwargs, message in [
+        (dict(num_frames=8, fps=1.0), "exactly one of num_frames or fps"),
+        (dict(max_frames=0), "max_frames must be > 0"),
+        (dict(num_frames=8, min_frames=4), "min_frames applies to fps sampling only"),
+        (dict(fps=1.0, min_frames=8, max_frames=4), "min_frames .8. must be <= max_frames .4."),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FrameSampling.resolve(**kwargs)
+
+
+def test_fps_sampling_floor_gives_short_clips_enough_frames():
+    """16 s at 10 fps sampled at 1 fps is 16 frames; the stage-2 floor of 64 takes 64 uniform frames instead,
+    a floor above the clip's frame count takes all of them, and the cap still subsamples long clips."""
+    clip = FrameSampling(fps=1.0, min_frames=64, max_frames=512)
+    np.testing.assert_array_equal(clip.indices(160, 10.0), sample_indices(160, 10.0, num_frames=64))
+    np.testing.assert_array_equal(clip.indices(40, 10.0), np.arange(40))
+    assert len(clip.indices(36000, 10.0)) == 512  # an hour at 1 fps: 3600 frames, capped
+    assert len(FrameSampling(fps=1.0, min_frames=8).indices(600, 10.0)) == 60  # the floor only lifts
 
 
 @pytest.mark.parametrize(

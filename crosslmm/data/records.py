@@ -64,6 +64,20 @@ def _read_raw(path: str) -> list:
     return rows
 
 
+def video_first(message: dict) -> dict:
+    """Move a turn's ``<video>`` to the front (``"<video>\\n" + the rest``), as LLaVA's preprocessing does.
+
+    Text before the video would see none of it through T2V (a text token attends only to the frames
+    before it), and evaluation always asks with the video first (``crosslmm.inference.build_prompt``), so
+    training puts it there too.
+    """
+    text = message["content"]
+    if VIDEO_PLACEHOLDER not in text:
+        return message
+    rest = text.replace(VIDEO_PLACEHOLDER, "").strip()
+    return {**message, "content": f"{VIDEO_PLACEHOLDER}\n{rest}" if rest else VIDEO_PLACEHOLDER}
+
+
 def parse_record(raw, source: str, index: int, data_root: str) -> Record:
     """Validate one raw record; raise :class:`RecordError` saying what is wrong with it."""
 
@@ -98,6 +112,7 @@ def parse_record(raw, source: str, index: int, data_root: str) -> Record:
         raise bad(f"needs exactly one {wanted} placeholder in its conversations, found {placeholders}")
     if any(VIDEO_PLACEHOLDER in m["content"] for m in messages if m["role"] != "user"):
         raise bad(f"the {wanted} placeholder must be in a human turn")
+    messages = [video_first(m) for m in messages]
     if not any(m["role"] == "assistant" for m in messages):
         raise bad("has no gpt turn, so there is nothing to train on")
     return Record(

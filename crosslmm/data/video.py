@@ -8,14 +8,16 @@ broken file is visible instead of silently degrading training or evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import torch
 from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -52,18 +54,83 @@ class VideoClip:
     duration: float  # seconds (0.0 for an image)
 
 
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames of a video the model sees; the one rule for training, chat, the lmms-eval plugin and
+    the demo (see docs/evaluation.md).
+
+    ``num_frames`` uniformly spaced frames, or one every ``1/fps`` seconds clamped to
+    ``[min_frames, max_frames]``: a clip too short for ``min_frames`` at that rate gets ``min_frames``
+    uniform frames instead (all of its frames if it has fewer), a long one is subsampled uniformly to
+    ``max_frames``. Frames are never duplicated. Validated on construction.
+    """
+
+    num_frames: int | None = None
+    fps: float | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.num_frames is None) == (self.fps is None):
+            raise ValueError("give exactly one of num_frames or fps")
+        for name in ("max_frames", "min_frames", "num_frames", "fps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.min_frames is not None and self.fps is None:
+            raise ValueError("min_frames applies to fps sampling only; with num_frames it has no meaning")
+        if self.min_frames is not None and self.max_frames is not None and self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) must be <= max_frames ({self.max_frames})")
+
+    @classmethod
+    def resolve(
+        cls,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        min_frames: int | None = None,
+    ) -> FrameSampling:
+        """Fill the default from what a user gave: nothing means :data:`DEFAULT_SAMPLING` (the stage-2
+        training rule); ``max_frames`` alone means that many uniform frames."""
+        if num_frames is None and fps is None:
+            if max_frames is None and min_frames is None:
+                return DEFAULT_SAMPLING
+            if min_frames is None:
+                return cls(num_frames=max_frames, max_frames=max_frames)
+            fps = DEFAULT_SAMPLING.fps
+        return cls(num_frames=num_frames, fps=fps, min_frames=min_frames, max_frames=max_frames)
+
+    @property
+    def budget(self) -> int | None:
+        """Most frames this sampling can yield, if bounded (an fps without a cap is not)."""
+        counts = [n for n in (self.num_frames, self.max_frames) if n is not None]
+        return min(counts) if counts else None
+
+    def indices(
+        self, total_frames: int, src_fps: float, start: float | None = None, end: float | None = None
+    ) -> np.ndarray:
+        return sample_indices(total_frames, src_fps, start=start, end=end, **dataclasses.asdict(self))
+
+    def load(self, path: str | os.PathLike, **kwargs) -> VideoClip:
+        """:func:`load_video` under this sampling (``kwargs``: start, end, backend)."""
+        return load_video(path, **dataclasses.asdict(self), **kwargs)
+
+
+# The paper's SFT rule (PAPER.md section 4: 64-512 frames), also the evaluation default, so a model is
+# evaluated on the frame counts it was trained on.
+DEFAULT_SAMPLING = FrameSampling(fps=1.0, min_frames=64, max_frames=512)
+
+
 def _check_sampling_args(
-    num_frames: int | None, fps: float | None, max_frames: int | None, start: float | None, end: float | None
+    num_frames: int | None,
+    fps: float | None,
+    min_frames: int | None,
+    max_frames: int | None,
+    start: float | None,
+    end: float | None,
 ) -> None:
     """Validate arguments that do not depend on the video, raising ValueError with the reason."""
-    if (num_frames is None) == (fps is None):
-        raise ValueError("give exactly one of num_frames or fps")
-    if num_frames is not None and num_frames <= 0:
-        raise ValueError(f"num_frames must be > 0, got {num_frames}")
-    if fps is not None and not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if max_frames is not None and max_frames <= 0:
-        raise ValueError(f"max_frames must be > 0, got {max_frames}")
+    FrameSampling(num_frames=num_frames, fps=fps, min_frames=min_frames, max_frames=max_frames)
     if start is not None and start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
     if start is not None and end is not None and start >= end:
@@ -84,6 +151,7 @@ def sample_indices(
     max_frames: int | None = None,
     start: float | None = None,
     end: float | None = None,
+    min_frames: int | None = None,
 ) -> np.ndarray:
     """Choose sorted, unique source frame indices (int64) inside the ``[start, end)`` window (seconds).
 
@@ -91,12 +159,13 @@ def sample_indices(
       uniform sampling), capped by ``max_frames``. If the window holds fewer frames than requested, all of
       its frames are returned: frames are never duplicated, so the result may be shorter than asked.
     - ``fps``: one frame every ``src_fps / fps`` source frames from the window start (all frames if
-      ``fps >= src_fps``); if ``max_frames`` is exceeded the result is uniformly subsampled down to it.
+      ``fps >= src_fps``); if ``max_frames`` is exceeded the result is uniformly subsampled down to it,
+      and if it has fewer than ``min_frames`` frames, ``min_frames`` uniform frames are taken instead.
 
     Frame ``i`` is taken to be shown at ``i / src_fps`` seconds; ``end`` beyond the video is clipped.
     Raises ValueError with the reason for bad arguments, zero frames or an empty window.
     """
-    _check_sampling_args(num_frames, fps, max_frames, start, end)
+    _check_sampling_args(num_frames, fps, min_frames, max_frames, start, end)
     if total_frames <= 0:
         raise ValueError("video has zero frames")
     if not (math.isfinite(src_fps) and src_fps > 0):
@@ -118,6 +187,8 @@ def sample_indices(
         n = math.ceil(count / step - _EPS)
         pos = np.unique(np.floor(np.arange(n) * step + _EPS).astype(np.int64))
         pos = pos[pos < count]
+        if min_frames is not None and len(pos) < min_frames:
+            pos = np.arange(count, dtype=np.int64) if count <= min_frames else _uniform(count, min_frames)
         if max_frames is not None and len(pos) > max_frames:
             pos = pos[_uniform(len(pos), max_frames)]
     return (first + pos).astype(np.int64)
@@ -213,6 +284,7 @@ def load_video(
     start: float | None = None,
     end: float | None = None,
     backend: str = "auto",
+    min_frames: int | None = None,
 ) -> VideoClip:
     """Decode the frames chosen by :func:`sample_indices` (see there for the sampling rules).
 
@@ -224,7 +296,7 @@ def load_video(
     if backend not in BACKENDS:
         raise VideoError(path, f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     try:
-        _check_sampling_args(num_frames, fps, max_frames, start, end)
+        _check_sampling_args(num_frames, fps, min_frames, max_frames, start, end)
     except ValueError as e:
         raise VideoError(path, str(e)) from None
     if not os.path.exists(path):
@@ -238,7 +310,7 @@ def load_video(
 
     def pick(total: int, src_fps: float) -> np.ndarray:
         try:
-            return sample_indices(total, src_fps, num_frames, fps, max_frames, start, end)
+            return sample_indices(total, src_fps, num_frames, fps, max_frames, start, end, min_frames)
         except ValueError as e:
             raise VideoError(path, str(e)) from None
 
@@ -266,6 +338,41 @@ def load_video(
         raise
     except Exception as e:
         raise VideoError(path, f"unreadable video (decord: {decord_error}; pyav: {e})") from e
+
+
+# What a caller may hand over as one video: a video/image file, decoded (T, H, W, 3) uint8 frames, or PIL
+# images (one image = a one-frame video; a list = the frames of one video).
+VideoLike = str | os.PathLike | np.ndarray | torch.Tensor | Image.Image | Sequence[Image.Image]
+
+
+def load_frames(video: VideoLike, sampling: FrameSampling) -> np.ndarray:
+    """Any :data:`VideoLike` -> (T, H, W, 3) uint8 frames under ``sampling``.
+
+    Files are decoded by :func:`load_video` (which names the file in every error).
+    Already decoded frames have no known frame rate, so only the frame budget applies to them: they are
+    subsampled uniformly to ``sampling.budget``. Anything else raises TypeError saying what is accepted.
+    """
+    if isinstance(video, (str, os.PathLike)):
+        return sampling.load(video).frames
+    if isinstance(video, Image.Image):
+        video = [video]
+    if isinstance(video, (list, tuple)) and video and all(isinstance(im, Image.Image) for im in video):
+        size = video[0].size  # the processor takes one array per video, so frames must share a size
+        frames = np.stack([np.asarray(im.convert("RGB").resize(size)) for im in video])
+    elif isinstance(video, (np.ndarray, torch.Tensor)):
+        frames = video.cpu().numpy() if isinstance(video, torch.Tensor) else video
+        if frames.ndim == 3:
+            frames = frames[None]  # one (H, W, 3) image
+    else:
+        raise TypeError(
+            f"cannot use a {type(video).__name__} as a video: give a video/image file path, (T, H, W, 3) "
+            "uint8 frames, a PIL image or a non-empty list of PIL images"
+        )
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"frames must be non-empty (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if sampling.budget is not None and len(frames) > sampling.budget:
+        frames = frames[sample_indices(len(frames), 1.0, num_frames=sampling.budget)]
+    return frames
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> None:

@@ -119,7 +119,8 @@ def evaluate(
     """Accuracy through crosslmm.inference (the lmms-eval plugin's path), plus the LLM sequence length and
     analytic prefill FLOPs of the prompts it answered. Every answer goes to ``predictions`` (JSON lines)."""
     from crosslmm.bench.flops import prefill_flops
-    from crosslmm.inference import FrameSampling, build_prompt, generate, load, load_frames
+    from crosslmm.data.video import FrameSampling, load_frames
+    from crosslmm.inference import build_prompt, generate, load
 
     model, processor = load(model_dir)
     sampling = FrameSampling.resolve(num_frames=frames)

@@ -9,10 +9,12 @@ import sys
 def _chat(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    from crosslmm.inference import FrameSampling, build_prompt, generate, load, load_frames
+    from crosslmm.data.video import FrameSampling, load_frames
+    from crosslmm.inference import build_prompt, generate, load
 
     # Decode the video before loading the model: a bad path fails in a second, naming the file.
-    frames = load_frames(args.video, FrameSampling.resolve(args.frames, args.fps, args.max_frames))
+    sampling = FrameSampling.resolve(args.frames, args.fps, args.max_frames, args.min_frames)
+    frames = load_frames(args.video, sampling)
     model, processor = load(args.model, device=args.device)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
@@ -55,8 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video", required=True, help="video (or image) file")
     p.add_argument("--question", help="ask once and exit; without it, questions are read from stdin")
     sampling = p.add_mutually_exclusive_group()
-    sampling.add_argument("--frames", type=_positive_int, help="uniformly sampled frames (default 64)")
+    sampling.add_argument(
+        "--frames",
+        type=_positive_int,
+        help="uniformly sampled frames (default: 1 fps clamped to [64, 512], as stage-2 training)",
+    )
     sampling.add_argument("--fps", type=float, help="frames per second to sample instead")
+    p.add_argument("--min-frames", type=_positive_int, help="floor for fps sampling (short clips)")
     p.add_argument("--max-frames", type=_positive_int, help="cap on the sampled frames")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")

@@ -56,8 +56,10 @@ class CrossAttention(nn.Module):
         shape = (frames, n, self.num_kv_heads, self.head_dim)
         return k.view(shape), v.view(shape)
 
-    def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """queries (G, Lq, D) over keys/values (G, KVH, M, hd) -> gated update (G, Lq, D)."""
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """queries (G, Lq, D) over keys/values (G, KVH, M, hd) -> gated update (G, Lq, D).
+
+        The gate is read here, inside the module's ``forward``, so ZeRO-3's pre-forward hook gathers it."""
         groups, length, _ = queries.shape
         q = self.q_proj(self.query_norm(queries)).view(groups, length, self.num_heads, self.head_dim)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, enable_gqa=True)
@@ -78,10 +80,9 @@ class GatedMLP(nn.Module):
         self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (n, D) -> gated update (n, D), to be added to the residual stream by the caller."""
         x = self.norm(hidden)
-        return hidden + torch.tanh(self.gate).to(x.dtype) * self.down_proj(
-            F.silu(self.gate_proj(x)) * self.up_proj(x)
-        )
+        return torch.tanh(self.gate).to(x.dtype) * self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 def _per_sample(kv: torch.Tensor, layout: VisualLayout) -> list[torch.Tensor]:
@@ -122,17 +123,29 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         memory: torch.Tensor | None,
         cache: CrossLMMCache | None = None,
     ) -> torch.Tensor:
-        """hidden (B, L, D); memory (F_total, N, Dm) original tokens at prefill, None when decoding."""
+        """hidden (B, L, D); memory (F_total, N, Dm) original tokens at prefill, None when decoding.
+
+        Updates are cast to the residual stream's dtype before they are added: under bf16 autocast the
+        blocks compute in bf16 while the stream stays fp32. The MLP runs only on the positions a
+        cross-attention updated (as mllama masks text rows without images), so a row without a visible
+        video is the base decoder's whatever it is batched with.
+        """
         batch, length, dim = hidden.shape
         flat = hidden.reshape(batch * length, dim)
-        out = flat
+        out, updated = flat, []
         if self.v2v is not None and memory is not None and layout.video_positions.numel():
-            out = out.index_add(0, layout.video_positions, self._v2v(flat, layout, memory))
-        if self.t2v is not None and layout.text_groups:
-            positions, update = self._t2v(flat, layout, memory, cache)
-            out = out.index_add(0, positions, update)
-        out = out.view(batch, length, dim)
-        return self.mlp(out) if self.mlp is not None else out
+            out = out.index_add(0, layout.video_positions, self._v2v(flat, layout, memory).to(flat.dtype))
+            updated.append(layout.video_positions)
+        if self.t2v is not None and (layout.text_groups or (memory is not None and cache is not None)):
+            keys, values, frame_tokens = self._t2v_memory(layout, memory, cache)
+            if layout.text_groups:
+                positions, update = self._t2v(flat, layout, keys, values, frame_tokens)
+                out = out.index_add(0, positions, update.to(flat.dtype))
+                updated.append(positions)
+        if self.mlp is not None and updated:
+            positions = torch.cat(updated)
+            out = out.index_add(0, positions, self.mlp(out[positions]).to(flat.dtype))
+        return out.view(batch, length, dim)
 
     def _v2v(self, flat: torch.Tensor, layout: VisualLayout, memory: torch.Tensor) -> torch.Tensor:
         """Update for the pooled video tokens, (F_total * tokens_per_frame, D)."""
@@ -143,7 +156,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
             for start in range(0, memory.shape[0], self.chunk_frames):
                 chunk = slice(start, start + self.chunk_frames)
                 keys, values = self.v2v.project_memory(memory[chunk], self.chunk_frames)
-                updates.append(self.v2v.attend(queries[chunk], keys.transpose(1, 2), values.transpose(1, 2)))
+                updates.append(self.v2v(queries[chunk], keys.transpose(1, 2), values.transpose(1, 2)))
             return torch.cat(updates).flatten(0, 1)
         keys, values = self.v2v.project_memory(memory, self.chunk_frames)
         per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
@@ -151,38 +164,45 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         for b, n in enumerate(layout.frame_counts.tolist()):
             if n:
                 q = queries[start : start + n * self.tokens_per_frame]
-                updates.append(self.v2v.attend(q[None], per_sample_k[b], per_sample_v[b])[0])
+                updates.append(self.v2v(q[None], per_sample_k[b], per_sample_v[b])[0])
                 start += q.shape[0]
         return torch.cat(updates)
+
+    def _t2v_memory(
+        self, layout: VisualLayout, memory: torch.Tensor | None, cache: CrossLMMCache | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        """Per-sample T2V keys/values (1, KVH, M_b, hd) and original tokens per frame.
+
+        At prefill they are projected from ``memory`` and stored in ``cache`` (even when no prompt text
+        follows a video: the generated tokens will need them); when decoding they come from the cache.
+        """
+        if memory is not None:
+            keys, values = self.t2v.project_memory(memory, self.chunk_frames)
+            per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
+            if cache is not None:
+                cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))
+            return per_sample_k, per_sample_v, memory.shape[1]
+        if cache is None or self.layer_idx not in cache.cross_kv:
+            raise RuntimeError("T2V on decoded tokens needs the cross-attention keys/values cached at prefill")
+        padded_k, padded_v = cache.cross_kv[self.layer_idx]
+        per_sample_k = [padded_k[b : b + 1] for b in range(padded_k.shape[0])]
+        per_sample_v = [padded_v[b : b + 1] for b in range(padded_v.shape[0])]
+        return per_sample_k, per_sample_v, cache.original_tokens_per_frame
 
     def _t2v(
         self,
         flat: torch.Tensor,
         layout: VisualLayout,
-        memory: torch.Tensor | None,
-        cache: CrossLMMCache | None,
+        per_sample_k: list[torch.Tensor],
+        per_sample_v: list[torch.Tensor],
+        tokens_per_frame: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions and updates for text tokens; each sees only the frames that precede it."""
-        if memory is not None:
-            tokens_per_frame = memory.shape[1]
-            keys, values = self.t2v.project_memory(memory, self.chunk_frames)
-            per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
-            if cache is not None:
-                cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))
-        else:
-            if cache is None or self.layer_idx not in cache.cross_kv:
-                raise RuntimeError(
-                    "T2V on decoded tokens needs the cross-attention keys/values cached at prefill"
-                )
-            tokens_per_frame = cache.original_tokens_per_frame
-            padded_k, padded_v = cache.cross_kv[self.layer_idx]
-            per_sample_k = [padded_k[b : b + 1] for b in range(padded_k.shape[0])]
-            per_sample_v = [padded_v[b : b + 1] for b in range(padded_v.shape[0])]
         updates = []
         for group in layout.text_groups:
             span = group.visible_frames * tokens_per_frame
             k = per_sample_k[group.sample][:, :, :span]
             v = per_sample_v[group.sample][:, :, :span]
-            updates.append(self.t2v.attend(flat[group.positions][None], k, v)[0])
+            updates.append(self.t2v(flat[group.positions][None], k, v)[0])
         positions = torch.cat([g.positions for g in layout.text_groups])
         return positions, torch.cat(updates)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from crosslmm.data.dataset import OVERLENGTH_POLICIES
+from crosslmm.data.video import FrameSampling
 
 # Trainable parts of the model, named by what they are rather than by module paths.
 COMPONENTS = ("vision", "projector", "v2v", "t2v", "cross_mlp", "llm")
@@ -19,13 +20,20 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @dataclass
 class DataConfig:
     mixture: str = ""  # data-mixture YAML (see crosslmm.data.mixture)
-    num_frames: int | None = 32  # uniform sampling; set to null and use fps for fps-based sampling
+    # Frame sampling (crosslmm.data.video.FrameSampling, the rule evaluation uses too): num_frames uniform
+    # frames, or set num_frames to null and sample at fps, clamped to [min_frames, max_frames].
+    num_frames: int | None = 32
     fps: float | None = None
-    max_frames: int | None = None  # cap for fps-based sampling
+    min_frames: int | None = None
+    max_frames: int | None = None
     max_length: int = 4096  # tokens, video included
     overlength: str = "truncate"  # cut text after the video, or "drop" the sample
     skip_bad: bool = False  # skip (and count) bad records instead of stopping
     num_workers: int = 4
+
+    @property
+    def sampling(self) -> FrameSampling:
+        return FrameSampling(self.num_frames, self.fps, self.min_frames, self.max_frames)
 
 
 @dataclass
@@ -80,8 +88,10 @@ class TrainConfig:
         unknown = sorted(set(self.train) - set(COMPONENTS))
         if unknown or not self.train:
             raise ValueError(f"train: must be a non-empty subset of {list(COMPONENTS)}, got {self.train}")
-        if (self.data.num_frames is None) == (self.data.fps is None):
-            raise ValueError("data: give exactly one of num_frames or fps (set the other to null)")
+        try:
+            self.data.sampling  # noqa: B018 (validates)
+        except ValueError as e:
+            raise ValueError(f"data: {e} (set the unused one to null)") from None
         if self.data.overlength not in OVERLENGTH_POLICIES:
             raise ValueError(
                 f"data.overlength must be one of {OVERLENGTH_POLICIES}, got {self.data.overlength!r}"
