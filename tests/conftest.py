@@ -22,6 +22,24 @@ def random_frames(n: int, size: int = 40, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
+def coloured_frames(n: int, seed: int, size: int = 40) -> np.ndarray:
+    """(n, size, size, 3) uint8 frames of one random colour plus mild noise. Unlike uniform noise, whose
+    frames all look alike to a vision tower, different seeds give videos a random model tells apart."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-20, 20, (n, size, size, 3))
+    return np.clip(rng.integers(0, 256, (1, 1, 1, 3)) + noise, 0, 255).astype(np.uint8)
+
+
+def video_dependent_model(**config):
+    """A tiny CrossLMM with every gate open (tanh(3) ~ 1): greedy answers differ between
+    :func:`coloured_frames` videos, so tests of batching, caching and the plugin can fail."""
+    from crosslmm.model.factory import TinySpec, make_tiny
+
+    model, processor = make_tiny(TinySpec(), seed=0, **({"v2v": True, "t2v": True} | config))
+    set_gates(model, 3.0)
+    return model.eval(), processor
+
+
 def video_prompt(processor, question: str = "What colour is the marker?") -> str:
     return processor.apply_chat_template(
         [{"role": "user", "content": f"<video>\n{question}"}], add_generation_prompt=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from crosslmm.data.records import RecordError, load_records
 from crosslmm.data.synthetic import make_toy_dataset
 from crosslmm.data.video import FrameSampling
 from crosslmm.model.factory import TinySpec, make_tiny
+from crosslmm.model.processing import CrossLMMProcessor
 from crosslmm.training.config import load_config
 
 MULTI_TURN = [
@@ -42,7 +44,19 @@ def _write_jsonl(path, rows):
     return str(path)
 
 
-def test_ids_match_processor_and_labels_cover_only_answers(processor):
+def _with_video_end(processor) -> CrossLMMProcessor:
+    """The same processor with a ``<video_end>`` slot after each video, as a converted LLaVA-OneVision has."""
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<video>", "<video_end>"]})
+    return CrossLMMProcessor(
+        processor.image_processor, tokenizer, processor.tokens_per_frame, video_end_token="<video_end>"
+    )
+
+
+@pytest.mark.parametrize("video_end", [False, True])
+def test_ids_match_processor_and_labels_cover_only_answers(processor, video_end):
+    """Training sequences are the ones the processor builds at inference, video-end slot included."""
+    processor = _with_video_end(processor) if video_end else processor
     encoded = encode_conversation(processor, MULTI_TURN, num_frames=3, max_length=1000, overlength="truncate")
     text = processor.apply_chat_template(MULTI_TURN, add_generation_prompt=False)
     reference = processor(text=[text], videos=[np.zeros((3, 8, 8, 3), np.uint8)])
@@ -50,6 +64,15 @@ def test_ids_match_processor_and_labels_cover_only_answers(processor):
     answers = processor.tokenizer.decode(encoded.labels[encoded.labels != IGNORE_INDEX])
     assert answers == "red<|im_end|>\nyes<|im_end|>\n"
     assert int((encoded.input_ids == processor.video_token_id).sum()) == 3 * processor.tokens_per_frame
+    end_id = processor.tokenizer.convert_tokens_to_ids("<video_end>")
+    assert encoded.input_ids.tolist().count(end_id) == int(video_end)
+
+
+def test_video_moves_to_the_front_of_its_turn(tmp_path):
+    """LLaVA's rule, and the order evaluation asks in: text placed before the video would get no T2V."""
+    rows = [{"video": "a.mp4", "conversations": [{"from": "human", "value": "Q?\n<video>"}, TURNS[1]]}]
+    (record,), _ = load_records(_write_jsonl(tmp_path / "r.jsonl", rows), str(tmp_path))
+    assert record.messages[0]["content"] == "<video>\nQ?"
 
 
 def test_overlength_truncates_text_never_video(processor):

@@ -120,19 +120,6 @@ def test_generate_with_cache_matches_full_forward(llm):
     torch.testing.assert_close(step_logits, full[:, prompt_len - 1 : -1], rtol=1e-4, atol=1e-4)
 
 
-def test_batched_generate_with_different_frame_counts():
-    model, processor = make_tiny(TinySpec(), v2v=True, t2v=True)
-    set_gates(model, 0.8)
-    processor.tokenizer.padding_side = "left"
-    batch = _inputs(processor, frames=(3, 1))
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        for b, n in enumerate((3, 1)):
-            single = processor(text=[video_prompt(processor)], videos=[random_frames(n, seed=b)])
-            alone = model.generate(**single, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-            assert out[b, -4:].tolist() == alone[0, -4:].tolist()
-
-
 def test_save_load_round_trip_is_exact(tmp_path):
     model, processor = make_tiny(TinySpec(), v2v=True, t2v=True)
     set_gates(model, 0.3)

@@ -1,0 +1,146 @@
+"""Prompt layouts, HF typed chat messages and batched/padded generation on a model whose answer depends on
+the video (gates open), so each test can fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import coloured_frames, video_dependent_model
+
+from crosslmm.data.video import FrameSampling, load_frames, write_video
+
+QUESTION = "What colour is the marker?"
+LAYOUTS = {
+    "video first": "<video>\nWhat colour is the marker?",
+    "video last": "Describe this: <video>",
+    "text before and after": "Look at this: <video>\nWhat colour is the marker?",
+    "two videos": "<video>\nand\n<video>\nWhich is brighter?",
+    "raw prompt ending with its video": "Describe this: <video>",  # no chat template: nothing follows it
+}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return video_dependent_model(cross_attention_mlp=True)
+
+
+def _prompt(processor, content) -> str:
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def _videos(content: str, seed: int) -> list:
+    return [coloured_frames(2 + i, seed=seed + 10 * i) for i in range(content.count("<video>"))]
+
+
+def _greedy(model, inputs, steps: int = 4):
+    out = model.generate(
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[:, -steps:], torch.stack(out.logits, dim=1)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@torch.no_grad()
+def test_generate_matches_full_forward_for_every_layout(tiny, layout):
+    """Cached decoding (T2V from the cross-attention cache) gives the full forward's logits, whatever
+    the position of the video; a prompt that ends with its video used to raise at the first decode step."""
+    model, processor = tiny
+    content = LAYOUTS[layout]
+    prompt = content if layout.startswith("raw") else _prompt(processor, content)
+    inputs = processor(text=[prompt], videos=_videos(content, seed=1))
+    tokens, step_logits = _greedy(model, inputs)
+    full = model(
+        input_ids=torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1),
+        pixel_values_videos=inputs["pixel_values_videos"],
+        video_frame_counts=inputs["video_frame_counts"],
+        use_cache=False,
+    ).logits
+    torch.testing.assert_close(step_logits, full[:, -tokens.shape[1] :], rtol=1e-4, atol=1e-4)
+    other = processor(text=[prompt], videos=_videos(content, seed=2))
+    assert not torch.allclose(_greedy(model, other)[1], step_logits)  # the video matters
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+@torch.no_grad()
+def test_text_only_row_does_not_depend_on_its_batch(mlp):
+    """A text-only prompt batched with video prompts gives the logits it gives alone (and the base
+    decoder's: no cross-attention applies to it), with and without the gated cross-attention MLP."""
+    model, processor = video_dependent_model(cross_attention_mlp=mlp)
+    text_only = _prompt(processor, "Say something about colours.")
+    with_video = _prompt(processor, LAYOUTS["video first"])
+    alone = processor(text=[text_only], padding_side="left")
+    batch = processor(text=[with_video, text_only], videos=[coloured_frames(3, seed=0)], padding_side="left")
+    length = alone["input_ids"].shape[1]
+    logits_alone = model(**alone).logits[0]
+    logits_batched = model(**batch).logits[1, -length:]
+    torch.testing.assert_close(logits_batched, logits_alone, rtol=1e-5, atol=1e-5)
+    base = model(input_ids=alone["input_ids"]).logits[0]  # no video in the batch: cross layers skipped
+    torch.testing.assert_close(logits_alone, base, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_batched_padded_generation_equals_one_at_a_time(tiny):
+    """Left-padded batches mixing frame counts, layouts and a text-only row answer as each prompt alone,
+    and the answers differ between videos (a model emitting one token for every input would fail)."""
+    model, processor = tiny
+    contents = [LAYOUTS["video first"], LAYOUTS["video last"], LAYOUTS["video first"], "No video here."]
+    prompts = [_prompt(processor, c) for c in contents]
+    videos = [_videos(c, seed=s) for s, c in enumerate(contents)]
+    flat = [v for per_prompt in videos for v in per_prompt]
+    batch = processor(text=prompts, videos=flat, padding_side="left")
+    batched, _ = _greedy(model, batch)
+    answers = []
+    for prompt, video in zip(prompts, videos):
+        single, _ = _greedy(model, processor(text=[prompt], videos=video or None, padding_side="left"))
+        answers.append(single[0].tolist())
+    assert batched.tolist() == answers
+    assert answers[0] != answers[2]  # same prompt, different videos
+
+
+def test_typed_chat_messages_render_like_placeholders(tiny):
+    """HF's multimodal message format renders as the ``<video>`` placeholder form, in the order given."""
+    _, processor = tiny
+    typed = [{"type": "video"}, {"type": "text", "text": QUESTION}]
+    assert _prompt(processor, typed) == _prompt(processor, f"<video>\n{QUESTION}")
+    reversed_order = [{"type": "text", "text": "Describe this:"}, {"type": "video"}]
+    assert "Describe this:\n<video><|im_end|>" in _prompt(processor, reversed_order)
+    with pytest.raises(ValueError, match="unsupported content block"):
+        _prompt(processor, [{"type": "audio", "path": "a.wav"}])
+
+
+@torch.no_grad()
+def test_typed_chat_messages_load_the_video(tiny, tmp_path):
+    """``tokenize=True, return_dict=True`` loads each video block's file with our reader and sampling rule
+    and returns the model inputs: the same as decoding the frames ourselves."""
+    model, processor = tiny
+    path = tmp_path / "clip.mp4"
+    write_video(path, coloured_frames(12, seed=3, size=32), fps=4)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": QUESTION}],
+        }
+    ]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, num_frames=4
+    )
+    assert inputs["video_frame_counts"].tolist() == [4]
+    frames = load_frames(str(path), FrameSampling(num_frames=4))
+    reference = processor(text=[_prompt(processor, f"<video>\n{QUESTION}")], videos=[frames])
+    for key in ("input_ids", "pixel_values_videos"):
+        torch.testing.assert_close(inputs[key], reference[key])
+    ids = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, num_frames=4)
+    assert torch.equal(ids, reference["input_ids"])
+    model.generate(**inputs, max_new_tokens=2)  # the inputs are what the model takes
+    with pytest.raises(ValueError, match="needs a 'path'"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}]}], tokenize=True)
+    with pytest.raises(ValueError, match="missing.mp4: no such file"):
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video", "path": str(tmp_path / "missing.mp4")}]}],
+            tokenize=True,
+        )
