@@ -40,6 +40,19 @@ def video_dependent_model(**config):
     return model.eval(), processor
 
 
+def greedy(model, inputs, steps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``steps`` greedy tokens (B, steps) and their step logits (B, steps, V)."""
+    out = model.generate(
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[:, -steps:], torch.stack(out.logits, dim=1)
+
+
 def video_prompt(processor, question: str = "What colour is the marker?") -> str:
     return processor.apply_chat_template(
         [{"role": "user", "content": f"<video>\n{question}"}], add_generation_prompt=True

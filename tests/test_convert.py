@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_frames, write_train_config
+from conftest import greedy, random_frames, write_train_config
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
@@ -111,18 +111,6 @@ def _our_inputs(processor, frames=FRAMES):
     return processor(text=[prompt], videos=[random_frames(frames)])
 
 
-def _greedy(model, inputs, steps=8):
-    out = model.generate(
-        **inputs,
-        max_new_tokens=steps,
-        min_new_tokens=steps,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.logits, 1)
-
-
 def test_converted_model_equals_source(source_dir, converted_dir):
     source = LlavaOnevisionForConditionalGeneration.from_pretrained(source_dir).eval()
     model = AutoModelForCausalLM.from_pretrained(converted_dir).eval()
@@ -151,8 +139,8 @@ def test_converted_model_equals_source(source_dir, converted_dir):
         logits = model(**inputs).logits
         # The one extra vocabulary column is <video_end>, which generation suppresses.
         torch.testing.assert_close(logits[..., :vocab], src_logits, rtol=1e-5, atol=1e-5)
-        src_tokens, src_steps = _greedy(source, src_inputs)
-        tokens, steps = _greedy(model, inputs)
+        src_tokens, src_steps = greedy(source, src_inputs, steps=8)
+        tokens, steps = greedy(model, inputs, steps=8)
     assert tokens.tolist() == src_tokens.tolist()
     torch.testing.assert_close(steps[..., :vocab], src_steps, rtol=1e-5, atol=1e-5)
 
@@ -169,7 +157,7 @@ def test_switch_tokens_per_frame(converted_dir, tokens):
     assert n_video == FRAMES * tokens
     with torch.no_grad():
         pooled, _ = model.model.encode_video(inputs["pixel_values_videos"][0])
-        tokens_out, _ = _greedy(model, inputs, steps=3)
+        tokens_out, _ = greedy(model, inputs, steps=3)
     assert pooled.shape[:2] == (FRAMES, tokens) and tokens_out.shape == (1, 3)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import coloured_frames, video_dependent_model
+from conftest import coloured_frames, greedy, video_dependent_model
 
 from crosslmm.data.video import FrameSampling, load_frames, write_video
 
@@ -32,18 +32,6 @@ def _videos(content: str, seed: int) -> list:
     return [coloured_frames(2 + i, seed=seed + 10 * i) for i in range(content.count("<video>"))]
 
 
-def _greedy(model, inputs, steps: int = 4):
-    out = model.generate(
-        **inputs,
-        max_new_tokens=steps,
-        min_new_tokens=steps,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    return out.sequences[:, -steps:], torch.stack(out.logits, dim=1)
-
-
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @torch.no_grad()
 def test_generate_matches_full_forward_for_every_layout(tiny, layout):
@@ -53,7 +41,7 @@ def test_generate_matches_full_forward_for_every_layout(tiny, layout):
     content = LAYOUTS[layout]
     prompt = content if layout.startswith("raw") else _prompt(processor, content)
     inputs = processor(text=[prompt], videos=_videos(content, seed=1))
-    tokens, step_logits = _greedy(model, inputs)
+    tokens, step_logits = greedy(model, inputs)
     full = model(
         input_ids=torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1),
         pixel_values_videos=inputs["pixel_values_videos"],
@@ -62,7 +50,7 @@ def test_generate_matches_full_forward_for_every_layout(tiny, layout):
     ).logits
     torch.testing.assert_close(step_logits, full[:, -tokens.shape[1] :], rtol=1e-4, atol=1e-4)
     other = processor(text=[prompt], videos=_videos(content, seed=2))
-    assert not torch.allclose(_greedy(model, other)[1], step_logits)  # the video matters
+    assert not torch.allclose(greedy(model, other)[1], step_logits)  # the video matters
 
 
 @pytest.mark.parametrize("mlp", [False, True])
@@ -93,10 +81,10 @@ def test_batched_padded_generation_equals_one_at_a_time(tiny):
     videos = [_videos(c, seed=s) for s, c in enumerate(contents)]
     flat = [v for per_prompt in videos for v in per_prompt]
     batch = processor(text=prompts, videos=flat, padding_side="left")
-    batched, _ = _greedy(model, batch)
+    batched, _ = greedy(model, batch)
     answers = []
     for prompt, video in zip(prompts, videos):
-        single, _ = _greedy(model, processor(text=[prompt], videos=video or None, padding_side="left"))
+        single, _ = greedy(model, processor(text=[prompt], videos=video or None, padding_side="left"))
         answers.append(single[0].tolist())
     assert batched.tolist() == answers
     assert answers[0] != answers[2]  # same prompt, different videos
