@@ -51,6 +51,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         _configure_cpu_deepspeed()
     return TrainingArguments(
         accelerator_config={"use_configured_state": cpu_deepspeed},
+        use_cpu=not on_gpu and not config.deepspeed,  # else the Trainer refuses precision: bf16 on CPU
         output_dir=config.output_dir,
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.grad_accum,

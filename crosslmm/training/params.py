@@ -42,7 +42,7 @@ def set_trainable(model: nn.Module, train: list[str], lora: bool) -> dict[str, i
         part = component_of(name)
         p.requires_grad_(part in train and not (lora and part == "llm" and "lora_" not in name))
         if p.requires_grad:
-            counts[part] += p.numel()
+            counts[part] += getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitions hold 0 elements
     return counts
 
 
