@@ -79,3 +79,137 @@ def test_bench_speed_quick_writes_table_json_and_plot(tmp_path):
     assert set(result["slope"]) == variants
     assert len(result["targets"]) == 5 and all("met" in t for t in result["targets"])
     assert result["prefill_s"]["CrossLMM"]["4"] > 0
+
+
+def _speed_preset(tmp_path, *extra: str) -> dict:
+    argv = ["bench", "speed", "--device", "cpu", "--preset", "mini-quick", "--frames", "1,2"]
+    assert main([*argv, "--train-frames", "1", "--out", str(tmp_path), *extra]) == 0
+    return json.loads((tmp_path / "speed.json").read_text())
+
+
+def test_bench_speed_preset_records_every_cell_and_survives_an_oom(tmp_path, monkeypatch, capsys):
+    """The real-size path on CPU with the bench's tiny shapes (27x27 patches like SigLIP @ 384/14): every
+    (variant, frames) cell, one of them out of memory, the training step, and the files."""
+    from crosslmm.bench import scale
+
+    measure = scale.measure_cell
+
+    def full_token_at_2_frames_ooms(models, variant, frames, *args):
+        if (variant, frames) == (scale.FULL, 2):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return measure(models, variant, frames, *args)
+
+    monkeypatch.setattr(scale, "measure_cell", full_token_at_2_frames_ooms)
+    result = _speed_preset(tmp_path)
+    cells = result["cells"]
+    assert set(cells) == set(scale.VARIANTS) and all(set(c) == {"1", "2"} for c in cells.values())
+    assert cells[scale.FULL]["2"] == "OOM"
+    done = [(v, t, c) for v, by_frames in cells.items() for t, c in by_frames.items() if c != "OOM"]
+    assert len(done) == 7
+    for variant, frames, cell in done:
+        assert cell["finite"] and cell["prefill_ms"] > 0 and len(cell["prefill_ms_runs"]) == 5
+        assert cell["peak_mb"] is None  # not measured on a CPU
+        # times are only compared within this run, as ratios
+        tower = cells[scale.TOWER][frames]["prefill_ms"]
+        assert cell["ratio_to_tower"] == pytest.approx(cell["prefill_ms"] / tower)
+        if variant != scale.TOWER:
+            assert cell["decode_step_ms"] > 0 and cell["cache_mb"] > 0
+    crosslmm, full = cells[scale.CROSSLMM]["1"], cells[scale.FULL]["1"]
+    assert (crosslmm["tokens_per_frame"], full["tokens_per_frame"]) == (9, 196)  # LLaVA-OV: 27x27 -> 14x14
+    assert full["llm_tokens"] - crosslmm["llm_tokens"] == 196 - 9
+    assert crosslmm["cross_cache_mb"] > 0 and full["cross_cache_mb"] == 0
+    assert result["variants"][scale.POOLED]["cross_attention_layers"] == []
+    train = result["train_step"]
+    assert train["finite"] and train["step_ms"] > 0 and train["trainable"] == ["projector", "v2v"]
+    assert all("met" in t for t in result["targets"])
+    out = capsys.readouterr().out
+    assert "OOM" in out and "2019" in out and "20208" in out  # the paper's Fig. 4 beside ours
+    assert (tmp_path / "speed.png").stat().st_size > 0
+    assert "| 256 |" in (tmp_path / "speed.md").read_text()
+
+
+def test_oom_is_recorded_and_other_errors_raise():
+    from crosslmm.bench.scale import OOM, _guarded, is_oom
+
+    cpu = torch.device("cpu")
+    for message in (
+        "CUDA error: out of memory",
+        "DefaultCPUAllocator: can't allocate memory: you tried 9 GB",
+    ):
+        assert is_oom(RuntimeError(message))
+
+        def fails(message=message):
+            raise RuntimeError(message)
+
+        assert _guarded(fails, cpu) == OOM
+    assert not is_oom(ValueError("out of memory"))
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        _guarded(lambda: torch.ones(2, 3) @ torch.ones(2, 3), cpu)
+
+
+def test_variants_share_weights_and_match_a_copy():
+    """The pooled and full-token cells run CrossLMM's own tensors, and give what a copy of the weights gives."""
+    from crosslmm.bench.scale import FULL, POOLED, build_variants, load_preset, variant_configs
+    from crosslmm.bench.speed import make_inputs
+    from crosslmm.model.modeling import CrossLMMForCausalLM
+
+    models = build_variants(load_preset("mini-quick"), torch.device("cpu"), torch.float32)
+    base = models["CrossLMM"]
+    for name in (POOLED, FULL):
+        model = models[name]
+        assert model.lm_head.weight.data_ptr() == base.lm_head.weight.data_ptr()
+        copy = CrossLMMForCausalLM(variant_configs(base.config)[name]).eval()
+        copy.load_state_dict({k: v for k, v in base.state_dict().items() if ".cross_layers." not in k})
+        inputs = make_inputs(model.config, 2, 5, text_before=3)
+        with torch.no_grad():
+            torch.testing.assert_close(model(**inputs).logits, copy(**inputs).logits, rtol=0, atol=0)
+
+
+def test_full_token_variant_of_the_7b_preset_is_llava_onevision():
+    """196 tokens per frame from the projector's output, bilinear without antialias; the analytic count of
+    that variant is the full-token baseline's of ``bench flops``."""
+    from crosslmm.bench.flops import full_token_baseline_flops
+    from crosslmm.bench.scale import FULL, POOLED, load_preset, variant_configs
+
+    config = load_preset("crosslmm-7b-9tok")
+    full = variant_configs(config)[FULL]
+    assert (full.tokens_per_frame, full.pooling_mode, full.pooling_antialias) == (196, "bilinear", False)
+    assert full.pooling_position == "after_projector" and not full.resolved_cross_layers()
+    assert variant_configs(config)[POOLED].tokens_per_frame == 9 and config.resolved_cross_layers()
+    analytic = full_token_baseline_flops(config, 64, 60, tokens_per_frame=196, prefix_tokens=10)
+    assert prefill_flops(full, 64, 60, prefix_tokens=10) == analytic
+
+
+def test_scale_targets_need_a_measured_value():
+    from crosslmm.bench.scale import CROSSLMM, FULL, TOWER, scale_targets
+
+    cells = {
+        TOWER: {128: {"prefill_ms": 100.0}, 256: {"prefill_ms": 200.0, "peak_mb": 900.0}},
+        CROSSLMM: {128: {"prefill_ms": 120.0}, 256: {"prefill_ms": 300.0, "peak_mb": 2000.0}},
+        FULL: {128: "OOM", 256: "OOM"},
+    }
+    targets = {t.name: t for t in scale_targets(cells, [128, 256])}
+    assert targets["prefill CrossLMM / vision tower at 128 frames"].met
+    assert not targets["prefill CrossLMM / vision tower at 256 frames"].met  # 1.5 > 1.3
+    assert targets["prefill ms CrossLMM at 256 frames (paper: 2019)"].met
+    oom = targets["prefill CrossLMM / full-token at 128 frames (>= 5x faster)"]
+    assert oom.value is None and not oom.met
+    assert targets["peak MB above weights, CrossLMM at 256 frames (paper: 2530)"].met
+
+
+def test_bench_speed_preset_only_options_need_a_preset(capsys):
+    assert main(["bench", "speed", "--device", "cuda", "--quick"]) == 2
+    assert "--device only apply with --preset" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_speed_preset_on_cuda(tmp_path):
+    """CUDA events and peak memory above the weights (tiny shapes, so seconds)."""
+    argv = ["bench", "speed", "--device", "cuda", "--preset", "mini-quick", "--frames", "1,2"]
+    assert main([*argv, "--train-frames", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert result["weights_mb"] > 0
+    for by_frames in result["cells"].values():
+        for cell in by_frames.values():
+            assert cell["finite"] and cell["peak_mb"] > 0
+    assert result["train_step"]["peak_mb"] > result["train_step"]["optimizer_state_mb"]

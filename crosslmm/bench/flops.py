@@ -27,11 +27,13 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from crosslmm.bench.paper import FIG4_CROSSLMM, TABLE6_CROSSLMM_2B
+
 # Published TFLOPs at 32/64/128/256 frames. 7B: Fig. 4 (tokens per frame not stated; 9 fits).
 # 2B: Table 6 (tokens per frame not stated; only 1 fits, see paper_convention_flops).
 PAPER_TFLOPS: dict[str, dict[int, float]] = {
-    "7b": {32: 13.17, 64: 25.92, 128: 51.43, 256: 102.42},
-    "2b": {32: 10.93, 64: 21.77, 128: 43.46, 256: 86.82},
+    "7b": FIG4_CROSSLMM.tflops,
+    "2b": TABLE6_CROSSLMM_2B.tflops,
 }
 
 

@@ -69,3 +69,12 @@ def loglog_panels(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """The same cells as ``format_table``, as a GitHub Markdown table; columns without text right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    text = [any(isinstance(r[i], str | bool) for r in rows) for i in range(len(header))]
+    align = ["---" if t else "---:" for t in text]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from crosslmm.bench.flops import prefill_flops, vision_tower_flops
 from crosslmm.bench.report import loglog_slope
@@ -117,31 +118,67 @@ class MiniSpec:
         )
 
 
+def share_weights(base: CrossLMMForCausalLM, config: CrossLMMConfig) -> CrossLMMForCausalLM:
+    """A model for ``config`` that runs ``base``'s own tower, projector, LLM and LM head: the same tensors, no
+    copy, so a 7B baseline costs no second set of weights. Built on the meta device, then pointed at base's
+    modules; ``config`` may differ only where no weights are involved (tokens per frame, pooling) or keep
+    fewer cross-attention layers."""
+    with torch.device("meta"):
+        model = CrossLMMForCausalLM(config)
+    inner, source = model.model, base.model
+    for name in ("vision_tower", "projector", "language_model"):
+        setattr(inner, name, getattr(source, name))
+    if missing := sorted(set(inner.cross_layers) - set(source.cross_layers)):
+        raise ValueError(f"the base model has no cross-attention layers {missing} to share")
+    inner.cross_layers = nn.ModuleDict({i: source.cross_layers[i] for i in inner.cross_layers})
+    inner.video_end_embedding = source.video_end_embedding
+    model.lm_head = base.lm_head
+    on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if on_meta:
+        raise ValueError(f"cannot share weights: {on_meta[:3]} have no counterpart in the base model")
+    return model.train(base.training)
+
+
 def build_models(spec: MiniSpec, seed: int = 0) -> dict[str, CrossLMMForCausalLM]:
     """CrossLMM, the same without its DCALs, and the full-token baseline (all patches, no DCALs), all
-    holding CrossLMM's tower, projector and LLM weights."""
+    running CrossLMM's tower, projector and LLM weights."""
     torch.manual_seed(seed)
     crosslmm = CrossLMMForCausalLM(spec.config(spec.tokens_per_frame, spec.cross_attention_every)).eval()
-    shared = {k: v for k, v in crosslmm.state_dict().items() if ".cross_layers." not in k}
     models = {CROSSLMM: crosslmm}
     for name, tokens in ((POOLED, spec.tokens_per_frame), (FULL, spec.grid_tokens)):
-        model = CrossLMMForCausalLM(spec.config(tokens, 0)).eval()
-        model.load_state_dict(shared)
-        models[name] = model
+        models[name] = share_weights(crosslmm, spec.config(tokens, 0))
     return models
 
 
-def _inputs(model: CrossLMMForCausalLM, frames: int, text_tokens: int) -> dict[str, torch.Tensor]:
-    """[video tokens][text]: the text after the video is what T2V attends from."""
-    cfg = model.config
-    video = torch.full((frames * cfg.tokens_per_frame,), VIDEO_TOKEN_ID)
-    text = torch.randint(0, VIDEO_TOKEN_ID, (text_tokens,), generator=torch.Generator().manual_seed(frames))
-    size = cfg.vision_config.image_size
-    pixels = torch.randn(1, frames, 3, size, size, generator=torch.Generator().manual_seed(frames))
-    return {"input_ids": torch.cat([video, text])[None], "pixel_values_videos": pixels}
+def make_inputs(
+    config: CrossLMMConfig,
+    frames: int,
+    text_tokens: int,
+    *,
+    text_before: int = 0,
+    device: torch.device | str = "cpu",
+    uint8_frames: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One sample, ``[text_before text][video tokens][text_tokens text]``: the text after the video is what
+    T2V attends from. Frames are normalised-looking floats, or uint8 as the processor gives them (the model
+    normalises those chunk by chunk). Made on ``device``, seeded by the frame count."""
+    vid = config.video_token_id
+    video = torch.full((frames * config.tokens_per_frame,), vid, device=device)
+    seed = torch.Generator(device).manual_seed(frames)
+    text = torch.randint(0, vid, (text_tokens + text_before,), generator=seed, device=device)
+    size = config.vision_config.image_size
+    shape, seed = (1, frames, 3, size, size), torch.Generator(device).manual_seed(frames)
+    if uint8_frames:
+        pixels = torch.randint(0, 256, shape, generator=seed, device=device, dtype=torch.uint8)
+    else:
+        pixels = torch.randn(shape, generator=seed, device=device)
+    ids = torch.cat([text[text_tokens:], video, text[:text_tokens]])
+    return {"input_ids": ids[None], "pixel_values_videos": pixels}
 
 
-def _run(model: CrossLMMForCausalLM, variant: str, inputs: dict[str, torch.Tensor], use_cache: bool) -> Any:
+def run_variant(
+    model: CrossLMMForCausalLM, variant: str, inputs: dict[str, torch.Tensor], use_cache: bool
+) -> Any:
     """One prefill of ``variant``; the tower floor encodes the frames exactly as the model does."""
     if variant == TOWER:
         return model.model.encode_frames(inputs["pixel_values_videos"][0])
@@ -154,10 +191,17 @@ def _seconds(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, 
     return time.perf_counter() - start, out
 
 
-def _cache_mb(cache: Any) -> float:
-    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-    tensors += [t for kv in getattr(cache, "cross_kv", {}).values() for t in kv]
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+def kv_cache_mb(cache: Any) -> float:
+    """Self-attention K/V plus the cross-attention K/V kept for decoding, MB."""
+    self_kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    return self_kv / 2**20 + cross_kv_mb(cache)
+
+
+def cross_kv_mb(cache: Any) -> float:
+    return (
+        sum(t.numel() * t.element_size() for kv in getattr(cache, "cross_kv", {}).values() for t in kv)
+        / 2**20
+    )
 
 
 def _warm_up(models: dict[str, CrossLMMForCausalLM], plan: list[tuple[int, str]], text_tokens: int) -> None:
@@ -165,7 +209,7 @@ def _warm_up(models: dict[str, CrossLMMForCausalLM], plan: list[tuple[int, str]]
     with torch.inference_mode():
         for variant in dict.fromkeys(v for _, v in plan):
             model = models[CROSSLMM if variant == TOWER else variant]
-            _run(model, variant, _inputs(model, plan[0][0], text_tokens), use_cache=False)
+            run_variant(model, variant, make_inputs(model.config, plan[0][0], text_tokens), use_cache=False)
 
 
 def _time_variants(
@@ -186,13 +230,13 @@ def _time_variants(
             if variant == FULL and repeat:
                 continue  # 10-40x slower than the rest: one timing is enough for its ratios
             model = models[CROSSLMM if variant == TOWER else variant]
-            inputs = _inputs(model, frames, text_tokens)
+            inputs = make_inputs(model.config, frames, text_tokens)
             with torch.inference_mode():
-                seconds, out = _seconds(_run, model, variant, inputs, use_cache=True)
+                seconds, out = _seconds(run_variant, model, variant, inputs, use_cache=True)
                 samples.setdefault(("prefill_s", variant, frames), []).append(seconds)
                 if variant == TOWER:
                     continue
-                cache_mb.setdefault(variant, {})[frames] = _cache_mb(out.cache)
+                cache_mb.setdefault(variant, {})[frames] = kv_cache_mb(out.cache)
                 token = out.logits[:, -1:].argmax(-1)
                 for _ in range(decode_steps):
                     seconds, step = _seconds(model, input_ids=token, cache=out.cache, logits_to_keep=1)
@@ -225,14 +269,14 @@ def _memory_worker(spec: MiniSpec, plan: list[tuple[int, str]], threads: int) ->
     peaks: dict[str, dict[int, float]] = {}
     for frames, variant in plan:
         model = models[CROSSLMM if variant == TOWER else variant]
-        inputs = _inputs(model, frames, spec.text_tokens)
+        inputs = make_inputs(model.config, frames, spec.text_tokens)
         gc.collect()
         libc.malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         before = _proc_status_kb("VmRSS")
         with torch.inference_mode():
-            out = _run(model, variant, inputs, use_cache=False)
+            out = run_variant(model, variant, inputs, use_cache=False)
         peaks.setdefault(variant, {})[frames] = (_proc_status_kb("VmHWM") - before) / 1024
         del out
     return peaks
@@ -255,12 +299,12 @@ def _measure_memory(spec: MiniSpec, plan: list[tuple[int, str]], threads: int) -
 @dataclass(frozen=True)
 class Target:
     name: str
-    value: float
+    value: float | None  # None: not measured (e.g. out of memory), so not met
     limit: float
 
     @property
     def met(self) -> bool:
-        return self.value <= self.limit
+        return self.value is not None and self.value <= self.limit
 
 
 def run_speed(

@@ -102,6 +102,11 @@ def _frame_processor(source_processor, image_size: int) -> SiglipImageProcessor:
     size = dict(video.size)
     if size != {"height": image_size, "width": image_size}:
         raise ValueError(f"source video processor resizes to {size}, expected {image_size}x{image_size}")
+    if abs(video.rescale_factor * 255 - 1) > 1e-12:
+        raise ValueError(
+            f"source video processor rescales by {video.rescale_factor}; "
+            "CrossLMM normalises uint8 frames as x/255"
+        )
     return SiglipImageProcessor(
         size=size,
         resample=video.resample,
@@ -145,6 +150,11 @@ def convert_llava_onevision(
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_END_TOKEN]})
     text_config = src_config.text_config
     text_config.vocab_size = max(text_config.vocab_size, len(tokenizer))
+    frame_processor = _frame_processor(source_processor, src_config.vision_config.image_size)
+    # The processor only resizes; the model normalises uint8 frames with its tower's mean/std, so the tower
+    # carries the source's (saved in the vision config).
+    src_config.vision_config.image_mean = list(frame_processor.image_mean)
+    src_config.vision_config.image_std = list(frame_processor.image_std)
     video_end_id = tokenizer.convert_tokens_to_ids(VIDEO_END_TOKEN)
     fields = dict(SOURCE_POOLING) | crosslmm_fields
     config = CrossLMMConfig(
@@ -167,7 +177,7 @@ def convert_llava_onevision(
     model.generation_config.suppress_tokens = [video_end_id]
     template = source_processor.chat_template or tokenizer.chat_template or CHATML_TEMPLATE
     processor = CrossLMMProcessor(
-        image_processor=_frame_processor(source_processor, src_config.vision_config.image_size),
+        image_processor=frame_processor,
         tokenizer=tokenizer,
         tokens_per_frame=config.tokens_per_frame,
         video_token=source_processor.video_token,

@@ -2,7 +2,8 @@
 
 The conversation is rendered by the processor's chat template with a single ``<video>`` token, tokenised
 once with character offsets (labels are the tokens inside assistant turns), and only then is the video
-token expanded to ``frames * tokens_per_frame`` slots. Over-length samples are cut after the video or
+token expanded to the processor's slots for it (``CrossLMMProcessor.video_slot_ids``: frames x
+tokens_per_frame video tokens and the video-end token if the model has one), exactly as at inference. Over-length samples are cut after the video or
 dropped, never inside it.
 """
 
@@ -15,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from crosslmm.data.records import Record, RecordError
-from crosslmm.data.video import VideoError, load_video
+from crosslmm.data.video import FrameSampling, VideoError
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ def encode_conversation(
     slot = (ids == processor.video_token_id).nonzero().flatten()
     if len(slot) != 1:
         raise ValueError(f"expected one {processor.video_token} token after tokenisation, found {len(slot)}")
-    at, n_video = int(slot[0]), num_frames * processor.tokens_per_frame
-    ids = torch.cat([ids[:at], ids.new_full((n_video,), processor.video_token_id), ids[at + 1 :]])
+    at, video = int(slot[0]), ids.new_tensor(processor.video_slot_ids(num_frames))
+    n_video = len(video)
+    ids = torch.cat([ids[:at], video, ids[at + 1 :]])
     labels = torch.cat([labels[:at], labels.new_full((n_video,), IGNORE_INDEX), labels[at + 1 :]])
     if len(ids) > max_length:
         # Cut only text after the video, and only if some answer survives.
@@ -82,7 +84,7 @@ def encode_conversation(
 
 
 class VideoChatDataset(Dataset):
-    """Records -> {input_ids, labels, frames (T, 3, S, S)}.
+    """Records -> {input_ids, labels, frames (T, 3, S, S) uint8}.
 
     A record whose video cannot be read raises :class:`RecordError` (file, index, reason) unless
     ``skip_bad``; skipped and over-length records are replaced by the next usable record and counted in
@@ -95,9 +97,7 @@ class VideoChatDataset(Dataset):
         records: list[Record],
         processor,
         max_length: int,
-        num_frames: int | None = None,
-        fps: float | None = None,
-        max_frames: int | None = None,
+        sampling: FrameSampling,
         overlength: str = "truncate",
         skip_bad: bool = False,
     ) -> None:
@@ -108,7 +108,7 @@ class VideoChatDataset(Dataset):
         self.records = records
         self.processor = processor
         self.max_length = max_length
-        self.sampling = dict(num_frames=num_frames, fps=fps, max_frames=max_frames)
+        self.sampling = sampling
         self.overlength = overlength
         self.skip_bad = skip_bad
 
@@ -116,9 +116,9 @@ class VideoChatDataset(Dataset):
         return len(self.records)
 
     def encode(self, record: Record) -> tuple[Encoded, torch.Tensor] | None:
-        """Token ids/labels and preprocessed frames of one record (None: over-length, dropped)."""
+        """Token ids/labels and resized uint8 frames (T, 3, S, S) of a record (None: over-length, dropped)."""
         try:
-            frames = load_video(record.media, **self.sampling).frames
+            frames = self.sampling.load(record.media).frames
         except VideoError as e:
             raise RecordError(record.source, record.index, f"unreadable media: {e}") from None
         encoded = encode_conversation(
@@ -162,7 +162,10 @@ class VideoChatDataset(Dataset):
 
 @dataclass
 class VideoChatCollator:
-    """Right-pads ids/labels and stacks frames into (B, F_max, 3, S, S) with per-sample frame counts."""
+    """Right-pads ids/labels and stacks frames into (B, F_max, 3, S, S) with per-sample frame counts.
+
+    Frames keep their dtype: uint8 from the processor (a quarter of fp32 through the data-loader workers'
+    shared memory and the host-to-device copy), normalised by the model on its device."""
 
     pad_token_id: int
 
@@ -173,7 +176,8 @@ class VideoChatCollator:
         input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((batch, longest), dtype=torch.long)
-        pixels = torch.zeros((batch, most_frames, *samples[0]["frames"].shape[1:]))
+        first = samples[0]["frames"]
+        pixels = first.new_zeros((batch, most_frames, *first.shape[1:]))
         for b, s in enumerate(samples):
             n = len(s["input_ids"])
             input_ids[b, :n], labels[b, :n], attention_mask[b, :n] = s["input_ids"], s["labels"], 1

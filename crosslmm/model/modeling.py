@@ -23,6 +23,8 @@ from crosslmm.model.pooling import pool_frames
 from crosslmm.model.projector import build_projector
 from crosslmm.model.vision import build_vision_tower
 
+IGNORE_INDEX = -100  # label of positions without a target, as in transformers' losses
+
 
 class CrossLMMPreTrainedModel(PreTrainedModel):
     config: CrossLMMConfig
@@ -104,15 +106,36 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.embed_tokens = value
 
+    def normalize_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (F, 3, S, S), resized but not normalised -> fp32 (F, 3, S, S) normalised with the
+        vision tower's own mean/std. Same arithmetic as transformers' image processors (rescale fused into
+        normalisation: (x - 255 mean) / (255 std)), so the result equals their normalised output exactly."""
+        tower = self.vision_tower
+        mean = torch.tensor(tower.image_mean, device=frames.device) * 255.0
+        std = torch.tensor(tower.image_std, device=frames.device) * 255.0
+        return (frames.float() - mean[:, None, None]) / std[:, None, None]
+
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (F, 3, H, W) -> original patch tokens (F, N, Dv), ``vision_chunk_size`` frames at a time to
         bound the tower's activations. Chunks are written into one preallocated output: concatenating a list
-        would hold every frame's tokens twice at the peak."""
-        dtype = next(self.vision_tower.parameters()).dtype
+        would hold every frame's tokens twice at the peak.
+
+        uint8 frames (resized, not normalised: what the processor and the training collator give) are moved to
+        the tower's device and normalised one chunk at a time, so a float copy of all frames never exists;
+        floating-point frames are taken as already normalised."""
+        if not (frames.dtype == torch.uint8 or frames.is_floating_point()):
+            raise TypeError(
+                f"video frames must be uint8 (resized, not normalised) or float (normalised), "
+                f"got {frames.dtype}"
+            )
+        weight = next(self.vision_tower.parameters())
         size = self.config.vision_chunk_size
         original = None
         for start in range(0, frames.shape[0], size):
-            tokens = self.vision_tower(frames[start : start + size].to(dtype))
+            chunk = frames[start : start + size].to(weight.device)
+            if chunk.dtype == torch.uint8:
+                chunk = self.normalize_frames(chunk)
+            tokens = self.vision_tower(chunk.to(weight.dtype))
             if original is None:
                 original = tokens.new_empty((frames.shape[0], *tokens.shape[1:]))
             original[start : start + tokens.shape[0]] = tokens
@@ -287,7 +310,16 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``pixel_values_videos`` (B, F_max, 3, H, W) with ``video_frame_counts`` (B,) real frames per
-        sample; each sample's ``<video>`` tokens (frames x tokens_per_frame) receive its pooled frames."""
+        sample; each sample's ``<video>`` tokens (frames x tokens_per_frame) receive its pooled frames. Frames
+        are uint8 (resized, not normalised; the model normalises them chunk by chunk) or float (normalised).
+
+        With ``labels`` (B, L) the LM head runs only at positions whose next token has a label (position t
+        predicts ``labels[t + 1]``), and ``logits`` holds just those rows, (N_labelled, V) in batch order:
+        at 8k positions x 152k vocab the full logits would cost ~2.5 GB (bf16) plus ~5 GB (fp32) in the loss,
+        while most positions are video or prompt. The loss is unchanged: ``loss_function`` (transformers'
+        ``ForCausalLMLoss``) over the labelled tokens, a mean, or a sum divided by ``num_items_in_batch`` when
+        the Trainer passes it. Without labels, logits are (B, L', V) for the last ``logits_to_keep``
+        positions (0: all)."""
         if use_cache is None:
             use_cache = self.config.text_config.use_cache and not self.training
         outputs = self.model(
@@ -301,12 +333,22 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
+        hidden = outputs.last_hidden_state
+        if labels is None:
+            logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
+            return CausalLMOutputWithPast(logits=logits, cache=outputs.cache)
+        shift_labels = kwargs.pop("shift_labels", None)  # (B, L) already shifted, as HF collators may give
+        if shift_labels is None:
+            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+        scored = shift_labels != IGNORE_INDEX
+        logits = self.lm_head(hidden[scored.to(hidden.device)])  # (N_labelled, V)
+        loss = self.loss_function(
+            logits=logits,
+            labels=None,
+            shift_labels=shift_labels[scored],
+            vocab_size=self.config.text_config.vocab_size,
+            **kwargs,
+        )
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
     def prepare_inputs_for_generation(

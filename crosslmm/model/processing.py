@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin, SiglipImageProcessor
 
+from crosslmm.data.video import FrameSampling, load_frames
+
 VIDEO_TOKEN = "<video>"
 
 CHATML_TEMPLATE = (
@@ -19,8 +21,9 @@ CHATML_TEMPLATE = (
 
 
 def build_image_processor(vision_tower) -> SiglipImageProcessor:
-    """Resize every frame to the tower's square input (no crop: a video frame's edges can hold the answer)
-    and normalise with the tower's own mean/std."""
+    """Resize every frame to the tower's square input (no crop: a video frame's edges can hold the answer).
+    It records the tower's mean/std (export writes them out), but ``preprocess_frames`` only resizes: the
+    model normalises uint8 frames itself."""
     size = vision_tower.image_size
     return SiglipImageProcessor(
         size={"height": size, "width": size},
@@ -43,8 +46,9 @@ class CrossLMMProcessor(ProcessorMixin):
     """Turns prompts with ``<video>`` placeholders plus decoded frames into model inputs.
 
     Each ``<video>`` becomes ``frames * tokens_per_frame`` video tokens, so the sequence the LLM sees
-    is exactly as long as the pooled visual input. Outputs ``pixel_values_videos`` (B, F_max, 3, H, W)
-    with ``video_frame_counts`` (B,): a sample's videos are concatenated in placeholder order. With
+    is exactly as long as the pooled visual input. Outputs ``pixel_values_videos`` (B, F_max, 3, H, W), uint8
+    frames resized but not normalised (the model normalises them), with ``video_frame_counts`` (B,): a sample's
+    videos are concatenated in placeholder order. With
     ``video_end_token`` set, one such token follows each video's tokens (see ``video_end_token_id``).
     """
 
@@ -66,20 +70,99 @@ class CrossLMMProcessor(ProcessorMixin):
         if video_end_token is not None:
             _special_token_id(tokenizer, video_end_token)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        """Messages with plain-string content (``"<video>\\nWhat happens?"``) -> prompt string."""
-        template = kwargs.pop("chat_template", None) or self.chat_template or self.tokenizer.chat_template
-        return self.tokenizer.apply_chat_template(
-            messages,
-            chat_template=template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            **kwargs,
-        )
+    def apply_chat_template(
+        self,
+        conversation: list[dict] | list[list[dict]],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str = "pt",
+        num_frames: int | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        min_frames: int | None = None,
+        **kwargs,
+    ):
+        """Render chat messages (one conversation or a batch) as transformers' VLM processors do.
+
+        Content is a string with ``<video>`` placeholders, or HF's typed list
+        (``[{"type": "video", "path": "clip.mp4"}, {"type": "text", "text": "..."}]``; ``"image"`` blocks
+        are one-frame videos), rendered in the order given, blocks joined by newlines. With
+        ``tokenize=True`` each video block's ``path``/``video``/``url`` is loaded by our reader under
+        ``FrameSampling.resolve(num_frames, fps, max_frames, min_frames)`` (the rule training and the
+        lmms-eval plugin use; nothing given means the stage-2 default) and the prompt goes through
+        :meth:`__call__`: ``return_dict=True`` gives the model inputs, else the ``input_ids``.
+        """
+        batched = bool(conversation) and isinstance(conversation[0], list | tuple)
+        conversations = conversation if batched else [conversation]
+        template = chat_template or self.chat_template or self.tokenizer.chat_template
+        prompts, videos = [], []
+        for messages in conversations:
+            flat = [self._flatten_message(m, videos) for m in messages]
+            prompts.append(
+                self.tokenizer.apply_chat_template(
+                    flat,
+                    chat_template=template,
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                    **kwargs,
+                )
+            )
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        sampling = FrameSampling.resolve(num_frames, fps, max_frames, min_frames)
+        frames = []
+        for block in videos:
+            source = next(
+                (block[k] for k in ("path", "video", "url", "image") if block.get(k) is not None), None
+            )
+            if source is None:
+                raise ValueError(
+                    f"a {block['type']!r} content block needs a 'path' (or 'video'/'image': decoded frames) to "
+                    f"load with tokenize=True, got keys {sorted(block)}"
+                )
+            frames.append(load_frames(source, sampling))
+        inputs = self(text=prompts, videos=frames or None, return_tensors=return_tensors)
+        return inputs if return_dict else inputs["input_ids"]
+
+    def _flatten_message(self, message: dict, videos: list[dict]) -> dict:
+        """A message with typed content -> the same message with string content; visual blocks are
+        appended to ``videos`` in placeholder order."""
+        content = message.get("content")
+        if content is None or isinstance(content, str):
+            return message
+        if not isinstance(content, list | tuple):
+            raise TypeError(
+                f"message content must be a string or a list of typed blocks, got {type(content)}"
+            )
+        parts = []
+        for block in content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind in ("video", "image"):
+                parts.append(self.video_token)
+                videos.append(block)
+            elif kind == "text":
+                parts.append(block["text"])
+            else:
+                raise ValueError(f"unsupported content block {block!r}: use type 'text', 'video' or 'image'")
+        return {**message, "content": "\n".join(parts)}
+
+    def video_slots(self, num_frames: int) -> str:
+        """What one ``<video>`` of ``num_frames`` frames becomes in the prompt: ``num_frames *
+        tokens_per_frame`` video tokens, then the end token if the model has one. The one owner of this
+        expansion: the processor and the training dataset both ask it."""
+        return self.video_token * (num_frames * self.tokens_per_frame) + (self.video_end_token or "")
+
+    def video_slot_ids(self, num_frames: int) -> list[int]:
+        """Token ids of :meth:`video_slots` (each slot is one special token)."""
+        ids = [self.video_token_id] * (num_frames * self.tokens_per_frame)
+        if self.video_end_token is not None:
+            ids.append(self.tokenizer.convert_tokens_to_ids(self.video_end_token))
+        return ids
 
     def expand_video_tokens(self, text: str, frame_counts: list[int]) -> str:
-        """Replace the i-th ``<video>`` in ``text`` by ``frame_counts[i] * tokens_per_frame`` video tokens
-        (plus the end token, if any)."""
+        """Replace the i-th ``<video>`` in ``text`` by :meth:`video_slots` of ``frame_counts[i]`` frames."""
         pieces = text.split(self.video_token)
         if len(pieces) - 1 != len(frame_counts):
             raise ValueError(
@@ -87,22 +170,27 @@ class CrossLMMProcessor(ProcessorMixin):
                 "were given for it"
             )
         out = [pieces[0]]
-        end = self.video_end_token or ""
         for count, piece in zip(frame_counts, pieces[1:]):
-            out.append(self.video_token * (count * self.tokens_per_frame) + end)
+            out.append(self.video_slots(count))
             out.append(piece)
         return "".join(out)
 
     def preprocess_frames(self, frames: VideoInput) -> torch.Tensor:
-        """(T, H, W, 3) uint8 -> (T, 3, S, S) normalised for the vision tower."""
+        """(T, H, W, 3) uint8 -> (T, 3, S, S) uint8, resized to the tower's input but not normalised.
+
+        The model normalises on its own device with the tower's mean/std (``CrossLMMModel.normalize_frames``),
+        one chunk of frames at a time: fp32 pixels would be 4x larger in every data-loader worker, collated
+        batch and host-to-device copy (906 MB for 512 frames at 384 px)."""
         if len(frames) == 0:
             raise ValueError("a video with zero frames was given; every video needs at least one frame")
         arr = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.asarray(frames))
         if arr.dim() != 4 or arr.shape[-1] != 3:
             raise ValueError(f"video frames must be (T, H, W, 3) RGB, got shape {tuple(arr.shape)}")
-        pixel = self.image_processor(images=list(arr.permute(0, 3, 1, 2)), return_tensors="pt")[
-            "pixel_values"
-        ]
+        pixel = self.image_processor(
+            images=list(arr.permute(0, 3, 1, 2)), do_rescale=False, do_normalize=False, return_tensors="pt"
+        )["pixel_values"]
+        if pixel.dtype != torch.uint8:  # an image-processor backend that resizes in float
+            pixel = pixel.round().clamp_(0, 255).to(torch.uint8)
         return pixel
 
     def __call__(

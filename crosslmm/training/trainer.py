@@ -14,6 +14,11 @@ from crosslmm.training.params import lr_groups
 
 
 class CrossLMMTrainer(Trainer):
+    """Given ``labels``, the model computes logits only at labelled positions ((N_labelled, V), see
+    ``CrossLMMForCausalLM.forward``): training reads only the loss. ``prediction_step`` would return those
+    rows rather than (B, L, V), so metrics over full logits need a forward without labels; with
+    ``label_smoothing_factor`` the Trainer pops the labels and gets full logits (and their memory) back."""
+
     def __init__(self, *args, train_config: TrainConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_config = train_config

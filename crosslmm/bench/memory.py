@@ -1,0 +1,326 @@
+"""Peak host memory of one training step, old path against new: full logits and fp32 pixels ("before")
+against the LM head on labelled positions only and uint8 frames normalised by the model ("after").
+
+A step is what a data-loader worker and the trainer do for one batch: resize the decoded frames, collate,
+forward, loss, backward, optimizer step. "before" rebuilds the old path from today's code, so both modes run
+the same weights on the same batch: its frames are normalised to fp32 per sample, as the old processor
+returned them (``CrossLMMModel.normalize_frames`` gives exactly those values), and its loss is computed from
+full (B, L, V) logits, as the old ``forward`` did. Two more modes change one thing each ("labelled logits":
+only the LM head; "uint8 frames": only the pixels), so the saving can be attributed. All modes must report
+the same loss.
+
+Each (case, mode) runs in a fresh ``spawn``ed process started with ``MALLOC_MMAP_THRESHOLD_=65536``
+(every tensor of 64 KiB or more is its own mmap, returned to the OS when freed, so resident memory follows live tensors). It
+builds the model and optimizer, runs one warm-up step (AdamW state, thread pools), then resets the kernel's
+peak-RSS mark (``/proc/self/clear_refs``) and reports peak minus resident memory before the measured step:
+weights, optimizer state and the decoded frames excluded; preprocessed frames, the batch, activations,
+logits, loss, gradients included. Linux only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import multiprocessing
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator
+from crosslmm.model.configuration import CrossLMMConfig
+from crosslmm.model.factory import TinySpec, tiny_text_config, train_tiny_tokenizer
+from crosslmm.model.modeling import CrossLMMForCausalLM
+from crosslmm.model.processing import CrossLMMProcessor, build_image_processor
+from crosslmm.model.vision import tiny_vision_config
+
+BEFORE, LABELLED, UINT8, AFTER = "before", "labelled logits", "uint8 frames", "after"
+# mode -> (LM head on every position, frames normalised to fp32 in the data path)
+MODES = {BEFORE: (True, True), LABELLED: (False, True), UINT8: (True, False), AFTER: (False, False)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PAD_ID = 0
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """A tiny model with a real-sized vocabulary and real-sized frames, and a chat sample shaped like SFT
+    data: a long video, a short system prompt and questions, answers the only labelled tokens."""
+
+    frames: int = 64
+    vocab_size: int = 32768
+    image_size: int = 384  # the 7B tower's input; a 32 px patch keeps the tiny tower cheap
+    patch_size: int = 32
+    decoded_size: tuple[int, int] = (360, 640)  # frames as the video reader returns them, before resizing
+    tokens_per_frame: int = 9
+    system_tokens: int = 20
+    question_tokens: int = 24
+    answer_tokens: int = 64
+    turns: int = 2
+    batch: int = 1
+    dtype: str = "fp32"
+    train_vision: bool = False
+    threads: int = 1
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> MemorySpec:
+        """Seconds-scale shapes for smoke tests: the same code paths, nothing proportional."""
+        shapes = dict(
+            frames=4, vocab_size=4096, image_size=48, patch_size=16, decoded_size=(48, 80), answer_tokens=8
+        )
+        return cls(**(shapes | overrides))
+
+    def model_config(self, video_token_id: int) -> CrossLMMConfig:
+        tiny = TinySpec(image_size=self.image_size, patch_size=self.patch_size)
+        return CrossLMMConfig(
+            vision_config=tiny_vision_config(
+                tiny.vision,
+                image_size=self.image_size,
+                patch_size=self.patch_size,
+                hidden_size=tiny.vision_hidden,
+                layers=tiny.vision_layers,
+            ),
+            text_config=tiny_text_config(tiny, self.vocab_size),
+            tokens_per_frame=self.tokens_per_frame,
+            cross_attention_every=2,
+            video_token_id=video_token_id,
+            pad_token_id=PAD_ID,
+        )
+
+
+def _sample(
+    spec: MemorySpec, index: int, video_token_id: int, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """[system][video][question answer] x turns; answers shorten with ``index`` so a batch is padded.
+    Text ids avoid the tiny tokenizer's 512 ids, which hold the video token."""
+
+    def text(n: int) -> torch.Tensor:
+        return torch.randint(512, spec.vocab_size, (n,), generator=gen)
+
+    ids = [text(spec.system_tokens), torch.full((spec.frames * spec.tokens_per_frame,), video_token_id)]
+    labelled = [False, False]
+    for _ in range(spec.turns):
+        ids += [text(spec.question_tokens), text(max(spec.answer_tokens - 8 * index, 1))]
+        labelled += [False, True]
+    input_ids = torch.cat(ids)
+    labels = torch.cat(
+        [part if keep else torch.full_like(part, IGNORE_INDEX) for part, keep in zip(ids, labelled)]
+    )
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def synthetic_batch(
+    spec: MemorySpec, video_token_id: int
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Decoded videos (T, H, W, 3) uint8 and token samples {input_ids, labels} for one batch."""
+    gen = torch.Generator().manual_seed(0)
+    samples = [_sample(spec, i, video_token_id, gen) for i in range(spec.batch)]
+    decoded = [
+        torch.randint(0, 256, (spec.frames, *spec.decoded_size, 3), dtype=torch.uint8, generator=gen)
+        for _ in range(spec.batch)
+    ]
+    return decoded, samples
+
+
+def build(spec: MemorySpec) -> tuple[CrossLMMForCausalLM, CrossLMMProcessor]:
+    """The model in training mode (vision tower frozen unless ``train_vision``) and its processor."""
+    tokenizer = train_tiny_tokenizer()
+    processor_video_id = tokenizer.convert_tokens_to_ids("<video>")
+    torch.manual_seed(0)
+    model = CrossLMMForCausalLM(spec.model_config(processor_video_id)).to(DTYPES[spec.dtype]).train()
+    model.model.vision_tower.requires_grad_(spec.train_vision)
+    processor = CrossLMMProcessor(
+        image_processor=build_image_processor(model.model.vision_tower),
+        tokenizer=tokenizer,
+        tokens_per_frame=spec.tokens_per_frame,
+    )
+    return model, processor
+
+
+def train_step(
+    model: CrossLMMForCausalLM,
+    processor: CrossLMMProcessor,
+    optimizer: torch.optim.Optimizer,
+    decoded: list[torch.Tensor],
+    samples: list[dict[str, torch.Tensor]],
+    mode: str,
+) -> dict[str, float]:
+    """One step in ``mode`` (see ``MODES``); returns the loss and the sizes of the batch pixels and logits."""
+    full_logits, float_pixels = MODES[mode]
+    frames = [processor.preprocess_frames(video) for video in decoded]  # uint8 (T, 3, S, S)
+    if float_pixels:  # what the old processor returned: normalised fp32
+        frames = [model.model.normalize_frames(f) for f in frames]
+    collate = VideoChatCollator(PAD_ID)
+    batch = collate(
+        [s | {"frames": f, "dropped": torch.zeros(2, dtype=torch.long)} for s, f in zip(samples, frames)]
+    )
+    del frames
+    batch.pop("dropped")
+    batch_labels = batch["labels"]
+    if full_logits:  # the old forward: LM head on every position, loss from (B, L, V) logits
+        labels = batch.pop("labels")
+        logits = model(**batch, use_cache=False).logits  # (B, L, V): every position
+        loss = model.loss_function(
+            logits=logits, labels=labels, vocab_size=model.config.text_config.vocab_size
+        )
+    else:
+        out = model(**batch, use_cache=False)
+        loss, logits = out.loss, out.logits  # logits: (N_labelled, V)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": loss.item(),
+        "pixels_mb": batch["pixel_values_videos"].nbytes / 2**20,
+        "logits_mb": logits.nbytes / 2**20,
+        "logit_rows": logits.numel() // logits.shape[-1],
+        "labelled": int((batch_labels[..., 1:] != IGNORE_INDEX).sum()),
+        "positions": batch["input_ids"].numel(),
+    }
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def _worker(spec: MemorySpec, mode: str) -> dict[str, float]:
+    """One mode in a fresh process: warm-up step, then the measured one (see the module docstring)."""
+    torch.set_num_threads(spec.threads)
+    libc = ctypes.CDLL("libc.so.6")
+    model, processor = build(spec)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    decoded, samples = synthetic_batch(spec, model.config.video_token_id)
+    train_step(model, processor, optimizer, decoded, samples, mode)
+    gc.collect()
+    libc.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    result = train_step(model, processor, optimizer, decoded, samples, mode)
+    result["step_s"] = time.perf_counter() - start
+    result["peak_mb"] = (_status_kb("VmHWM") - before) / 1024
+    result["resident_before_mb"] = before / 1024
+    return result
+
+
+def measure(spec: MemorySpec, mode: str) -> dict[str, float]:
+    """Peak memory of one training step in ``mode``, measured in a fresh process."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter reads the malloc setting at start
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        with context.Pool(1) as pool:
+            return pool.apply(_worker, (spec, mode))
+    finally:
+        if saved is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+
+
+def run_memory(spec: MemorySpec, modes: tuple[str, ...] = tuple(MODES)) -> dict[str, Any]:
+    """Each mode in its own process; ``peak_ratio`` is after / before."""
+    results = {mode: measure(spec, mode) for mode in modes}
+    out: dict[str, Any] = {"spec": asdict(spec), "results": results}
+    if BEFORE in results and AFTER in results:
+        out["peak_ratio"] = results[AFTER]["peak_mb"] / results[BEFORE]["peak_mb"]
+    return out
+
+
+def _csv(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    values = [t for t in text.split(",") if t]
+    if not values or any(v not in allowed for v in values):
+        raise ValueError(f"{flag} takes a comma-separated subset of {','.join(allowed)}, got {text!r}")
+    return values
+
+
+def command(args) -> int:
+    """``crosslmm bench memory``: each (dtype, vision frozen/trained) case in every mode; table, JSON, PNG."""
+    from pathlib import Path
+
+    from crosslmm.bench.report import format_table, write_json
+
+    dtypes = _csv(args.dtypes, tuple(DTYPES), "--dtypes")
+    visions = _csv(args.vision, ("frozen", "trained"), "--vision")
+    base = MemorySpec.quick() if args.quick else MemorySpec()
+    overrides = {"threads": args.threads, "batch": args.batch}
+    if args.frames is not None:
+        overrides["frames"] = args.frames
+    cases = []
+    for dtype in dtypes:
+        for vision in visions:
+            spec = MemorySpec(
+                **(asdict(base) | overrides | {"dtype": dtype, "train_vision": vision == "trained"})
+            )
+            cases.append({"dtype": dtype, "vision": vision, **run_memory(spec)})
+    rows = []
+    for case in cases:
+        r = case["results"]
+        rows.append(
+            [case["dtype"], case["vision"]]
+            + [r[m]["peak_mb"] for m in MODES]
+            + [case["peak_ratio"], r[BEFORE]["pixels_mb"], r[AFTER]["pixels_mb"]]
+            + [r[BEFORE]["logits_mb"], r[AFTER]["logits_mb"], r[BEFORE]["loss"], r[AFTER]["loss"]]
+        )
+    spec, first = cases[0]["spec"], cases[0]["results"][BEFORE]
+    print(
+        f"Peak memory (MB) of a training step above weights and optimizer state: {spec['frames']} frames at "
+        f"{spec['image_size']} px, vocab {spec['vocab_size']}, batch {spec['batch']}, {first['positions']} "
+        f"positions, {first['labelled']} labelled"
+    )
+    header = ["dtype", "vision", "before", "labelled logits only", "uint8 frames only", "after"]
+    header += [
+        "after/before",
+        "pixels MB before",
+        "after",
+        "logits MB before",
+        "after",
+        "loss before",
+        "after",
+    ]
+    print(format_table(header, rows))
+    out = Path(args.out)
+    write_json(out / "memory.json", {"cases": cases})
+    _plot(out / "memory.png", cases)
+    print(f"\nwrote {out / 'memory.json'} and {out / 'memory.png'}")
+    return 0
+
+
+_LEGEND = {
+    BEFORE: "before: full logits, fp32 frames",
+    LABELLED: "labelled-only logits, fp32 frames",
+    UINT8: "full logits, uint8 frames",
+    AFTER: "after: labelled-only logits, uint8 frames",
+}
+
+
+def _plot(path, cases: list[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt  # crosslmm.bench.report selects the headless backend
+
+    labels = [f"{c['dtype']}\nvision {c['vision']}" for c in cases]
+    fig, ax = plt.subplots(figsize=(2.2 * len(cases) + 2, 4))
+    width = 0.2
+    for k, mode in enumerate(MODES):
+        xs = [i + (k - (len(MODES) - 1) / 2) * width for i in range(len(cases))]
+        peaks = [c["results"][mode]["peak_mb"] for c in cases]
+        bars = ax.bar(xs, peaks, width, label=_LEGEND[mode], color=f"C{k}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(cases)), labels, fontsize=8)
+    ax.set_ylabel("peak MB above weights")
+    spec = cases[0]["spec"]
+    ax.set_title(
+        f"One training step, tiny model, vocab {spec['vocab_size']}, {spec['frames']} frames", fontsize=9
+    )
+    top = max(c["results"][m]["peak_mb"] for c in cases for m in MODES)
+    ax.set_ylim(0, 1.35 * top)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncol=2, loc="upper center")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
