@@ -11,87 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from crosslmm.data.video import load_video, sample_indices
+from crosslmm.data.dataset import assistant_spans
+from crosslmm.data.video import FrameSampling, VideoLike, load_frames
 from crosslmm.model import CrossLMMForCausalLM, CrossLMMProcessor  # importing registers the Auto classes
 
-DEFAULT_NUM_FRAMES = 64  # frames per video when neither a count nor an fps is given (see docs/evaluation.md)
-
-# What a caller may hand over as one video: a video/image file, decoded (T, H, W, 3) uint8 frames, or PIL
-# images (one image = a one-frame video; a list = the frames of one video).
-VideoLike = str | os.PathLike | np.ndarray | torch.Tensor | Image.Image | Sequence[Image.Image]
-
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class FrameSampling:
-    """Which frames of a video the model sees: ``num_frames`` uniformly spaced, or one every ``1/fps``
-    seconds; ``max_frames`` caps either. Build it with :meth:`resolve`, which fills the default."""
-
-    num_frames: int | None = None
-    fps: float | None = None
-    max_frames: int | None = None
-
-    @classmethod
-    def resolve(
-        cls, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None
-    ) -> FrameSampling:
-        """Validate once, up front. With neither ``num_frames`` nor ``fps``, take ``max_frames`` (or
-        :data:`DEFAULT_NUM_FRAMES`) uniform frames, so ``max_frames=64`` alone means "64 frames"."""
-        if num_frames is not None and fps is not None:
-            raise ValueError("give either a frame count or an fps, not both")
-        for name, value in (("num_frames", num_frames), ("fps", fps), ("max_frames", max_frames)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if num_frames is None and fps is None:
-            num_frames = max_frames or DEFAULT_NUM_FRAMES
-        return cls(num_frames=num_frames, fps=fps, max_frames=max_frames)
-
-    @property
-    def budget(self) -> int | None:
-        """Most frames this sampling can yield, if bounded (an fps without a cap is not)."""
-        counts = [n for n in (self.num_frames, self.max_frames) if n is not None]
-        return min(counts) if counts else None
-
-
-def load_frames(video: VideoLike, sampling: FrameSampling) -> np.ndarray:
-    """Any :data:`VideoLike` -> (T, H, W, 3) uint8 frames under ``sampling``.
-
-    Files are decoded by :func:`crosslmm.data.video.load_video` (which names the file in every error).
-    Already decoded frames have no known frame rate, so only the frame budget applies to them: they are
-    subsampled uniformly to ``sampling.budget``. Anything else raises TypeError saying what is accepted.
-    """
-    if isinstance(video, (str, os.PathLike)):
-        clip = load_video(
-            video, num_frames=sampling.num_frames, fps=sampling.fps, max_frames=sampling.max_frames
-        )
-        return clip.frames
-    if isinstance(video, Image.Image):
-        video = [video]
-    if isinstance(video, (list, tuple)) and video and all(isinstance(im, Image.Image) for im in video):
-        size = video[0].size  # the processor takes one array per video, so frames must share a size
-        frames = np.stack([np.asarray(im.convert("RGB").resize(size)) for im in video])
-    elif isinstance(video, (np.ndarray, torch.Tensor)):
-        frames = video.cpu().numpy() if isinstance(video, torch.Tensor) else video
-        if frames.ndim == 3:
-            frames = frames[None]  # one (H, W, 3) image
-    else:
-        raise TypeError(
-            f"cannot use a {type(video).__name__} as a video: give a video/image file path, (T, H, W, 3) "
-            "uint8 frames, a PIL image or a non-empty list of PIL images"
-        )
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"frames must be non-empty (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if sampling.budget is not None and len(frames) > sampling.budget:
-        frames = frames[sample_indices(len(frames), 1.0, num_frames=sampling.budget)]
-    return frames
 
 
 def load(
@@ -116,7 +45,7 @@ def load(
 
 def build_prompt(processor: CrossLMMProcessor, question: str, num_videos: int = 1) -> str:
     """Chat prompt with the videos first (the paper's [visual ; text] order), then the question."""
-    content = f"{processor.video_token}\n" * num_videos + question
+    content = [{"type": "video"}] * num_videos + [{"type": "text", "text": question}]
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
@@ -167,24 +96,53 @@ def answer(
     return generate(model, processor, [prompt], [[frames]], max_new_tokens, streamer=streamer)[0]
 
 
+def _answer_ids(processor, prompt: str, continuation: str) -> list[int]:
+    """The token ids a chat model emits when it answers ``prompt`` with ``continuation``: the answer as
+    the chat template writes it in the assistant turn, through the end-of-turn token (the tokenizer's EOS,
+    where generation stops).
+
+    lmms-eval puts the task's target delimiter in front of each option (``" red"``); the template writes
+    an answer right after the assistant header (``"red"``, a different byte-level BPE token than
+    ``"Ġred"``), so leading whitespace goes. The turn is the span training labels
+    (:func:`crosslmm.data.dataset.assistant_spans`), rendered on a one-question conversation: templates
+    that render each turn on its own (ChatML, Llama 3) write the same turn after any prompt. ``prompt`` and
+    the turn are tokenised as one text, so the ids are those of the whole conversation.
+    """
+    answer = continuation.lstrip()
+    if not answer:
+        raise ValueError(f"continuation {continuation!r} is empty")
+    conversation = [{"role": "user", "content": ""}, {"role": "assistant", "content": answer}]
+    text, [(start, end)] = assistant_spans(processor, conversation)
+    prompt_ids = processor.tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = processor.tokenizer(prompt + text[start:end], add_special_tokens=False).input_ids
+    if ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(f"the answer {answer!r} merges with the end of the prompt when tokenised")
+    turn = ids[len(prompt_ids) :]
+    eos = processor.tokenizer.eos_token_id
+    if eos not in turn:
+        raise ValueError(f"the chat template's assistant turn {text[start:end]!r} has no end-of-turn token")
+    return turn[: turn.index(eos) + 1]
+
+
 @torch.inference_mode()
 def continuation_nll(
     model, processor, prompt: str, videos: Sequence[np.ndarray], continuations: Sequence[str]
 ) -> list[tuple[float, bool]]:
-    """For each continuation: (-log P(continuation | prompt, videos), whether greedy decoding yields it).
+    """For each continuation: (-log P(answer | prompt, videos), whether greedy decoding yields exactly it).
 
-    Negative log-likelihoods, lower is likelier: lmms-eval's multiple-choice scoring takes the argmin.
-    The prompt and frames are preprocessed once; the continuation tokens are appended to the prompt's
-    ids (not re-tokenised together), so the scored tokens are exactly the continuation's own.
+    A continuation is scored as the assistant's answer to ``prompt`` (a chat prompt from
+    :func:`build_prompt`), tokenised as training and generation see it: the option without the leading
+    delimiter, then the end-of-turn token (:func:`_answer_ids`). Ending the turn is part of the score, as
+    training teaches it, so an option that is a prefix of another ("red", "reddish") is told apart.
+    Summed over tokens, lower is likelier: lmms-eval 0.7 takes the argmin as the prediction, and its
+    ``acc_norm`` divides the sum by the option's length in characters. The prompt and frames are
+    preprocessed once; only the answer ids are appended per option.
     """
     inputs = _model_inputs(model, processor, [prompt], [list(videos)])
     visual = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     scores = []
     for text in continuations:
-        cont = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-        if cont.shape[1] == 0:
-            raise ValueError(f"continuation {text!r} has no tokens")
-        cont = cont.to(model.device)
+        cont = torch.tensor([_answer_ids(processor, prompt, text)], device=model.device)  # (1, n)
         ids = torch.cat([inputs["input_ids"], cont], dim=1)
         logits = model(
             input_ids=ids,

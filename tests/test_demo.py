@@ -11,7 +11,7 @@ import pytest
 from conftest import run_lmms_eval
 
 from crosslmm.cli import main as cli
-from crosslmm.demo.run import evaluate
+from crosslmm.demo.run import DemoSettings, evaluate, train_variant, variants, write_mixture
 from crosslmm.demo.synth import (
     COLOURS,
     QUARTERS,
@@ -161,3 +161,69 @@ def test_generated_lmms_eval_task_gives_the_demos_answers(quick_demo, tiny_dir, 
     samples = sorted(map(json.loads, samples_file.open()), key=lambda s: s["doc_id"])
     assert [s["filtered_resps"] for s in samples] == responses
     assert results[TASK_NAME]["accuracy,none"] == pytest.approx(ours["accuracy"])
+
+
+# The demo's colour question as an lmms-eval multiple-choice task over the same test split, everything else
+# lmms-eval's defaults (target_delimiter " ": each option reaches the model as " red").
+CHOICE_TASK = "crosslmm_synth_mc"
+CHOICE_YAML = f"""task: {CHOICE_TASK}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {{test}}
+test_split: test
+output_type: multiple_choice
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_choice: {json.dumps(list(COLOURS))}
+doc_to_target: !function utils.doc_to_target
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture(scope="module")
+def answering_demo(tmp_path_factory) -> tuple[Path, Path, int]:
+    """(data dir, model dir, frames): the demo's pool-to-1 + T2V model trained by the demo's own recipe on a
+    smaller synthetic set (8 frames, 500 steps: about 25 s on 2 idle cores), long enough that it answers the
+    colour question by generation far above chance."""
+    out = tmp_path_factory.mktemp("answering")
+    spec = SynthSpec(videos=400, frames=8, test_fraction=0.2)
+    settings = DemoSettings(data=spec, steps=500, batch_size=8)
+    generate(out / "data", spec, progress=False)
+    (variant,) = [v for v in variants(spec.size // settings.patch_size, [0]) if v.name == "pool_t2v"]
+    train_variant(variant, 0, settings, write_mixture(out / "data"), out / "run")
+    return out / "data", out / "run" / "final", spec.frames
+
+
+@pytest.mark.slow
+def test_multiple_choice_agrees_with_generation_through_lmms_eval(answering_demo, tmp_path):
+    """A model that answers the colour question by generation scores the same by multiple choice with
+    lmms-eval's default delimiter (issue 19: an option " red" appended after the assistant header, where the
+    model only ever wrote "red", scored this model at chance)."""
+    pytest.importorskip("lmms_eval")
+    data, model_dir, frames = answering_demo
+    (data / f"{CHOICE_TASK}.yaml").write_text(CHOICE_YAML.format(test=(data / "test.json").resolve()))
+    results = run_lmms_eval(
+        f"pretrained={model_dir},num_frames={frames}",
+        f"{TASK_NAME},{CHOICE_TASK}",
+        str(data),
+        tmp_path / "out",
+        tmp_path / "hf",
+    )
+    generated = results[TASK_NAME]["accuracy,none"]
+    chosen = results[CHOICE_TASK]["acc,none"]
+    greedy = results[CHOICE_TASK]["exact_match,none"]  # the right option is what greedy decoding writes
+    normalised = results[CHOICE_TASK]["acc_norm,none"]  # the sum divided by the option's length
+    measured = f"generation {generated:.3f}, choice {chosen:.3f} (norm {normalised:.3f}), greedy {greedy:.3f}"
+    assert generated >= 0.6, measured  # far above chance (0.25): the answers depend on the video
+    assert abs(chosen - generated) <= 0.05, measured
+    assert abs(greedy - generated) <= 0.05, measured

@@ -11,12 +11,10 @@ from conftest import random_frames
 from PIL import Image
 
 from crosslmm.cli import main
-from crosslmm.data.video import write_video
-from crosslmm.data.video import FrameSampling
+from crosslmm.data.video import FrameSampling, write_video
 from crosslmm.inference import (
     answer,
     build_prompt,
-    continuation_nll,
     generate,
     load,
     load_frames,
@@ -82,25 +80,6 @@ def test_batched_generate_matches_single_answers(tiny):
     assert batched == single
     assert all(batched)
     assert answer(model, processor, a, "What colour is the marker?", max_new_tokens=6) == batched[0]
-
-
-def test_continuation_nll_is_the_log_likelihood_of_the_continuation(tiny):
-    model, processor = tiny
-    frames = random_frames(3)
-    prompt = build_prompt(processor, "What colour is the marker?")
-    greedy = generate(model, processor, [prompt], [[frames]], max_new_tokens=3)[0]
-    (nll_a, greedy_a), (_, greedy_b) = continuation_nll(model, processor, prompt, [frames], [" red", greedy])
-    assert greedy_b and not greedy_a
-
-    inputs = processor(text=[prompt + " red"], videos=[frames])
-    with torch.no_grad():
-        logits = model(**inputs, use_cache=False).logits[0].log_softmax(-1)
-    cont = processor.tokenizer(" red", add_special_tokens=False).input_ids
-    ids = inputs["input_ids"][0]
-    start = len(ids) - len(cont)
-    assert ids[start:].tolist() == cont
-    expected = -sum(logits[start - 1 + j, t].item() for j, t in enumerate(cont))
-    assert nll_a == pytest.approx(expected, rel=1e-5)
 
 
 def test_chat_answers_a_question(tiny_dir, video_path, capsys):

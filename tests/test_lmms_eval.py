@@ -1,4 +1,4 @@
-"""The lmms-eval plugin (entry point, inputs, real CLI run offline) and ``crosslmm paper-table``."""
+"""The lmms-eval plugin (entry point, inputs, option scoring, real CLI run offline) and ``crosslmm paper-table``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_frames, run_lmms_eval
+import torch
+from conftest import random_frames, run_lmms_eval, set_gates
 from PIL import Image
 
 from crosslmm.cli import main
-from crosslmm.data.video import write_video
+from crosslmm.data.video import FrameSampling, load_frames, write_video
 from crosslmm.eval.paper_numbers import BENCHMARKS, PAPER_ROWS
 from crosslmm.eval.paper_table import collect, render
 
@@ -110,11 +111,25 @@ def test_entry_point_registers_the_model():
 
 
 @pytest.fixture(scope="module")
-def plugin(tiny_dir):
+def gated_dir(tiny_dir, tmp_path_factory) -> str:
+    """The tiny model with every cross-attention gate open, so cross-attention runs in the plugin tests and
+    what the plugin answers depends on the video (with gates at 0 the blocks add nothing)."""
+    from crosslmm.inference import load
+    from crosslmm.model.factory import save_model_dir
+
+    model, processor = load(tiny_dir)
+    set_gates(model, 1.0)
+    out = tmp_path_factory.mktemp("gated")
+    save_model_dir(model, processor, out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def plugin(gated_dir):
     from crosslmm.eval.lmms_plugin import CrossLMMEval
 
     return CrossLMMEval.create_from_arg_string(
-        f"pretrained={tiny_dir},max_frames=4,max_new_tokens=3", {"batch_size": 2, "device": "cpu"}
+        f"pretrained={gated_dir},max_frames=4,max_new_tokens=3", {"batch_size": 2, "device": "cpu"}
     )
 
 
@@ -142,9 +157,67 @@ def test_plugin_takes_what_lmms_eval_hands_over(plugin, tmp_path):
     answers = plugin.generate_until([_request(plugin, v, i) for i, v in enumerate(visuals)])
     assert len(answers) == len(visuals) and all(isinstance(a, str) for a in answers)
     assert answers[2] == answers[3]  # the same frames as an array or as PIL images
-    (scored,) = plugin.loglikelihood([_request(plugin, [frames], 2, kind="loglikelihood")])
-    nll, greedy = scored.text
+    assert answers[0] != answers[2]  # another video, another answer: the frames reach the model
+    scored = plugin.loglikelihood(
+        [
+            _request(plugin, [frames], 2, kind="loglikelihood"),
+            _request(plugin, [str(path)], 0, kind="loglikelihood"),
+        ]
+    )
+    (nll, greedy), (other_nll, _) = [s.text for s in scored]
     assert nll > 0 and isinstance(greedy, bool)
+    assert nll != pytest.approx(other_nll, rel=1e-4)
+
+
+def test_plugin_samples_frames_alike_for_generation_and_scoring(plugin, gated_dir):
+    """``max_frames=4`` subsamples a 12-frame video to the same 4 frames for ``generate_until`` and
+    ``loglikelihood``; all 12 frames would give another answer and score."""
+    from crosslmm.inference import build_prompt, continuation_nll, generate, load
+
+    model, processor = load(gated_dir)
+    frames = random_frames(12, seed=3)
+    four = load_frames(frames, FrameSampling.resolve(max_frames=4))
+    prompt = build_prompt(processor, "What is shown?")
+    (answer,) = plugin.generate_until([_request(plugin, [frames], 20)])
+    (scored,) = plugin.loglikelihood([_request(plugin, [frames], 20, kind="loglikelihood")])
+    assert answer == generate(model, processor, [prompt], [[four]], max_new_tokens=3)[0]
+    assert scored.text == continuation_nll(model, processor, prompt, [four], [" A"])[0]
+    assert answer != generate(model, processor, [prompt], [[frames]], max_new_tokens=3)[0]
+    assert scored.text[0] != continuation_nll(model, processor, prompt, [frames], [" A"])[0][0]
+
+
+def test_option_is_scored_as_the_assistants_answer(gated_dir):
+    """An option lmms-eval hands over as " red" is scored on the ids the processor makes of the whole
+    conversation whose assistant turn answers "red": the answer's tokens and the end-of-turn token (which
+    tells "red" from "reddish"), with the frames in place. The delimiter's space changes nothing."""
+    from crosslmm.inference import _answer_ids, build_prompt, continuation_nll, load
+
+    model, processor = load(gated_dir)
+    frames = random_frames(3)
+    question = "What colour is the marker?"
+    user = {"role": "user", "content": f"{processor.video_token}\n{question}"}
+    prompt = build_prompt(processor, question)
+    assert processor.apply_chat_template([user], add_generation_prompt=True) == prompt
+    full = processor.apply_chat_template(
+        [user, {"role": "assistant", "content": "red"}], add_generation_prompt=False
+    )
+    full_ids = processor(text=[full], videos=[frames])["input_ids"][0].tolist()
+    prompt_ids = processor(text=[prompt], videos=[frames])["input_ids"][0].tolist()
+    n = len(prompt_ids)
+    assert full_ids[:n] == prompt_ids
+
+    answer = _answer_ids(processor, prompt, " red")
+    assert full_ids[n : n + len(answer)] == answer
+    assert processor.tokenizer.decode(answer) == "red<|im_end|>"
+    assert answer[-1] == processor.tokenizer.eos_token_id
+    assert processor.tokenizer.decode(full_ids[n + len(answer) :]).strip() == ""  # only the turn's newline
+
+    with torch.no_grad():
+        logprobs = model(**processor(text=[full], videos=[frames]), use_cache=False).logits[0].log_softmax(-1)
+    expected = -sum(logprobs[n - 1 + j, t].item() for j, t in enumerate(answer))
+    (spaced, _), (plain, _) = continuation_nll(model, processor, prompt, [frames], [" red", "red"])
+    assert spaced == pytest.approx(expected, rel=1e-5)
+    assert plain == spaced
 
 
 @pytest.mark.parametrize(

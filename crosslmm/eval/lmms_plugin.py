@@ -51,7 +51,8 @@ _skip_filelock3_patch_on_filelock4()
 
 
 class CrossLMMEval(lmms):
-    """``model_args``: ``pretrained`` (model dir), ``num_frames`` | ``fps``, ``max_frames``,
+    """``model_args``: ``pretrained`` (model dir), ``num_frames`` | ``fps``, ``min_frames``, ``max_frames``
+    (:class:`crosslmm.data.video.FrameSampling`, the rule training uses),
     ``max_new_tokens`` (overrides the task's budget), ``dtype``, ``device``; ``batch_size`` from the CLI.
 
     Each visual a task hands over becomes one ``<video>`` in the prompt, in order: a video/image path, a
@@ -67,6 +68,7 @@ class CrossLMMEval(lmms):
         num_frames: int | None = None,
         fps: float | None = None,
         max_frames: int | None = None,
+        min_frames: int | None = None,
         max_new_tokens: int | None = None,
         dtype: str | None = None,
         device: str | None = None,
@@ -74,7 +76,7 @@ class CrossLMMEval(lmms):
         max_batch_size: int | None = None,  # lmms-eval passes its --max_batch_size; batches are fixed here
     ) -> None:
         super().__init__()
-        self.sampling = FrameSampling.resolve(num_frames, fps, max_frames)
+        self.sampling = FrameSampling.resolve(num_frames, fps, max_frames, min_frames)
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
@@ -137,9 +139,11 @@ class CrossLMMEval(lmms):
         return answers
 
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
-        """(negative log-likelihood, is-greedy) per request; lower is likelier, as lmms-eval's
-        multiple-choice scoring (argmin) expects. Consecutive requests on the same document and context
-        (the options of one question) share one decode and preprocessing of the video.
+        """(negative log-likelihood, is-greedy) per request, the option scored as the assistant's answer
+        (see :func:`crosslmm.inference.continuation_nll` and docs/evaluation.md): lower is likelier, as
+        lmms-eval's multiple-choice scoring, which takes the argmin, expects. Consecutive requests on the
+        same document and context (the options of one question) share one decode of the video, sampled as
+        for generation (``self.sampling``).
 
         Each pair is wrapped in a ``GenerationResult``: lmms-eval 0.7.3 passes every model output through
         ``unwrap_generation_output``, which turns anything but a str or GenerationResult into ``str(output)``

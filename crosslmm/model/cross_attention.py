@@ -183,7 +183,9 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
                 cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))
             return per_sample_k, per_sample_v, memory.shape[1]
         if cache is None or self.layer_idx not in cache.cross_kv:
-            raise RuntimeError("T2V on decoded tokens needs the cross-attention keys/values cached at prefill")
+            raise RuntimeError(
+                "T2V on decoded tokens needs the cross-attention keys/values cached at prefill"
+            )
         padded_k, padded_v = cache.cross_kv[self.layer_idx]
         per_sample_k = [padded_k[b : b + 1] for b in range(padded_k.shape[0])]
         per_sample_v = [padded_v[b : b + 1] for b in range(padded_v.shape[0])]
