@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+# Each command module imports only the standard library at module level (heavy imports sit inside its
+# command functions), so building the parser for ``crosslmm --help`` stays cheap.
+from crosslmm.bench import commands as bench_commands
+from crosslmm.convert import commands as convert_commands
+from crosslmm.data import commands as data_commands
+from crosslmm.demo import commands as demo_commands
+from crosslmm.eval import commands as eval_commands
+from crosslmm.model import commands as model_commands
+from crosslmm.training import commands as training_commands
+
 # Modules exposing ``register(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
-COMMAND_MODULES = [
-    "crosslmm.model.commands",
-    "crosslmm.eval.commands",
-    "crosslmm.bench.commands",
-    "crosslmm.data.commands",
-    "crosslmm.convert.commands",
-    "crosslmm.demo.commands",
-]
+# The order is the order of ``crosslmm --help``.
+COMMAND_MODULES = (
+    model_commands,
+    training_commands,
+    eval_commands,
+    bench_commands,
+    data_commands,
+    convert_commands,
+    demo_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslmm", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 

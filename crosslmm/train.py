@@ -1,8 +1,10 @@
 """Train CrossLMM: ``torchrun --nproc_per_node N -m crosslmm.train --config configs/train/X.yaml [key=value ...]``.
 
-One entry point for both stages; a stage is a config (which components train, learning rates, frames).
-Checkpoints go to ``<output_dir>/checkpoint-<step>`` (complete once marked, see crosslmm.training.checkpoint)
-and the trained model to ``<output_dir>/final``, loadable with ``AutoModelForCausalLM.from_pretrained``.
+The launcher: parse, validate the config once, set up the process (logging, CPU DeepSpeed), hand the config
+to :func:`crosslmm.training.run.train`, and exit cleanly. ``crosslmm train --config ...`` is the same in
+one process. One entry point for both stages; a stage is a config (which components train, learning rates,
+frames). Checkpoints go to ``<output_dir>/checkpoint-<step>`` (complete once marked, see
+crosslmm.training.checkpoint) and the trained model to ``<output_dir>/final``.
 """
 
 from __future__ import annotations
@@ -10,27 +12,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoProcessor, TrainingArguments
 
-from crosslmm.data.dataset import VideoChatCollator, VideoChatDataset
-from crosslmm.data.mixture import build_mixture
-from crosslmm.model.factory import save_model_dir
-from crosslmm.training import checkpoint
-from crosslmm.training.callbacks import MetricsFile
+from crosslmm.training.commands import add_arguments
 from crosslmm.training.config import TrainConfig, load_config
-from crosslmm.training.params import set_trainable
-from crosslmm.training.trainer import CrossLMMTrainer
-
-logger = logging.getLogger("crosslmm.train")
+from crosslmm.training.run import train
 
 
-def _configure_cpu_deepspeed() -> None:
+def configure_cpu_deepspeed() -> None:
     """Set up the distributed state for DeepSpeed over gloo on CPU (tests, debugging).
 
     accelerate only picks a backend for DeepSpeed on accelerators; on CPU it would silently run each rank
@@ -43,138 +37,31 @@ def _configure_cpu_deepspeed() -> None:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
-def training_arguments(config: TrainConfig) -> TrainingArguments:
-    """Map our config onto the Trainer's; built before the model so ZeRO-3 can partition it while loading."""
-    on_gpu = torch.cuda.is_available()
-    cpu_deepspeed = bool(config.deepspeed) and not on_gpu and int(os.environ.get("WORLD_SIZE", 1)) > 1
-    if cpu_deepspeed:
-        _configure_cpu_deepspeed()
-    return TrainingArguments(
-        accelerator_config={"use_configured_state": cpu_deepspeed},
-        use_cpu=not on_gpu and not config.deepspeed,  # else the Trainer refuses precision: bf16 on CPU
-        output_dir=config.output_dir,
-        per_device_train_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        lr_scheduler_type=config.lr_scheduler,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        max_grad_norm=config.max_grad_norm,
-        optim="adamw_torch",
-        bf16=config.precision == "bf16" or (config.precision == "auto" and on_gpu),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings need no input grads
-        deepspeed=config.deepspeed,
-        ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
-        seed=config.seed,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=None,  # rotation happens only over complete checkpoints (CrossLMMTrainer)
-        logging_steps=config.logging_steps,
-        report_to=[] if config.report_to == "none" else [config.report_to],
-        run_name=config.run_name,
-        dataloader_num_workers=config.data.num_workers,
-        remove_unused_columns=False,  # the collator needs frames/dropped, which forward() does not take
-        include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second
-    )
-
-
-def load_model(config: TrainConfig):
-    """The model (with LoRA adapters on the LLM if asked) and its processor, frozen as the stage says."""
-    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(config.model)
-    model.config.use_cache = False
-    if config.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        names = "|".join(config.lora.target_modules)
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=config.lora.r,
-                lora_alpha=config.lora.alpha,
-                lora_dropout=config.lora.dropout,
-                target_modules=rf".*language_model\.layers\.\d+\..*\.({names})",
-            ),
-        )
-    counts = set_trainable(model, config.train, config.lora.enabled)
-    logger.info("trainable parameters: %s", {k: f"{v / 1e6:.2f}M" for k, v in counts.items() if v})
-    return model, processor
-
-
-def save_final(trainer: CrossLMMTrainer, processor, config: TrainConfig) -> str:
-    """Write ``<output_dir>/final`` via a temporary dir and a rename, so a half-written one never exists."""
-    final = os.path.join(config.output_dir, "final")
-    partial = final + ".partial"
-    if config.lora.enabled:
-        if trainer.args.should_save:  # ZeRO-2/DDP: every rank holds whole weights
-            save_model_dir(trainer.model.merge_and_unload(), processor, partial)
-    else:
-        trainer.save_model(partial)  # gathers ZeRO-3 shards; saves the processor (processing_class) too
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.should_save:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-    return final
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m crosslmm.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="configs/train/<name>.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. lr=1e-4 data.num_frames=8")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+def launch(config: TrainConfig) -> Path:
+    """Set up this process for ``config`` and train; returns the final model dir."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING,
     )
-    training_args = training_arguments(config)
-    model, processor = load_model(config)
-    records, skipped_at_load = build_mixture(config.data.mixture, config.data.skip_bad)
-    dataset = VideoChatDataset(
-        records,
-        processor,
-        max_length=config.data.max_length,
-        sampling=config.data.sampling,
-        overlength=config.data.overlength,
-        skip_bad=config.data.skip_bad,
+    cpu_deepspeed = (
+        bool(config.deepspeed) and not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1
     )
-    if training_args.process_index == 0:
-        checkpoint.remove_incomplete(config.output_dir)
-    resume = checkpoint.resolve_resume(config.resume, config.output_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    trainer = CrossLMMTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=VideoChatCollator(processor.tokenizer.pad_token_id),
-        processing_class=processor,
-        callbacks=[MetricsFile()],
-        train_config=config,
-    )
-    trainer.train(resume_from_checkpoint=resume)
-    final = save_final(trainer, processor, config)
+    if cpu_deepspeed:
+        configure_cpu_deepspeed()
+    return train(config, use_configured_state=cpu_deepspeed)
 
-    dropped = trainer.dropped.clone()
-    if dist.is_initialized():
-        dist.all_reduce(dropped)
-    logger.info(
-        "data: %d records used, %d bad records skipped at load, %d skipped while reading media, "
-        "%d over-length samples dropped",
-        len(records),
-        skipped_at_load,
-        int(dropped[0]),
-        int(dropped[1]),
-    )
-    logger.info("final model: %s", final)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crosslmm.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    launch(load_config(args.config, args.overrides))
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
+def _exit(code: int) -> None:
+    """Finish wandb and the process group, then leave without running exit handlers: CPU gloo workers can
+    abort in them after a clean run."""
     if "wandb" in sys.modules:
         import wandb
 
@@ -184,4 +71,8 @@ if __name__ == "__main__":
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)  # CPU gloo workers can abort in their exit handlers after a clean run
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    _exit(main())

@@ -189,3 +189,22 @@ def test_config_rejects_unknown_keys_and_parses_overrides(tmp_path):
         load_config(str(path), ["train=[decoder]"])
     with pytest.raises(ValueError, match="lr: expected a number"):
         load_config(str(path), ["lr=fast"])
+    with pytest.raises(ValueError, match="data: min_frames applies to fps sampling only"):
+        load_config(str(path), ["data.num_frames=8", "data.min_frames=4"])
+    with pytest.raises(ValueError, match=r"warmup_ratio must be in \[0, 1\)"):
+        load_config(str(path), ["warmup_ratio=5"])
+
+
+def test_config_reads_the_zero_stage_from_the_deepspeed_json(tmp_path):
+    """LoRA cannot merge ZeRO-3 shards: the stage comes from the JSON, whatever the file is called."""
+    path = tmp_path / "c.yaml"
+    lora = {"enabled": True}
+    base = {"model": "m", "output_dir": "o", "data": {"mixture": "x.yaml"}, "train": ["llm"], "lora": lora}
+    path.write_text(yaml.safe_dump(base))
+    (tmp_path / "sharded.json").write_text('{"zero_optimization": {"stage": 3}}')
+    (tmp_path / "zero3_but_stage2.json").write_text('{"zero_optimization": {"stage": 2}}')
+    with pytest.raises(ValueError, match="lora with ZeRO-3"):
+        load_config(str(path), [f"deepspeed={tmp_path / 'sharded.json'}"])
+    assert load_config(str(path), [f"deepspeed={tmp_path / 'zero3_but_stage2.json'}"]).zero_stage == 2
+    with pytest.raises(ValueError, match="missing.json: no such file"):
+        load_config(str(path), [f"deepspeed={tmp_path / 'missing.json'}"])

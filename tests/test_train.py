@@ -97,6 +97,23 @@ def test_unknown_key_is_a_clear_error(setup):
     assert result.returncode != 0 and "unknown config key(s) ['data.frames']" in result.stderr
 
 
+def test_crosslmm_train_trains_and_reports_config_errors_in_one_line(setup, capsys):
+    """``crosslmm train`` is the same library call in one process; a bad config is one line, no traceback."""
+    from crosslmm.cli import main as cli
+
+    _, write_config = setup
+    config, out = write_config("cli", max_steps=2, save_steps=2)
+    assert cli(["train", "--config", config, "data.frames=8"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "crosslmm train: error: unknown config key(s) ['data.frames']; valid keys: "
+        "['data.mixture', 'data.num_frames', 'data.fps', 'data.min_frames', 'data.max_frames', "
+        "'data.max_length', 'data.overlength', 'data.skip_bad', 'data.num_workers']"
+    )
+    assert cli(["train", "--config", config]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"final model: {out}/final"
+    assert sorted(losses(out)) == [1, 2]
+
+
 def run_torchrun(config: str, port: int) -> subprocess.CompletedProcess:
     """Two CPU processes training all parts (gloo), as a cluster job would be launched."""
     torchrun = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class DataConfig:
     mixture: str = ""  # data-mixture YAML (see crosslmm.data.mixture)
     # Frame sampling (crosslmm.data.video.FrameSampling, the rule evaluation uses too): num_frames uniform
-    # frames, or set num_frames to null and sample at fps, clamped to [min_frames, max_frames].
-    num_frames: int | None = 32
+    # frames, or fps clamped to [min_frames, max_frames]; none of them: the shared default (1 fps in
+    # [64, 512], DEFAULT_SAMPLING); max_frames alone: that many uniform frames.
+    num_frames: int | None = None
     fps: float | None = None
     min_frames: int | None = None
     max_frames: int | None = None
@@ -33,7 +35,7 @@ class DataConfig:
 
     @property
     def sampling(self) -> FrameSampling:
-        return FrameSampling(self.num_frames, self.fps, self.min_frames, self.max_frames)
+        return FrameSampling.resolve(self.num_frames, self.fps, self.max_frames, self.min_frames)
 
 
 @dataclass
@@ -77,6 +79,20 @@ class TrainConfig:
     resume: str = "auto"  # auto: newest complete checkpoint in output_dir if any; none; or a checkpoint dir
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    @property
+    def zero_stage(self) -> int | None:
+        """The ZeRO stage of the DeepSpeed config (``zero_optimization.stage``), None without DeepSpeed."""
+        if not self.deepspeed:
+            return None
+        try:
+            with open(self.deepspeed, encoding="utf-8") as f:
+                settings = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"deepspeed: {self.deepspeed}: no such file") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"deepspeed: {self.deepspeed}: invalid JSON: {e}") from None
+        return int(settings.get("zero_optimization", {}).get("stage", 0))
+
     def validate(self) -> None:
         """Reject inconsistent settings at start-up, naming the key."""
         if not self.model:
@@ -102,10 +118,12 @@ class TrainConfig:
             raise ValueError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
         if self.lora.enabled and "llm" not in self.train:
             raise ValueError("lora.enabled needs 'llm' in train: LoRA adapters are what trains the LLM")
-        if self.lora.enabled and self.deepspeed and "zero3" in self.deepspeed:
+        if self.lora.enabled and self.zero_stage == 3:
             raise ValueError(
                 "lora with ZeRO-3 is not supported (the final merge needs whole weights); use zero2"
             )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         for name in ("lr", "llm_lr", "vision_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
