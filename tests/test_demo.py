@@ -18,27 +18,29 @@ from crosslmm.demo.synth import (
     QUESTIONS,
     TASK_NAME,
     SynthSpec,
-    generate,
+    is_correct,
     make_video,
     quarter_of,
+    write_dataset,
 )
 
 
 def test_synth_is_deterministic_for_a_seed(tmp_path):
     spec = SynthSpec(videos=6, frames=8, seed=3)
-    a, b = generate(tmp_path / "a", spec, progress=False), generate(tmp_path / "b", spec, progress=False)
+    a = write_dataset(tmp_path / "a", spec, progress=False)
+    b = write_dataset(tmp_path / "b", spec, progress=False)
     for split in ("train", "test"):
         assert a[split].read_text() == b[split].read_text()
     frames_a, truth_a = make_video(spec, np.random.default_rng(3))
     frames_b, truth_b = make_video(spec, np.random.default_rng(3))
     np.testing.assert_array_equal(frames_a, frames_b)
     assert truth_a == truth_b
-    other = generate(tmp_path / "c", SynthSpec(videos=6, frames=8, seed=4), progress=False)
+    other = write_dataset(tmp_path / "c", SynthSpec(videos=6, frames=8, seed=4), progress=False)
     assert other["train"].read_text() != a["train"].read_text()
 
 
 def test_synth_records_are_llava_format_with_a_task_yaml(tmp_path):
-    paths = generate(tmp_path, SynthSpec(videos=10, frames=8), progress=False)
+    paths = write_dataset(tmp_path, SynthSpec(videos=10, frames=8), progress=False)
     train, test = json.loads(paths["train"].read_text()), json.loads(paths["test"].read_text())
     assert len(train) == 9 and len(test) == 1
     for record in train + test:
@@ -66,7 +68,7 @@ def test_marker_is_the_only_saturated_patch_and_matches_the_answer(frames):
 
 
 def test_question_types_are_drawn_from_the_spec(tmp_path):
-    paths = generate(tmp_path, SynthSpec(videos=40, questions=("colour", "quarter")), progress=False)
+    paths = write_dataset(tmp_path, SynthSpec(videos=40, questions=("colour", "quarter")), progress=False)
     records = json.loads(paths["train"].read_text())
     answers = {r["question_type"]: set() for r in records}
     for r in records:
@@ -123,17 +125,36 @@ def test_quick_demo_end_to_end(quick_demo):
     report = json.loads((quick_demo / "results.json").read_text())
     rows = {row["variant"]: row for row in report["rows"]}
     assert list(rows) == ["full", "pool", "pool_v2v", "pool_t2v", "crosslmm"]
-    for row in rows.values():
-        assert 0.0 <= row["accuracy"] <= 1.0
-        assert row["seq_len"] > 0 and row["prefill_flops"] > 0 and row["train_seconds"] > 0
-    assert rows["full"]["seq_len"] > rows["crosslmm"]["seq_len"]
+    # The LLM sees frames x (5x5 patches) without pooling, frames x 1 token pooled; the prompt is the same.
+    settings = DemoSettings.quick()
+    patches = (settings.data.size // settings.patch_size) ** 2
+    pooled = {rows[name]["seq_len"] for name in ("pool", "pool_v2v", "pool_t2v", "crosslmm")}
+    assert pooled == {rows["pool"]["seq_len"]}
+    assert rows["full"]["seq_len"] - rows["pool"]["seq_len"] == pytest.approx(
+        settings.data.frames * (patches - 1)
+    )
+    # Cross-attention adds FLOPs and the V2V and T2V blocks add up; full tokens cost the most.
+    flops = {name: row["prefill_flops"] for name, row in rows.items()}
+    v2v, t2v = flops["pool_v2v"] - flops["pool"], flops["pool_t2v"] - flops["pool"]
+    assert v2v > 0 and t2v > 0 and flops["crosslmm"] - flops["pool"] == pytest.approx(v2v + t2v)
+    assert flops["full"] > flops["crosslmm"]
     test = json.loads((quick_demo / "data" / "test.json").read_text())
+    records = {r["id"]: r for r in test}
     for name, row in rows.items():  # every variant was trained and saved by the real entry point
         run = quick_demo / "runs" / f"{name}-seed0"
         assert (run / "final" / "config.json").is_file()
+        last = [json.loads(line) for line in (run / "metrics.jsonl").open()][-1]
+        assert last["step"] == settings.steps and np.isfinite(last["train_loss"])  # it trained every step
         predictions = [json.loads(line) for line in (run / "predictions.jsonl").open()]
         assert [p["id"] for p in predictions] == [r["id"] for r in test]
+        # each answer scored against its own record, and the accuracies are those scores' means
+        assert [p["correct"] for p in predictions] == [
+            is_correct(records[p["id"]], p["response"]) for p in predictions
+        ]
         assert row["accuracy"] == pytest.approx(sum(p["correct"] for p in predictions) / len(test))
+        for kind, accuracy in row["accuracy_by_type"].items():
+            mine = [p["correct"] for p in predictions if p["question_type"] == kind]
+            assert accuracy == pytest.approx(sum(mine) / len(mine))
     assert (quick_demo / "results.md").read_text().count("\n| ") >= 5
     assert (quick_demo / "demo.png").stat().st_size > 0
 
@@ -198,7 +219,7 @@ def answering_demo(tmp_path_factory) -> tuple[Path, Path, int]:
     out = tmp_path_factory.mktemp("answering")
     spec = SynthSpec(videos=400, frames=8, test_fraction=0.2)
     settings = DemoSettings(data=spec, steps=500, batch_size=8)
-    generate(out / "data", spec, progress=False)
+    write_dataset(out / "data", spec, progress=False)
     (variant,) = [v for v in variants(spec.size // settings.patch_size, [0]) if v.name == "pool_t2v"]
     train_variant(variant, 0, settings, write_mixture(out / "data"), out / "run")
     return out / "data", out / "run" / "final", spec.frames

@@ -207,12 +207,13 @@ def _memory_dim(config: Any) -> int:
     return _ViT.from_config(config.vision_config).width
 
 
-def cross_attention_flops(config: Any, num_frames: int, text_tokens: int, prefix_tokens: int = 0) -> int:
+def cross_attention_flops(config: Any, num_frames: int, text_tokens: int) -> int:
     """All DCALs of one sample's prefill, as ``DualCrossAttentionLayer`` computes them.
 
     V2V and T2V each project keys/values from all T*N originals; V2V's T*s^2 queries see their own frame's
     N originals (scope "frame") or all T*N ("video"); T2V's ``text_tokens`` queries see all T*N. The
-    optional gated MLP runs once per DCAL on every position of the sequence, as the model applies it.
+    optional gated MLP runs once per DCAL on the positions those blocks updated, as the model applies it
+    (not on the text before the video).
     Without frames the model skips the DCALs entirely.
     """
     if not num_frames:
@@ -230,8 +231,8 @@ def cross_attention_flops(config: Any, num_frames: int, text_tokens: int, prefix
         per_layer += 2 * _linear(originals, _memory_dim(config), dec.kv_dim)
         per_layer += _linear(queries, dec.hidden, dec.q_dim) + _linear(queries, dec.q_dim, dec.hidden)
         per_layer += dec.scores(queries, keys)
-    if config.cross_attention_mlp:
-        per_layer += dec.swiglu(prefix_tokens + pooled + text_tokens)
+    if config.cross_attention_mlp:  # only where a cross-attention updated: pooled (V2V), text (T2V)
+        per_layer += dec.swiglu(sum(queries for queries, _ in blocks))
     return len(config.resolved_cross_layers()) * per_layer
 
 
@@ -260,7 +261,7 @@ def prefill_flops(
         llm_dense=llm_dense,
         llm_attention=llm_attention,
         lm_head=lm_head,
-        cross_attention=cross_attention_flops(config, num_frames, text_tokens, prefix_tokens),
+        cross_attention=cross_attention_flops(config, num_frames, text_tokens),
     )
 
 

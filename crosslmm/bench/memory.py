@@ -301,10 +301,11 @@ _LEGEND = {
 
 
 def _plot(path, cases: list[dict[str, Any]]) -> None:
-    import matplotlib.pyplot as plt  # crosslmm.bench.report selects the headless backend
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg when saved, no global backend
 
     labels = [f"{c['dtype']}\nvision {c['vision']}" for c in cases]
-    fig, ax = plt.subplots(figsize=(2.2 * len(cases) + 2, 4))
+    fig = Figure(figsize=(2.2 * len(cases) + 2, 4))
+    ax = fig.subplots()
     width = 0.2
     for k, mode in enumerate(MODES):
         xs = [i + (k - (len(MODES) - 1) / 2) * width for i in range(len(cases))]
@@ -323,4 +324,3 @@ def _plot(path, cases: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

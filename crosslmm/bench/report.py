@@ -8,12 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
-
-matplotlib.use("Agg")  # headless: benchmarks run on servers and in tests
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Right-aligned columns; floats get 4 significant digits, without exponents below 10^4."""
@@ -50,10 +44,17 @@ def loglog_panels(
     suptitle: str,
 ) -> None:
     """One log-log panel per (title, y label, {series: (frames, values)}); the "vision tower" series is drawn
-    dashed: it is the floor every other line is compared with."""
+    dashed: it is the floor every other line is compared with.
+
+    A bare ``Figure`` (no pyplot) renders with Agg when saved, so no backend is switched globally and the
+    benchmarks run headless on servers and in tests."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
     names = list(dict.fromkeys(name for _, _, series in panels for name in series))
     colors = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per series across panels
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, ylabel, series) in zip(axes[0], panels):
         frames = sorted({x for xs, _ in series.values() for x in xs})
         for name, (xs, ys) in series.items():
@@ -61,14 +62,13 @@ def loglog_panels(
             ax.plot(xs, ys, style, color=colors[name], marker="o", markersize=3, label=name)
         ax.set(xscale="log", yscale="log", xlabel="frames", ylabel=ylabel, title=title)
         ax.set_xticks(frames, [str(x) for x in frames], minor=False)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(suptitle)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

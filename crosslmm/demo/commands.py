@@ -8,12 +8,12 @@ import time
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from crosslmm.demo.synth import SynthSpec, generate
+    from crosslmm.demo.synth import SynthSpec, write_dataset
 
     spec = SynthSpec(
         videos=args.videos, frames=args.frames, seed=args.seed, questions=tuple(args.questions.split(","))
     )
-    paths = generate(args.out, spec)
+    paths = write_dataset(args.out, spec)
     print(
         f"wrote {args.videos} videos of {args.frames} frames to {args.out}: "
         + ", ".join(p.name for p in paths.values())

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from crosslmm.demo.synth import SynthSpec, generate, is_correct, question_of
+from crosslmm.demo.synth import SynthSpec, is_correct, question_of, write_dataset
 
 logger = logging.getLogger("crosslmm.demo")
 
@@ -196,7 +196,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
     settings.validate()
     root = Path(out)
     data_dir = root / "data"
-    paths = generate(data_dir, settings.data)
+    paths = write_dataset(data_dir, settings.data)
     mixture = write_mixture(data_dir)
     test = json.loads(paths["test"].read_text())
     grid = settings.data.size // settings.patch_size
@@ -307,18 +307,19 @@ def markdown_table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Bar chart of accuracy per variant and accuracy against prefill FLOPs, side by side."""
-    import matplotlib
+    """Bar chart of accuracy per variant and accuracy against prefill FLOPs, side by side.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A bare ``Figure`` (no pyplot) renders with Agg when saved: no global backend switch."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     rows = report["rows"]
     names = [r["variant"] for r in rows]
     acc = [r["accuracy"] for r in rows]
     err = [r["accuracy_std"] for r in rows]
     colours = ["#555555", "#d62728", "#1f77b4", "#9467bd", "#2ca02c"]
-    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    bars, scatter = fig.subplots(1, 2)
     bars.bar(names, acc, yerr=err, color=colours, capsize=4)
     bars.axhline(CHANCE, ls="--", color="k", lw=1)
     bars.text(len(rows) - 0.5, CHANCE + 0.01, "chance", ha="right", va="bottom", fontsize=8)
@@ -337,14 +338,13 @@ def plot(report: dict, path: Path) -> None:
             fontsize=8,
         )
     scatter.set_xscale("log")
-    scatter.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    scatter.xaxis.set_minor_formatter(NullFormatter())
     scatter.set_ylim(0, 1.05)
     scatter.set_xlabel("prefill MFLOPs per sample (analytic)")
     scatter.set_ylabel("test accuracy")
     scatter.set_title("accuracy vs. prefill cost")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(root: Path, report: dict) -> dict[str, Path]:

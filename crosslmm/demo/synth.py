@@ -197,7 +197,7 @@ def process_results(doc, results):
 '''
 
 
-def generate(out: str | os.PathLike, spec: SynthSpec, progress: bool = True) -> dict[str, Path]:
+def write_dataset(out: str | os.PathLike, spec: SynthSpec, progress: bool = True) -> dict[str, Path]:
     """Write videos/*.mp4, train.json, test.json, the lmms-eval task (YAML + hooks) and spec.json to ``out``.
 
     Everything is a function of ``spec`` (one numpy Generator seeded with ``spec.seed``), so the same spec

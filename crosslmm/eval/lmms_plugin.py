@@ -11,7 +11,6 @@ lmms-eval shards the documents by ``rank``/``world_size``.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from collections.abc import Callable
@@ -23,31 +22,14 @@ from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from crosslmm.eval.compat import skip_filelock3_patch_on_filelock4
 from crosslmm.inference import FrameSampling, build_prompt, continuation_nll, generate, load, load_frames
 
 DEFAULT_MAX_NEW_TOKENS = 64  # when neither model_args nor the task set a budget
 
 
-def _skip_filelock3_patch_on_filelock4() -> None:
-    """Let lmms-eval 0.7.3 run next to filelock >= 4 (a dependency conflict we cannot pin away: torch,
-    datasets and huggingface_hub all accept filelock 4).
-
-    ``simple_evaluate`` first patches filelock 3.x's lock metaclass through ``import filelock._api``; in
-    filelock 4 that module is gone, so every run dies with ModuleNotFoundError before evaluating. filelock
-    4 has its own per-path singleton locks, so the patch is skipped by marking it applied (the guard
-    lmms-eval itself checks). With filelock 3.x installed nothing is touched. Runs when lmms-eval imports
-    this module for ``--model crosslmm``, which it does before ``simple_evaluate`` reaches the patch.
-    """
-    if importlib.util.find_spec("filelock._api") is not None:
-        return
-    from lmms_eval import evaluator
-
-    patch = getattr(evaluator, "_enable_reentrant_filelocks", None)
-    if patch is not None:
-        patch._patched = True
-
-
-_skip_filelock3_patch_on_filelock4()
+# Before simple_evaluate reaches lmms-eval's filelock-3 patch (lmms-eval imports this module first).
+skip_filelock3_patch_on_filelock4()
 
 
 class CrossLMMEval(lmms):

@@ -11,7 +11,7 @@ class CrossLMMCache(DynamicCache):
     values computed once at prefill (as HF mllama keeps its cross-attention states).
 
     ``cross_kv[layer]`` holds (keys, values), each (B, KVH, F_max * N, head_dim), padded per sample;
-    ``frame_counts`` (B,) says how many frames of each row are real, each with ``original_tokens_per_frame``
+    ``frame_counts`` (B,) says how many frames of each row are real, each with ``patches_per_frame``
     keys. Generated tokens attend to all
     real frames of their sample, so decoding never re-encodes the video.
     """
@@ -20,11 +20,11 @@ class CrossLMMCache(DynamicCache):
         super().__init__(*args, **kwargs)
         self.cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.frame_counts: torch.Tensor | None = None
-        self.original_tokens_per_frame = 0
+        self.patches_per_frame = 0
 
-    def set_visual_memory(self, frame_counts: torch.Tensor, original_tokens_per_frame: int) -> None:
+    def set_visual_memory(self, frame_counts: torch.Tensor, patches_per_frame: int) -> None:
         self.frame_counts = frame_counts
-        self.original_tokens_per_frame = original_tokens_per_frame
+        self.patches_per_frame = patches_per_frame
 
     @property
     def has_visual_memory(self) -> bool:

@@ -35,15 +35,17 @@ class CrossAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.gate = nn.Parameter(torch.zeros(1))
 
-    def project_memory(self, memory: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory (F, N, Dm) -> keys, values (F, N, KVH, head_dim), ``chunk_frames`` frames at a time so the
-        normalised copy of the memory never exists for all frames at once."""
+    def project_memory(
+        self, memory: torch.Tensor, vision_chunk_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (F, N, Dm) -> keys, values (F, N, KVH, head_dim), ``vision_chunk_size`` frames at a time
+        (the chunk the vision tower runs in) so the normalised memory never exists for all frames at once."""
         frames, n, _ = memory.shape
         k = v = None
-        for start in range(0, frames, chunk_frames):
-            normed = self.memory_norm(memory[start : start + chunk_frames])
+        for start in range(0, frames, vision_chunk_size):
+            normed = self.memory_norm(memory[start : start + vision_chunk_size])
             k_chunk, v_chunk = self.k_proj(normed), self.v_proj(normed)
-            if frames <= chunk_frames:
+            if frames <= vision_chunk_size:
                 k, v = k_chunk, v_chunk
                 break
             if k is None:
@@ -51,8 +53,8 @@ class CrossAttention(nn.Module):
                     k_chunk.new_empty((frames, *k_chunk.shape[1:])),
                     v_chunk.new_empty((frames, *v_chunk.shape[1:])),
                 )
-            k[start : start + chunk_frames] = k_chunk
-            v[start : start + chunk_frames] = v_chunk
+            k[start : start + vision_chunk_size] = k_chunk
+            v[start : start + vision_chunk_size] = v_chunk
         shape = (frames, n, self.num_kv_heads, self.head_dim)
         return k.view(shape), v.view(shape)
 
@@ -103,7 +105,9 @@ def _pad_batch(per_sample: list[torch.Tensor]) -> torch.Tensor:
 
 
 class DualCrossAttentionLayer(GradientCheckpointingLayer):
-    """V2V and T2V cross-attention (either may be off) plus an optional gated MLP, after one decoder layer."""
+    """V2V and T2V cross-attention (either may be off) plus an optional gated MLP, after one decoder layer.
+
+    This is the paper's DCAL (dual cross-attention layer); the docs and benchmarks call it by that name."""
 
     def __init__(self, config, layer_idx: int, memory_dim: int):
         super().__init__()
@@ -111,7 +115,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.tokens_per_frame = config.tokens_per_frame
         self.v2v_scope = config.v2v_scope
-        self.chunk_frames = config.vision_chunk_size
+        self.vision_chunk_size = config.vision_chunk_size
         self.v2v = CrossAttention(text_config, memory_dim) if config.v2v else None
         self.t2v = CrossAttention(text_config, memory_dim) if config.t2v else None
         self.mlp = GatedMLP(text_config) if config.cross_attention_mlp else None
@@ -137,9 +141,9 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
             out = out.index_add(0, layout.video_positions, self._v2v(flat, layout, memory).to(flat.dtype))
             updated.append(layout.video_positions)
         if self.t2v is not None and (layout.text_groups or (memory is not None and cache is not None)):
-            keys, values, frame_tokens = self._t2v_memory(layout, memory, cache)
+            keys, values, patches_per_frame = self._t2v_memory(layout, memory, cache)
             if layout.text_groups:
-                positions, update = self._t2v(flat, layout, keys, values, frame_tokens)
+                positions, update = self._t2v(flat, layout, keys, values, patches_per_frame)
                 out = out.index_add(0, positions, update.to(flat.dtype))
                 updated.append(positions)
         if self.mlp is not None and updated:
@@ -153,12 +157,12 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         if self.v2v_scope == "frame":  # frames are the batch: no mask; chunks bound the K/V held at once
             queries = queries.view(memory.shape[0], self.tokens_per_frame, -1)
             updates = []
-            for start in range(0, memory.shape[0], self.chunk_frames):
-                chunk = slice(start, start + self.chunk_frames)
-                keys, values = self.v2v.project_memory(memory[chunk], self.chunk_frames)
+            for start in range(0, memory.shape[0], self.vision_chunk_size):
+                chunk = slice(start, start + self.vision_chunk_size)
+                keys, values = self.v2v.project_memory(memory[chunk], self.vision_chunk_size)
                 updates.append(self.v2v(queries[chunk], keys.transpose(1, 2), values.transpose(1, 2)))
             return torch.cat(updates).flatten(0, 1)
-        keys, values = self.v2v.project_memory(memory, self.chunk_frames)
+        keys, values = self.v2v.project_memory(memory, self.vision_chunk_size)
         per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
         updates, start = [], 0
         for b, n in enumerate(layout.frame_counts.tolist()):
@@ -171,13 +175,13 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
     def _t2v_memory(
         self, layout: VisualLayout, memory: torch.Tensor | None, cache: CrossLMMCache | None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-        """Per-sample T2V keys/values (1, KVH, M_b, hd) and original tokens per frame.
+        """Per-sample T2V keys/values (1, KVH, M_b, hd) and ``patches_per_frame`` (original tokens per frame).
 
         At prefill they are projected from ``memory`` and stored in ``cache`` (even when no prompt text
         follows a video: the generated tokens will need them); when decoding they come from the cache.
         """
         if memory is not None:
-            keys, values = self.t2v.project_memory(memory, self.chunk_frames)
+            keys, values = self.t2v.project_memory(memory, self.vision_chunk_size)
             per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
             if cache is not None:
                 cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))
@@ -189,7 +193,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         padded_k, padded_v = cache.cross_kv[self.layer_idx]
         per_sample_k = [padded_k[b : b + 1] for b in range(padded_k.shape[0])]
         per_sample_v = [padded_v[b : b + 1] for b in range(padded_v.shape[0])]
-        return per_sample_k, per_sample_v, cache.original_tokens_per_frame
+        return per_sample_k, per_sample_v, cache.patches_per_frame
 
     def _t2v(
         self,
@@ -197,12 +201,12 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         layout: VisualLayout,
         per_sample_k: list[torch.Tensor],
         per_sample_v: list[torch.Tensor],
-        tokens_per_frame: int,
+        patches_per_frame: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions and updates for text tokens; each sees only the frames that precede it."""
         updates = []
         for group in layout.text_groups:
-            span = group.visible_frames * tokens_per_frame
+            span = group.visible_frames * patches_per_frame
             k = per_sample_k[group.sample][:, :, :span]
             v = per_sample_v[group.sample][:, :, :span]
             updates.append(self.t2v(flat[group.positions][None], k, v)[0])

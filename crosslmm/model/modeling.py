@@ -227,15 +227,18 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         elif isinstance(cache, CrossLMMCache) and cache.has_visual_memory:
             layout = decode_layout(inputs_embeds.shape[:2], mask_2d, cache.frame_counts)
 
-        hidden = self._decode(
+        hidden = self._run_decoder(
             inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
         )
         return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache if use_cache else None)
 
-    def _decode(
+    def _run_decoder(
         self, inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
     ):
-        """The stock decoder loop of Qwen2Model/LlamaModel with a cross-attention layer after chosen layers."""
+        """The stock decoder loop of Qwen2Model/LlamaModel with a cross-attention layer after chosen layers.
+
+        Runs the prompt (prefill, ``memory`` given) and each generation step (``memory`` None, T2V keys and
+        values from ``cache``) alike."""
         lm = self.language_model
         if position_ids is None:
             position_ids = (
