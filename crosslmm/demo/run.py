@@ -1,7 +1,7 @@
 """``crosslmm demo``: the paper's claim on a laptop CPU, end to end through the real training and eval paths.
 
 Five tiny models that differ only in the visual path (every other weight, the data, the optimiser and the
-number of optimiser steps are the same) are trained with :func:`crosslmm.train.main` on the synthetic
+number of optimiser steps are the same) are trained with :func:`crosslmm.training.run.train` on the synthetic
 marker task (:mod:`crosslmm.demo.synth`) and scored through :mod:`crosslmm.inference`, the functions the
 lmms-eval plugin calls. The table puts accuracy next to the LLM's sequence length and the analytic prefill
 FLOPs, so one can see what pooling to one token per frame costs in accuracy and what the cross-attention
@@ -15,7 +15,7 @@ import logging
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -164,7 +164,8 @@ def evaluate(
 def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: Path, run_dir: Path) -> float:
     """Build the variant's tiny model and train it with the real entry point; returns wall seconds."""
     from crosslmm.model.factory import TinySpec, make_tiny, save_model_dir
-    from crosslmm.train import main as train_main
+    from crosslmm.training.config import load_config
+    from crosslmm.training.run import train
 
     spec = TinySpec(layers=settings.llm_layers, image_size=settings.data.size, patch_size=settings.patch_size)
     model, processor = make_tiny(
@@ -172,22 +173,19 @@ def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: 
     )
     init_dir = run_dir / "init"
     save_model_dir(model, processor, init_dir)
-    start = time.perf_counter()
-    code = train_main(
-        [
-            "--config",
-            str(DEMO_CONFIG),
-            f"model={init_dir}",
-            f"output_dir={run_dir}",
-            f"data.mixture={mixture}",
-            f"data.num_frames={settings.data.frames}",
-            f"max_steps={settings.steps}",
-            f"per_device_batch_size={settings.batch_size}",
-            f"seed={seed}",
-        ]
+    recipe = load_config(str(DEMO_CONFIG), validate=False)
+    config = replace(
+        recipe,
+        model=str(init_dir),
+        output_dir=str(run_dir),
+        data=replace(recipe.data, mixture=str(mixture), num_frames=settings.data.frames),
+        max_steps=settings.steps,
+        per_device_batch_size=settings.batch_size,
+        seed=seed,
     )
-    if code:
-        raise RuntimeError(f"training {variant.name} (seed {seed}) failed with exit code {code}")
+    config.validate()
+    start = time.perf_counter()
+    train(config)
     return time.perf_counter() - start
 
 
