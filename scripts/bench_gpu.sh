@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's real-scale benchmark in one go: crosslmm-7b-9tok with random bf16 weights on one CUDA GPU,
+# The real-scale benchmark in one go: crosslmm-7b-9tok with random bf16 weights on one CUDA GPU,
 # 32-256 frames, the paper's Fig. 4 beside ours (docs/efficiency.md, "GPU benchmark at 7B scale").
 # Usage: scripts/bench_gpu.sh [DEST] [extra `crosslmm bench speed` options]
 # Writes DEST/efficiency_gpu.{json,md,png,log} (DEST default docs). Wheels in .whl/ are installed first

@@ -33,7 +33,7 @@ def coloured_frames(n: int, seed: int, size: int = 40) -> np.ndarray:
 def video_dependent_model(**config):
     """A tiny CrossLMM with every gate open (tanh(3) ~ 1): greedy answers differ between
     :func:`coloured_frames` videos, so tests of batching, caching and the plugin can fail."""
-    from crosslmm.model.factory import TinySpec, make_tiny
+    from crosslmm.model.tiny import TinySpec, make_tiny
 
     model, processor = make_tiny(TinySpec(), seed=0, **({"v2v": True, "t2v": True} | config))
     set_gates(model, 3.0)

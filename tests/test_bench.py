@@ -1,5 +1,6 @@
-"""Benchmarks: the analytic FLOPs against ``FlopCounterMode`` on the real CrossLMM, and smoke runs of both
-``crosslmm bench`` commands (keys and files only: no timing thresholds in tests)."""
+"""Benchmarks: smoke runs of the ``crosslmm bench`` commands (no timing thresholds in tests: their verdicts
+and ratios are checked against the measured numbers). The analytic FLOPs against ``FlopCounterMode`` on
+the real CrossLMM are in test_flops_analytic.py."""
 
 from __future__ import annotations
 
@@ -8,45 +9,9 @@ import json
 import pytest
 import torch
 
-from crosslmm.bench.flops import flop_counter, prefill_flops
+from crosslmm.bench.flops import prefill_flops
+from crosslmm.bench.report import loglog_slope
 from crosslmm.cli import main
-from crosslmm.model.factory import TinySpec, make_tiny
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {},
-        {"v2v_scope": "video", "cross_attention_mlp": True},
-        {"cross_attention_kv_source": "projector", "t2v": False},
-        {"pooling_position": "after_projector", "projector_type": "linear", "vision_feature_layer": -2},
-    ],
-    ids=["default", "video-scope+mlp", "projector-kv+v2v-only", "pool-after+linear+layer-2"],
-)
-@pytest.mark.parametrize("all_positions", [False, True])
-def test_analytic_flops_match_counted_forward(fields, all_positions):
-    """Every component of ``prefill_flops`` (tower, projector, decoder, DCALs, LM head) against a counted
-    forward pass of the real model with a [prefix][video][text] prompt."""
-    model, _ = make_tiny(TinySpec(), **fields)
-    cfg = model.config
-    frames, prefix, text = 3, 5, 7
-    input_ids = torch.cat(
-        [
-            torch.randint(10, 100, (prefix,)),
-            torch.full((frames * cfg.tokens_per_frame,), cfg.video_token_id),
-            torch.randint(10, 100, (text,)),
-        ]
-    )[None]
-    size = cfg.vision_config.image_size
-    with torch.no_grad(), flop_counter() as counter:
-        model(
-            input_ids=input_ids,
-            pixel_values_videos=torch.randn(1, frames, 3, size, size),
-            use_cache=False,
-            logits_to_keep=0 if all_positions else 1,
-        )
-    analytic = prefill_flops(cfg, frames, text, prefix_tokens=prefix, lm_head_all_positions=all_positions)
-    assert analytic.total == pytest.approx(counter.get_total_flops(), rel=0.02)
 
 
 def test_bench_flops_writes_table_json_and_plot(tmp_path, capsys):
@@ -77,8 +42,22 @@ def test_bench_speed_quick_writes_table_json_and_plot(tmp_path):
     assert set(result["peak_activation_mb"]) == variants
     assert set(result["decode_step_s"]) == variants - {"vision tower"}
     assert set(result["slope"]) == variants
-    assert len(result["targets"]) == 5 and all("met" in t for t in result["targets"])
-    assert result["prefill_s"]["CrossLMM"]["4"] > 0
+    prefill = result["prefill_s"]
+    assert all(set(times) == {"2", "4"} for times in prefill.values())
+    crosslmm_times = [prefill["CrossLMM"]["2"], prefill["CrossLMM"]["4"]]
+    assert result["slope"]["CrossLMM"] == pytest.approx(loglog_slope([2, 4], crosslmm_times))
+    targets = {t["name"]: t for t in result["targets"]}
+    assert len(targets) == 5
+    full_ratio = targets["prefill CrossLMM / full-token at 4 frames"]
+    assert full_ratio["value"] == pytest.approx(prefill["CrossLMM"]["4"] / prefill["full-token"]["4"])
+    assert targets["prefill time slope, 2-4 frames"]["value"] == result["slope"]["CrossLMM"]
+    _assert_verdicts_follow_values(result["targets"])
+
+
+def _assert_verdicts_follow_values(targets: list[dict]) -> None:
+    """Each target's verdict is its measured value against its limit (no value: not met)."""
+    for target in targets:
+        assert target["met"] == (target["value"] is not None and target["value"] <= target["limit"]), target
 
 
 def _speed_preset(tmp_path, *extra: str) -> dict:
@@ -121,7 +100,12 @@ def test_bench_speed_preset_records_every_cell_and_survives_an_oom(tmp_path, mon
     assert result["variants"][scale.POOLED]["cross_attention_layers"] == []
     train = result["train_step"]
     assert train["finite"] and train["step_ms"] > 0 and train["trainable"] == ["projector", "v2v"]
-    assert all("met" in t for t in result["targets"])
+    targets = {t["name"]: t for t in result["targets"]}
+    assert set(targets) == {f"prefill CrossLMM / vision tower at {t} frames" for t in (1, 2)}
+    for t in ("1", "2"):
+        ratio = cells[scale.CROSSLMM][t]["prefill_ms"] / cells[scale.TOWER][t]["prefill_ms"]
+        assert targets[f"prefill CrossLMM / vision tower at {t} frames"]["value"] == pytest.approx(ratio)
+    _assert_verdicts_follow_values(result["targets"])
     out = capsys.readouterr().out
     assert "OOM" in out and "2019" in out and "20208" in out  # the paper's Fig. 4 beside ours
     assert (tmp_path / "speed.png").stat().st_size > 0

@@ -10,8 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, Qwen2F
 
 import crosslmm  # noqa: F401
 from crosslmm.cli import main
-from crosslmm.model.factory import TinySpec, tiny_text_config, train_tiny_tokenizer
-from crosslmm.model.vision import tiny_vision_config
+from crosslmm.model.tiny import TinySpec, tiny_text_config, tiny_vision_config, train_tiny_tokenizer
 
 
 @pytest.mark.parametrize(("llm", "vision"), [("qwen2", "siglip"), ("llama", "clip"), ("qwen2", "open_clip")])

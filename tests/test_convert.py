@@ -23,7 +23,7 @@ from crosslmm.cli import main as cli_main
 from crosslmm.convert import KeyMismatchError, export_llava_onevision
 from crosslmm.convert.llava_onevision import ADAPTER
 from crosslmm.data.synthetic import make_toy_dataset
-from crosslmm.model.factory import train_tiny_tokenizer
+from crosslmm.model.tiny import train_tiny_tokenizer
 from crosslmm.train import main as train_main
 
 IMAGE_SIZE, PATCH = 36, 4  # 9x9 patch grid: odd, so the source's ceil(9/2) = 5x5 pooling is exercised

@@ -15,8 +15,8 @@ from crosslmm.data.mixture import build_mixture
 from crosslmm.data.records import RecordError, load_records
 from crosslmm.data.synthetic import make_toy_dataset
 from crosslmm.data.video import FrameSampling
-from crosslmm.model.factory import TinySpec, make_tiny
 from crosslmm.model.processing import CrossLMMProcessor
+from crosslmm.model.tiny import TinySpec, make_tiny
 from crosslmm.training.config import load_config
 
 MULTI_TURN = [

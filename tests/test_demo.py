@@ -228,7 +228,7 @@ def answering_demo(tmp_path_factory) -> tuple[Path, Path, int]:
 @pytest.mark.slow
 def test_multiple_choice_agrees_with_generation_through_lmms_eval(answering_demo, tmp_path):
     """A model that answers the colour question by generation scores the same by multiple choice with
-    lmms-eval's default delimiter (issue 19: an option " red" appended after the assistant header, where the
+    lmms-eval's default delimiter (regression: an option " red" appended after the assistant header, where the
     model only ever wrote "red", scored this model at chance)."""
     pytest.importorskip("lmms_eval")
     data, model_dir, frames = answering_demo

@@ -1,15 +1,12 @@
-"""Analytic FLOPs: the paper's published numbers, sanity of the components, and agreement with
-``torch.utils.flop_counter`` on tiny HF models."""
+"""Analytic FLOPs on the real ``CrossLMMConfig`` (presets and tiny configs): the paper's published numbers,
+sanity of the components, and exact agreement with ``torch.utils.flop_counter`` on the tiny HF towers,
+the HF decoder and the whole CrossLMM prefill."""
 
 from __future__ import annotations
-
-import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import (
-    AutoConfig,
     CLIPVisionConfig,
     CLIPVisionModel,
     Qwen2Config,
@@ -26,28 +23,14 @@ from crosslmm.bench.flops import (
     prefill_flops,
     vision_tower_flops,
 )
+from crosslmm.model.configuration import CrossLMMConfig
+from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.presets import available_presets, load_config_yaml
 
 
-def _duck_config(data: dict) -> SimpleNamespace:
-    """A stand-in for CrossLMMConfig built from preset-style kwargs (same fields, same layer rule)."""
-    data = copy.deepcopy(data)
-    text = data.pop("text_config")
-    vision = data.pop("vision_config")
-    if isinstance(text, dict):
-        text = AutoConfig.for_model(text.pop("model_type"), **text)
-    if isinstance(vision, dict):
-        vision = AutoConfig.for_model(vision.pop("model_type"), **vision)
-    cfg = SimpleNamespace(text_config=text, vision_config=vision, **data)
-    every = cfg.cross_attention_every
-    cfg.resolved_cross_layers = lambda: (
-        list(range(every - 1, text.num_hidden_layers, every)) if every and (cfg.v2v or cfg.t2v) else []
-    )
-    return cfg
-
-
-def _preset(name: str, **overrides) -> SimpleNamespace:
-    return _duck_config({**load_config_yaml(name), **overrides})
+def _preset(name: str, **overrides) -> CrossLMMConfig:
+    """The real config of a preset, as the model and ``crosslmm bench flops`` build it."""
+    return CrossLMMConfig(**{**load_config_yaml(name), **overrides})
 
 
 def _max_rel_error(name: str, column: str, **kwargs) -> float:
@@ -74,8 +57,9 @@ def test_paper_7b_column_reproduced():
     """One GQA K/V projection per DCAL from raw encoder features hits Fig. 4 within 0.2 %."""
     assert _max_rel_error("crosslmm-7b-9tok", "7b") < 0.0025
     cfg = _preset("crosslmm-7b-9tok")
+    assert cfg.resolved_cross_layers() == [0, 4, 8, 12, 16, 20, 24]  # docs/model.md: 7 DCALs for 28 layers
     at_256 = paper_convention_flops(cfg, 256)
-    assert 0.82 < at_256.vision / at_256.total < 0.84  # the vision tower dominates, as PAPER.md says
+    assert 0.82 < at_256.vision / at_256.total < 0.84  # the vision tower dominates, as docs/paper.md says
 
 
 def test_paper_7b_column_rules_out_other_kv_counts():
@@ -131,6 +115,9 @@ def test_projector_and_cross_attention_follow_the_config():
 
 
 # --- agreement with torch's FlopCounterMode on tiny HF models ------------------------------------------
+# The analytic count and FlopCounterMode count the same matmuls (2 FLOPs per multiply-add, full S x S
+# scores, norms/softmax/pooling ignored), so they agree exactly: any tolerance would hide a missing
+# projector, LM head or DCAL.
 
 
 def _counted(module: torch.nn.Module, **inputs) -> int:
@@ -139,21 +126,29 @@ def _counted(module: torch.nn.Module, **inputs) -> int:
     return counter.get_total_flops()
 
 
-def _tiny_config(vision_config, attn_implementation: str = "eager") -> SimpleNamespace:
-    """The 2B preset's CrossLMM fields around a 2-layer Qwen2 and the given tiny vision tower."""
+def _tiny_config(vision_config, attn_implementation: str = "eager", **overrides) -> CrossLMMConfig:
+    """The 2B preset's CrossLMM fields around a 5-layer Qwen2 and the given tiny vision tower. With K=3 the
+    real rule puts DCALs after layers 0 and 3; the off-by-one rule (after K-1, 2K-1) would give one DCAL."""
     text = Qwen2Config(
         hidden_size=64,
         intermediate_size=160,
-        num_hidden_layers=2,
+        num_hidden_layers=5,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=512,
         attn_implementation=attn_implementation,
     )
-    fields = dict(text_config=text, vision_config=vision_config, tokens_per_frame=4, cross_attention_every=2)
-    return _duck_config({**load_config_yaml("crosslmm-2b-9tok"), **fields})
+    fields = dict(
+        text_config=text,
+        vision_config=vision_config,
+        tokens_per_frame=4,
+        cross_attention_every=3,
+        video_token_id=_VIDEO_TOKEN_ID,
+    )
+    return CrossLMMConfig(**{**load_config_yaml("crosslmm-2b-9tok"), **fields, **overrides})
 
 
+_VIDEO_TOKEN_ID = 7
 _VISION = dict(
     hidden_size=48,
     intermediate_size=96,
@@ -179,7 +174,7 @@ def test_vision_tower_matches_flop_counter(config_class, model_class, extra, att
     pixels = torch.randn(frames, 3, vision_config.image_size, vision_config.image_size)
     counted = _counted(model_class(vision_config).eval(), pixel_values=pixels)
     analytic = prefill_flops(_tiny_config(vision_config), frames, 10).vision
-    assert analytic == pytest.approx(counted, rel=0.02)
+    assert analytic == counted
     assert analytic == vision_tower_flops(vision_config, frames)
 
 
@@ -194,4 +189,49 @@ def test_llm_matches_flop_counter(all_positions, attn):
     input_ids = torch.randint(0, cfg.text_config.vocab_size, (1, seq))
     model = Qwen2ForCausalLM(cfg.text_config).eval()
     counted = _counted(model, input_ids=input_ids, use_cache=False, logits_to_keep=0 if all_positions else 1)
-    assert analytic.llm + analytic.lm_head == pytest.approx(counted, rel=0.02)
+    assert analytic.llm + analytic.lm_head == counted
+
+
+@pytest.mark.parametrize(
+    "overrides, all_positions",
+    [
+        ({}, False),
+        ({}, True),
+        ({"pooling_position": "after_projector"}, False),
+        ({"cross_attention_kv_source": "projector"}, False),
+        ({"v2v_scope": "video"}, False),
+        ({"projector_type": "linear"}, False),
+        ({"vision_feature_layer": -2}, False),
+        ({"v2v": False}, False),
+        ({"t2v": False, "cross_attention_kv_source": "projector"}, False),
+        ({"cross_attention_mlp": True}, False),
+        ({"cross_attention_mlp": True, "v2v_scope": "video"}, True),
+    ],
+)
+def test_whole_model_matches_flop_counter(overrides, all_positions):
+    """CrossLMMForCausalLM's whole prefill (tower, projector, decoder, DCALs, LM head) on the real config,
+    with a [prefix][video][text] prompt. SDPA everywhere (eager is covered per component above)."""
+    torch.manual_seed(0)
+    vision_config = SiglipVisionConfig(**_VISION, vision_use_head=False, attn_implementation="sdpa")
+    cfg = _tiny_config(vision_config, "sdpa", **overrides)
+    assert cfg.resolved_cross_layers() == [0, 3]
+    model = CrossLMMForCausalLM(cfg).eval()
+    frames, prefix, text = 3, 5, 10
+    input_ids = torch.cat(
+        [
+            torch.randint(10, 500, (1, prefix)),
+            torch.full((1, frames * cfg.tokens_per_frame), _VIDEO_TOKEN_ID),
+            torch.randint(10, 500, (1, text)),
+        ],
+        dim=1,
+    )
+    counted = _counted(
+        model,
+        input_ids=input_ids,
+        pixel_values_videos=torch.randn(1, frames, 3, vision_config.image_size, vision_config.image_size),
+        video_frame_counts=torch.tensor([frames]),
+        use_cache=False,
+        logits_to_keep=0 if all_positions else 1,
+    )
+    analytic = prefill_flops(cfg, frames, text, prefix_tokens=prefix, lm_head_all_positions=all_positions)
+    assert analytic.total == counted

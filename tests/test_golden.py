@@ -63,7 +63,7 @@ def versions() -> dict[str, str]:
 
 def compute_logits() -> dict[str, torch.Tensor]:
     """The recorded tensors of the logits reference (see the module docstring)."""
-    from crosslmm.model.factory import TinySpec, make_tiny
+    from crosslmm.model.tiny import TinySpec, make_tiny
 
     model, processor = make_tiny(TinySpec(), seed=0, v2v=True, t2v=True)
     set_gates(model, GATE)
@@ -93,7 +93,8 @@ def compute_logits() -> dict[str, torch.Tensor]:
 
 def train_losses(root: Path, name: str) -> dict[int, float]:
     """Run the 6-step stage-1 training in a fresh process; returns step -> loss from its metrics.jsonl."""
-    from crosslmm.model.factory import TinySpec, make_tiny, save_model_dir
+    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.tiny import TinySpec, make_tiny
 
     mixture = TOY / "mixture.yaml"
     assert mixture.exists(), f"missing {TOY} (the committed training input); record it with `{RECORD}`"

@@ -82,10 +82,15 @@ def test_batched_generate_matches_single_answers(tiny):
     assert answer(model, processor, a, "What colour is the marker?", max_new_tokens=6) == batched[0]
 
 
-def test_chat_answers_a_question(tiny_dir, video_path, capsys):
-    args = ["chat", "--model", tiny_dir, "--video", video_path, "--question", "What colour is the marker?"]
+def test_chat_answers_a_question(tiny, tiny_dir, video_path, capsys):
+    """The streamed answer is the one ``answer`` gives for the same model, video, question and frames."""
+    question = "What colour is the marker?"
+    args = ["chat", "--model", tiny_dir, "--video", video_path, "--question", question]
     assert main(args + ["--frames", "4", "--max-new-tokens", "6"]) == 0
-    assert capsys.readouterr().out.strip()
+    streamed = capsys.readouterr().out.strip()
+    model, processor = tiny
+    expected = answer(model, processor, video_path, question, num_frames=4, max_new_tokens=6).strip()
+    assert expected and streamed == expected
 
 
 def test_chat_bad_video_path_is_a_clear_error(tiny_dir, tmp_path, capsys):

@@ -115,7 +115,7 @@ def gated_dir(tiny_dir, tmp_path_factory) -> str:
     """The tiny model with every cross-attention gate open, so cross-attention runs in the plugin tests and
     what the plugin answers depends on the video (with gates at 0 the blocks add nothing)."""
     from crosslmm.inference import load
-    from crosslmm.model.factory import save_model_dir
+    from crosslmm.model.checkpoints import save_model_dir
 
     model, processor = load(tiny_dir)
     set_gates(model, 1.0)
@@ -281,12 +281,41 @@ def test_paper_table_reads_lmms_eval_results(tmp_path):
     assert header.count("|") == len(BENCHMARKS) + 2
     assert "| **ours**: crosslmm-2b (max_frames=64) | 55.0 | – | 50.0 | – | 58.2 | – | – |" in table
     assert "| CrossLMM-2B, 9 tok/frame (paper) | 63.5 | 63.5 | 51.8 | 61.0 | 59.1 | 61.3 | – |" in table
-    assert len(PAPER_ROWS) == 5
+    paper_rows = [line[2:].split(" (paper) |")[0] for line in table.splitlines() if " (paper) |" in line]
+    assert paper_rows == list(PAPER_ROWS)  # every paper row, once, in order
 
 
 def test_paper_table_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["paper-table", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
     assert "no *_results.json" in capsys.readouterr().err
+
+
+def _assert_mc_scores_are_the_librarys(model_dir: str, out: Path, docs_dir: Path, accuracy: float) -> None:
+    """The option scores lmms-eval logged are ``continuation_nll``'s for the same prompt and 4 frames, each
+    doc is right iff its lowest-scoring option is the answer (lmms-eval's argmin), and acc is their mean."""
+    from crosslmm.inference import build_prompt, continuation_nll, load
+
+    model, processor = load(model_dir)
+    docs = json.loads((docs_dir / "docs.json").read_text())
+    logged = {
+        s["doc_id"]: s
+        for f in out.rglob("*_samples_crosslmm_smoke_mc.jsonl")
+        for s in map(json.loads, f.open())
+    }
+    assert sorted(logged) == list(range(len(docs)))
+    correct = []
+    for doc_id, doc in enumerate(docs):
+        sample = logged[doc_id]
+        frames = load_frames(doc["video"], FrameSampling.resolve(max_frames=4))
+        prompt = build_prompt(processor, sample["input"])
+        nll = [
+            score
+            for score, _ in continuation_nll(model, processor, prompt, [frames], [" A", " B", " C", " D"])
+        ]
+        assert [float(score) for score, _ in sample["filtered_resps"]] == pytest.approx(nll, rel=1e-5)
+        correct.append(float(min(range(4), key=nll.__getitem__) == doc["answer_index"]))
+        assert sample["acc"] == correct[-1]
+    assert accuracy == pytest.approx(sum(correct) / len(correct))
 
 
 @pytest.mark.slow
@@ -303,7 +332,7 @@ def test_lmms_eval_cli_end_to_end(tiny_dir, tmp_path):
         tmp_path / "hf",
     )
     assert set(results) == {"crosslmm_smoke", "crosslmm_smoke_mc"}
-    assert 0.0 <= results["crosslmm_smoke_mc"]["acc,none"] <= 1.0
+    _assert_mc_scores_are_the_librarys(tiny_dir, out, tmp_path, results["crosslmm_smoke_mc"]["acc,none"])
     samples = [json.loads(line) for f in out.rglob("*_samples_crosslmm_smoke.jsonl") for line in f.open()]
     assert len(samples) == 3 and all(isinstance(s["filtered_resps"], str) for s in samples)
 

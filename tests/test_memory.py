@@ -13,7 +13,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from crosslmm.bench.memory import AFTER, BEFORE, MODES, MemorySpec, build, synthetic_batch, train_step
 from crosslmm.cli import main
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, encode_conversation
-from crosslmm.model.factory import TinySpec, make_tiny
+from crosslmm.model.tiny import TinySpec, make_tiny
 
 CONVERSATIONS = [
     [

@@ -10,10 +10,11 @@ from conftest import random_frames, set_gates, video_prompt
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 import crosslmm  # noqa: F401  (registers the Auto classes)
+from crosslmm.model.checkpoints import save_model_dir
 from crosslmm.model.configuration import CrossLMMConfig
-from crosslmm.model.factory import TinySpec, make_tiny, save_model_dir
+from crosslmm.model.connector import pool_frames
 from crosslmm.model.layout import prefill_layout
-from crosslmm.model.pooling import pool_frames
+from crosslmm.model.tiny import TinySpec, make_tiny
 
 
 def _inputs(processor, frames=(3,), question="What colour is the marker?"):
@@ -128,8 +129,10 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert not list(tmp_path.glob("*.bin"))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded).__name__ == "CrossLMMForCausalLM"
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    saved, restored = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(restored[name], tensor, rtol=0, atol=0, msg=name)
     proc2 = AutoProcessor.from_pretrained(tmp_path)
     inputs = _inputs(proc2)
     assert proc2.tokens_per_frame == processor.tokens_per_frame
@@ -210,12 +213,14 @@ def test_bad_config_values_raise(field, value, match):
 
 
 def test_config_contradicting_checkpoint_raises(tmp_path):
+    """A config whose shapes contradict the weights refuses to load instead of re-initialising them
+    (transformers prints the mismatched weights with both shapes in its load report)."""
     model, processor = make_tiny(TinySpec())
     save_model_dir(model, processor, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["text_config"]["intermediate_size"] = 96
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(Exception, match="intermediate|size|shape"):
+    with pytest.raises(RuntimeError, match="`ignore_mismatched_sizes` to `False`, thus raising an error"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).text_config.intermediate_size == 96
 

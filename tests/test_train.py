@@ -16,7 +16,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from crosslmm.data.synthetic import make_toy_dataset
-from crosslmm.model.factory import TinySpec, make_tiny, save_model_dir
+from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.tiny import TinySpec, make_tiny
 from crosslmm.training import checkpoint
 from crosslmm.training.params import component_of
 

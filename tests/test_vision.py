@@ -7,6 +7,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPVisionConfig, SiglipVisionModel
 
+from crosslmm.model.checkpoints import load_pretrained_vision_tower
+from crosslmm.model.tiny import tiny_vision_config
 from crosslmm.model.vision import (
     CLIPTower,
     OpenCLIPTower,
@@ -14,8 +16,6 @@ from crosslmm.model.vision import (
     SiglipTower,
     VisionTower,
     build_vision_tower,
-    load_pretrained_vision_tower,
-    tiny_vision_config,
     vision_config_from_dict,
 )
 

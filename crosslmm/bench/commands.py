@@ -83,7 +83,7 @@ def _flops(args: argparse.Namespace) -> int:
 
 
 def _llm_side_target(result: dict[str, Any]) -> dict[str, Any]:
-    """Issue #6: LLM-side FLOPs of CrossLMM-9 at most 1/20 of the 169-token baseline's, at 256 frames
+    """Target (docs/efficiency.md): LLM-side FLOPs of CrossLMM-9 at most 1/20 of the 169-token baseline's, at 256 frames
     (or the largest frame count asked for)."""
     frames = 256 if 256 in result["frames"] else result["frames"][-1]
     crosslmm = result["models"]["CrossLMM-9"]["flops"][frames]["llm_side"]

@@ -9,9 +9,9 @@ compute and what ``torch.utils.flop_counter.FlopCounterMode`` reports; norms, ac
 rotary embeddings, pooling and bias additions are ignored, as ``FlopCounterMode`` ignores them. So these
 numbers can be checked against a counted forward pass.
 
-``paper_convention_flops`` is the count that reproduces the paper's efficiency numbers (PAPER.md
-section 6): multiply-adds, no decoder attention scores, no LM head, one K/V projection per cross-attention
-layer. Only use it to compare with the published TFLOPs.
+``paper_convention_flops`` is the count that reproduces the paper's efficiency numbers (Fig. 4 /
+Table 6; docs/paper.md section 5): multiply-adds, no decoder attention scores, no LM head, one K/V projection
+per cross-attention layer. Only use it to compare with the published TFLOPs.
 
 The prompt is assumed to be laid out as ``[prefix text][T x tokens_per_frame pooled video][text]``: T2V
 queries are the text after the video (text before it sees no frames), V2V queries the pooled tokens.

@@ -32,10 +32,9 @@ import torch
 
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator
 from crosslmm.model.configuration import CrossLMMConfig
-from crosslmm.model.factory import TinySpec, tiny_text_config, train_tiny_tokenizer
 from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.processing import CrossLMMProcessor, build_image_processor
-from crosslmm.model.vision import tiny_vision_config
+from crosslmm.model.tiny import TinySpec, tiny_text_config, tiny_vision_config, train_tiny_tokenizer
 
 BEFORE, LABELLED, UINT8, AFTER = "before", "labelled logits", "uint8 frames", "after"
 # mode -> (LM head on every position, frames normalised to fp32 in the data path)

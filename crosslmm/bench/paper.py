@@ -1,7 +1,7 @@
-"""The paper's published efficiency numbers (PAPER.md section 6), in one place for the benchmarks to print
-beside ours. Measured by the authors on 8 H800s at 32/64/128/256 frames; the model size and tokens per frame
-of the CrossLMM column in Fig. 4 are not stated (the FLOPs fit the 7B at 9 tokens per frame, see
-``flops.paper_convention_flops``)."""
+"""The paper's published efficiency numbers (Fig. 4, Table 6; docs/paper.md section 5), in one place for the
+benchmarks to print beside ours. Measured by the authors on 8 H800s at 32/64/128/256 frames; the model size
+and tokens per frame of the CrossLMM column in Fig. 4 are not stated (the FLOPs fit the 7B at 9 tokens per
+frame, see ``flops.paper_convention_flops``)."""
 
 from __future__ import annotations
 

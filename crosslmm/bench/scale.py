@@ -412,7 +412,7 @@ def _value(cells: dict[str, dict[int, Any]], variant: str, frames: int, key: str
 
 
 def scale_targets(cells: dict[str, dict[int, Any]], frames: list[int]) -> list[Target]:
-    """Issue #13's targets for the 7B preset on an H100/H200-class GPU, each at the frame count it names
+    """docs/efficiency.md's targets for the 7B preset on an H100/H200-class GPU, each at the frame count it names
     (left out where that frame count was not asked for). A cell that did not run (OOM) gives no value."""
 
     def ratio(a: float | None, b: float | None) -> float | None:

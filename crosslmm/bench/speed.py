@@ -126,8 +126,10 @@ def share_weights(base: CrossLMMForCausalLM, config: CrossLMMConfig) -> CrossLMM
     with torch.device("meta"):
         model = CrossLMMForCausalLM(config)
     inner, source = model.model, base.model
-    for name in ("vision_tower", "projector", "language_model"):
+    for name in ("vision_tower", "language_model"):
         setattr(inner, name, getattr(source, name))
+    for name, layer in source.projector.named_children():  # its weights; pooling stays as config says
+        setattr(inner.projector, name, layer)
     if missing := sorted(set(inner.cross_layers) - set(source.cross_layers)):
         raise ValueError(f"the base model has no cross-attention layers {missing} to share")
     inner.cross_layers = nn.ModuleDict({i: source.cross_layers[i] for i in inner.cross_layers})
@@ -338,7 +340,7 @@ def run_speed(
 
 
 def _targets(results: dict[str, Any], frames: list[int]) -> list[Target]:
-    """The issue's speed targets, each at the frame count it names when it was measured (else the
+    """docs/efficiency.md's speed targets, each at the frame count it names when it was measured (else the
     nearest measured one), so the smoke settings still produce every key."""
     prefill, decode, peak = results["prefill_s"], results["decode_step_s"], results["peak_activation_mb"]
     at_64 = min(prefill[FULL], key=lambda t: abs(t - 64))

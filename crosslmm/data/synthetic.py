@@ -1,7 +1,9 @@
-"""A toy video-QA dataset (coloured marker on noise) for CPU training runs, tests and demos.
+"""A toy video-QA dataset (coloured marker on noise) for CPU training runs and tests.
 
 The answer (the marker's colour) is visible in every frame, so a tiny model's loss drops within a few
-steps, which is what the end-to-end tests check.
+steps, which is what the end-to-end tests check. It also exercises every input format of the data pipeline
+(a JSONL of multi-turn video records, a JSON of image records, a mixture YAML). The demo's dataset
+(``crosslmm/demo/synth.py``) is a different experiment: its answer hides in one patch of a few frames.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from PIL import Image
 
 from crosslmm.data.video import write_video
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+# The answer colours of both synthetic datasets (this toy one and the demo's, crosslmm/demo/synth.py). Fully
+# saturated: the demo relies on its marker being the only pixels at 0 or 255.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+}
 
 
 def make_toy_dataset(

@@ -116,8 +116,8 @@ class FrameSampling:
         return load_video(path, **dataclasses.asdict(self), **kwargs)
 
 
-# The paper's SFT rule (PAPER.md section 4: 64-512 frames), also the evaluation default, so a model is
-# evaluated on the frame counts it was trained on.
+# The paper's SFT rule (Table 3: 64-512 frames; docs/paper.md section 3), also the evaluation default, so a
+# model is evaluated on the frame counts it was trained on.
 DEFAULT_SAMPLING = FrameSampling(fps=1.0, min_frames=64, max_frames=512)
 
 

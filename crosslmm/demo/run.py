@@ -22,11 +22,12 @@ import torch
 from tqdm import tqdm
 
 from crosslmm.demo.synth import SynthSpec, is_correct, question_of, write_dataset
+from crosslmm.model.presets import CONFIG_DIR
 
 logger = logging.getLogger("crosslmm.demo")
 
 CHANCE = 0.25  # every question has four equally likely answers
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "demo.yaml"
+DEMO_CONFIG = CONFIG_DIR / "train" / "demo.yaml"
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ def evaluate(
 
 def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: Path, run_dir: Path) -> float:
     """Build the variant's tiny model and train it with the real entry point; returns wall seconds."""
-    from crosslmm.model.factory import TinySpec, make_tiny, save_model_dir
+    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.tiny import TinySpec, make_tiny
     from crosslmm.training.config import load_config
     from crosslmm.training.run import train
 

@@ -23,14 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from crosslmm.data.synthetic import COLOURS
 from crosslmm.data.video import write_video
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-}
 QUARTERS = ("first", "second", "third", "last")
 QUESTIONS = {
     "colour": "What colour is the marker?",

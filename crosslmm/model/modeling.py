@@ -17,10 +17,9 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from crosslmm.model.cache import CrossLMMCache
 from crosslmm.model.configuration import CrossLMMConfig
+from crosslmm.model.connector import PoolingProjector
 from crosslmm.model.cross_attention import CrossAttention, DualCrossAttentionLayer, GatedMLP
 from crosslmm.model.layout import VisualLayout, decode_layout, prefill_layout
-from crosslmm.model.pooling import pool_frames
-from crosslmm.model.projector import build_projector
 from crosslmm.model.vision import build_vision_tower
 
 IGNORE_INDEX = -100  # label of positions without a target, as in transformers' losses
@@ -87,9 +86,9 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
             raise ValueError("CrossLMMConfig.video_token_id is required (the tokenizer's <video> token id)")
         self.vision_tower = build_vision_tower(config.vision_config, config.vision_feature_layer)
         vision_dim, text_dim = self.vision_tower.hidden_size, config.text_config.hidden_size
-        self.projector = build_projector(config.projector_type, vision_dim, text_dim)
+        self.projector = PoolingProjector(config, vision_dim, text_dim)
         self.language_model = AutoModel.from_config(config.text_config)
-        memory_dim = vision_dim if config.cross_attention_kv_source == "encoder" else text_dim
+        memory_dim = self.projector.memory_dim
         self.cross_layers = nn.ModuleDict(
             {str(i): DualCrossAttentionLayer(config, i, memory_dim) for i in config.resolved_cross_layers()}
         )
@@ -145,21 +144,7 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         """frames (F, 3, H, W) -> pooled LLM embeddings (F, tokens_per_frame, D) and the cross-attention
         memory (F, N, Dm) of original tokens (None without cross-attention layers).
         """
-        cfg = self.config
-        original = self.encode_frames(frames)
-        projected = None
-        if cfg.pooling_position == "before_projector":
-            pooled = self.projector(
-                pool_frames(original, cfg.pooled_grid, cfg.pooling_mode, cfg.pooling_antialias)
-            )
-        else:
-            projected = self.projector(original)
-            pooled = pool_frames(projected, cfg.pooled_grid, cfg.pooling_mode, cfg.pooling_antialias)
-        if not self.cross_layers:
-            return pooled, None
-        if cfg.cross_attention_kv_source == "encoder":
-            return pooled, original
-        return pooled, projected if projected is not None else self.projector(original)
+        return self.projector(self.encode_frames(frames))
 
     def embed_video(
         self,

@@ -1,14 +1,17 @@
-"""Model variants as data: ``configs/model/<name>.yaml``, picked by name or by path."""
+"""Model variants as data: ``configs/model/<name>.yaml``, picked by name or by path; where configs/ lives."""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# Resolves in a source checkout or an editable install, where configs/ sits next to the package.
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+# The repository's configs/ directory, installed as the package crosslmm.configs (see pyproject.toml): the
+# same files from a source checkout, an editable install or a wheel.
+CONFIG_DIR = Path(str(files("crosslmm.configs")))
+PRESET_DIR = CONFIG_DIR / "model"
 
 
 def available_presets() -> list[str]:

@@ -22,13 +22,10 @@ Parameters that the selected feature never reaches (post-layernorm, pooling head
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -277,13 +274,6 @@ _TOWERS: dict[str, type[VisionTower]] = {
     "clip_vision_model": CLIPTower,
     OpenCLIPVisionConfig.model_type: OpenCLIPTower,
 }
-# model_type in a local HF checkpoint's config.json -> tower; full dual-encoder dirs load only the vision part.
-_HF_CHECKPOINT_TOWERS: dict[str, type[_HFTower]] = {
-    "siglip": SiglipTower,
-    "siglip_vision_model": SiglipTower,
-    "clip": CLIPTower,
-    "clip_vision_model": CLIPTower,
-}
 
 
 def _lookup(table: dict[str, _T], model_type: str | None, what: str) -> _T:
@@ -308,98 +298,3 @@ def build_vision_tower(vision_config: dict | PreTrainedConfig, feature_layer: in
     """Randomly initialised tower for a config object or its dict form."""
     config = vision_config_from_dict(vision_config) if isinstance(vision_config, dict) else vision_config
     return _lookup(_TOWERS, config.model_type, "vision tower").from_config(config, feature_layer)
-
-
-def _open_clip_visual_weights(path: Path) -> dict[str, torch.Tensor]:
-    """``visual.*`` weights of a hub-layout open_clip checkpoint, prefix stripped; the text tower is not read."""
-    safetensors_file = path / "open_clip_model.safetensors"
-    if safetensors_file.is_file():
-        with safe_open(str(safetensors_file), framework="pt") as f:
-            return {k.removeprefix("visual."): f.get_tensor(k) for k in f.keys() if k.startswith("visual.")}
-    bin_file = path / "open_clip_pytorch_model.bin"
-    if bin_file.is_file():
-        state = torch.load(bin_file, map_location="cpu", weights_only=True)
-        return {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    raise FileNotFoundError(
-        f"{path} has open_clip_config.json but neither {safetensors_file.name} nor {bin_file.name}"
-    )
-
-
-def _load_open_clip(path: Path, feature_layer: int) -> tuple[OpenCLIPTower, OpenCLIPVisionConfig]:
-    raw = json.loads((path / "open_clip_config.json").read_text())
-    model_cfg, preprocess_cfg = raw["model_cfg"], raw.get("preprocess_cfg", {})
-    config = OpenCLIPVisionConfig(
-        embed_dim=model_cfg["embed_dim"],
-        vision_cfg=model_cfg["vision_cfg"],
-        quick_gelu=model_cfg.get("quick_gelu", False),
-        image_mean=preprocess_cfg.get("mean"),
-        image_std=preprocess_cfg.get("std"),
-    )
-    tower = OpenCLIPTower(config, feature_layer)
-    tower.visual.load_state_dict(_open_clip_visual_weights(path))
-    return tower, config
-
-
-def _load_hf(path: Path, feature_layer: int) -> tuple[_HFTower, PreTrainedConfig]:
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    tower_cls = _lookup(_HF_CHECKPOINT_TOWERS, model_type, "HF vision checkpoint")
-    model = tower_cls.model_cls.from_pretrained(path)
-    # Normalisation lives in the image processor's file, not the model config; carry it in the config so it
-    # survives a to_dict() round trip.
-    processor_file = path / "preprocessor_config.json"
-    if processor_file.is_file():
-        processor = json.loads(processor_file.read_text())
-        for key in ("image_mean", "image_std"):
-            if key in processor:
-                setattr(model.config, key, list(processor[key]))
-    return tower_cls(model, feature_layer), model.config
-
-
-def load_pretrained_vision_tower(path: str, feature_layer: int) -> tuple[VisionTower, PreTrainedConfig]:
-    """Load a tower from a local dir: an open_clip hub layout (``open_clip_config.json``) or an HF checkpoint
-    (SiglipVisionModel/SiglipModel/CLIPVisionModel/CLIPModel; full models load only their vision part).
-
-    Returns the tower and the vision config to store in the parent config (rebuild with ``build_vision_tower``).
-    """
-    directory = Path(path)
-    if (directory / "open_clip_config.json").is_file():
-        return _load_open_clip(directory, feature_layer)
-    if (directory / "config.json").is_file():
-        return _load_hf(directory, feature_layer)
-    raise FileNotFoundError(f"{path} contains neither open_clip_config.json nor config.json")
-
-
-def tiny_vision_config(
-    kind: str,
-    image_size: int = 32,
-    patch_size: int = 8,
-    hidden_size: int = 32,
-    layers: int = 2,
-    heads: int = 2,
-) -> PreTrainedConfig:
-    """Small random-init config of each backend ("siglip", "clip", "open_clip") for tests and ``init-tiny``."""
-    transformer = dict(
-        hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-    if kind == "siglip":
-        return SiglipVisionConfig(**transformer, vision_use_head=False)  # LLaVA-OneVision drops the head too
-    if kind == "clip":
-        return CLIPVisionConfig(**transformer)
-    if kind == "open_clip":
-        return OpenCLIPVisionConfig(
-            embed_dim=hidden_size,
-            vision_cfg={
-                "image_size": image_size,
-                "patch_size": patch_size,
-                "width": hidden_size,
-                "layers": layers,
-                "head_width": hidden_size // heads,
-                "mlp_ratio": 4.0,
-            },
-        )
-    raise ValueError(f"Unknown tiny vision tower kind {kind!r}; supported: ['clip', 'open_clip', 'siglip']")

@@ -1,19 +1,19 @@
-"""Make complete model directories: tiny random ones for tests and demos, or composed from local HF checkpoints."""
+"""Tiny random models for tests, demos and ``crosslmm init-tiny``: a tokenizer trained offline, small configs
+of every supported LLM and vision backend, and ``make_tiny`` to put them together. Nothing here is used to build
+or load a real model (that is ``checkpoints.py``)."""
 
 from __future__ import annotations
 
-import inspect
-import os
 from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import CLIPVisionConfig, PreTrainedConfig, PreTrainedTokenizerFast, SiglipVisionConfig
 
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.processing import CHATML_TEMPLATE, VIDEO_TOKEN, CrossLMMProcessor, build_image_processor
-from crosslmm.model.vision import load_pretrained_vision_tower, tiny_vision_config
+from crosslmm.model.vision import OpenCLIPVisionConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", VIDEO_TOKEN]
 
@@ -82,6 +82,42 @@ def tiny_text_config(spec: TinySpec, vocab_size: int) -> dict:
     )
 
 
+def tiny_vision_config(
+    kind: str,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+) -> PreTrainedConfig:
+    """Small random-init config of each backend ("siglip", "clip", "open_clip") for tests and ``init-tiny``."""
+    transformer = dict(
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    if kind == "siglip":
+        return SiglipVisionConfig(**transformer, vision_use_head=False)  # LLaVA-OneVision drops the head too
+    if kind == "clip":
+        return CLIPVisionConfig(**transformer)
+    if kind == "open_clip":
+        return OpenCLIPVisionConfig(
+            embed_dim=hidden_size,
+            vision_cfg={
+                "image_size": image_size,
+                "patch_size": patch_size,
+                "width": hidden_size,
+                "layers": layers,
+                "head_width": hidden_size // heads,
+                "mlp_ratio": 4.0,
+            },
+        )
+    raise ValueError(f"Unknown tiny vision tower kind {kind!r}; supported: ['clip', 'open_clip', 'siglip']")
+
+
 def make_tiny(
     spec: TinySpec, seed: int = 0, **crosslmm_fields
 ) -> tuple[CrossLMMForCausalLM, CrossLMMProcessor]:
@@ -107,70 +143,6 @@ def make_tiny(
     model = CrossLMMForCausalLM(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = CrossLMMProcessor(
-        image_processor=build_image_processor(model.model.vision_tower),
-        tokenizer=tokenizer,
-        tokens_per_frame=config.tokens_per_frame,
-    )
-    return model, processor
-
-
-def save_model_dir(model: CrossLMMForCausalLM, processor: CrossLMMProcessor, out: str | os.PathLike) -> None:
-    """Everything ``from_pretrained`` and the processor need, weights as safetensors."""
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-
-
-def build_from_pretrained(
-    llm_dir: str, vision_dir: str, crosslmm_fields: dict
-) -> tuple[CrossLMMForCausalLM, CrossLMMProcessor]:
-    """Compose a CrossLMM from a local HF causal LM (Qwen2/Llama) and a local vision tower checkpoint.
-
-    The LLM and vision weights are copied exactly; projector and cross-attention layers are freshly
-    initialised (gates at zero). Shapes in ``crosslmm_fields`` (e.g. from ``configs/model/*.yaml``) must
-    agree with the checkpoints, otherwise the mismatch is reported instead of silently ignored.
-    """
-    fields = dict(crosslmm_fields)
-    known = set(inspect.signature(CrossLMMConfig.__init__).parameters) - {"self", "kwargs"}
-    if unknown := sorted(set(fields) - known):
-        raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
-    text_config = AutoConfig.from_pretrained(llm_dir)
-    vision_tower, vision_config = load_pretrained_vision_tower(
-        vision_dir, fields.get("vision_feature_layer", -1)
-    )
-    for name, loaded in (("text_config", text_config), ("vision_config", vision_config)):
-        wanted = fields.pop(name, None) or {}
-        clash = {
-            k: (v, getattr(loaded, k, None))
-            for k, v in wanted.items()
-            if k != "model_type" and getattr(loaded, k, None) != v
-        }
-        if clash:
-            raise ValueError(
-                f"{name} in the model config contradicts the checkpoint: "
-                + ", ".join(f"{k}: config {a!r} vs checkpoint {b!r}" for k, (a, b) in sorted(clash.items()))
-            )
-    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    if VIDEO_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
-    if len(tokenizer) > llm.config.vocab_size:  # never shrink: Qwen2.5 pads its vocab for speed
-        llm.resize_token_embeddings(len(tokenizer))
-    text_config = llm.config
-    config = CrossLMMConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **fields,
-    )
-    model = CrossLMMForCausalLM(config)
-    model.model.language_model.load_state_dict(llm.model.state_dict())
-    model.lm_head.load_state_dict(llm.lm_head.state_dict())
-    model.model.vision_tower.load_state_dict(vision_tower.state_dict())
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHATML_TEMPLATE
     processor = CrossLMMProcessor(
         image_processor=build_image_processor(model.model.vision_tower),
         tokenizer=tokenizer,
