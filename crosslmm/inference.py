@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from crosslmm.data.dataset import assistant_spans
-from crosslmm.data.video import FrameSampling, VideoLike, load_frames
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import VideoLike, load_frames
 from crosslmm.model import CrossLMMForCausalLM, CrossLMMProcessor  # importing registers the Auto classes
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

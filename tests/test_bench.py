@@ -70,40 +70,42 @@ def test_bench_speed_preset_records_every_cell_and_survives_an_oom(tmp_path, mon
     """The real-size path on CPU with the bench's tiny shapes (27x27 patches like SigLIP @ 384/14): every
     (variant, frames) cell, one of them out of memory, the training step, and the files."""
     from crosslmm.bench import scale
+    from crosslmm.bench.scale_setup import VARIANTS
+    from crosslmm.bench.variants import CROSSLMM, FULL, POOLED, TOWER
 
     measure = scale.measure_cell
 
     def full_token_at_2_frames_ooms(models, variant, frames, *args):
-        if (variant, frames) == (scale.FULL, 2):
+        if (variant, frames) == (FULL, 2):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return measure(models, variant, frames, *args)
 
     monkeypatch.setattr(scale, "measure_cell", full_token_at_2_frames_ooms)
     result = _speed_preset(tmp_path)
     cells = result["cells"]
-    assert set(cells) == set(scale.VARIANTS) and all(set(c) == {"1", "2"} for c in cells.values())
-    assert cells[scale.FULL]["2"] == "OOM"
+    assert set(cells) == set(VARIANTS) and all(set(c) == {"1", "2"} for c in cells.values())
+    assert cells[FULL]["2"] == "OOM"
     done = [(v, t, c) for v, by_frames in cells.items() for t, c in by_frames.items() if c != "OOM"]
     assert len(done) == 7
     for variant, frames, cell in done:
         assert cell["finite"] and cell["prefill_ms"] > 0 and len(cell["prefill_ms_runs"]) == 5
         assert cell["peak_mb"] is None  # not measured on a CPU
         # times are only compared within this run, as ratios
-        tower = cells[scale.TOWER][frames]["prefill_ms"]
+        tower = cells[TOWER][frames]["prefill_ms"]
         assert cell["ratio_to_tower"] == pytest.approx(cell["prefill_ms"] / tower)
-        if variant != scale.TOWER:
+        if variant != TOWER:
             assert cell["decode_step_ms"] > 0 and cell["cache_mb"] > 0
-    crosslmm, full = cells[scale.CROSSLMM]["1"], cells[scale.FULL]["1"]
+    crosslmm, full = cells[CROSSLMM]["1"], cells[FULL]["1"]
     assert (crosslmm["tokens_per_frame"], full["tokens_per_frame"]) == (9, 196)  # LLaVA-OV: 27x27 -> 14x14
     assert full["llm_tokens"] - crosslmm["llm_tokens"] == 196 - 9
     assert crosslmm["cross_cache_mb"] > 0 and full["cross_cache_mb"] == 0
-    assert result["variants"][scale.POOLED]["cross_attention_layers"] == []
+    assert result["variants"][POOLED]["cross_attention_layers"] == []
     train = result["train_step"]
     assert train["finite"] and train["step_ms"] > 0 and train["trainable"] == ["projector", "v2v"]
     targets = {t["name"]: t for t in result["targets"]}
     assert set(targets) == {f"prefill CrossLMM / vision tower at {t} frames" for t in (1, 2)}
     for t in ("1", "2"):
-        ratio = cells[scale.CROSSLMM][t]["prefill_ms"] / cells[scale.TOWER][t]["prefill_ms"]
+        ratio = cells[CROSSLMM][t]["prefill_ms"] / cells[TOWER][t]["prefill_ms"]
         assert targets[f"prefill CrossLMM / vision tower at {t} frames"]["value"] == pytest.approx(ratio)
     _assert_verdicts_follow_values(result["targets"])
     out = capsys.readouterr().out
@@ -113,7 +115,7 @@ def test_bench_speed_preset_records_every_cell_and_survives_an_oom(tmp_path, mon
 
 
 def test_oom_is_recorded_and_other_errors_raise():
-    from crosslmm.bench.scale import OOM, _guarded, is_oom
+    from crosslmm.bench.device import OOM, guarded, is_oom
 
     cpu = torch.device("cpu")
     for message in (
@@ -125,16 +127,16 @@ def test_oom_is_recorded_and_other_errors_raise():
         def fails(message=message):
             raise RuntimeError(message)
 
-        assert _guarded(fails, cpu) == OOM
+        assert guarded(fails, cpu) == OOM
     assert not is_oom(ValueError("out of memory"))
     with pytest.raises(RuntimeError, match="mat1 and mat2"):
-        _guarded(lambda: torch.ones(2, 3) @ torch.ones(2, 3), cpu)
+        guarded(lambda: torch.ones(2, 3) @ torch.ones(2, 3), cpu)
 
 
 def test_variants_share_weights_and_match_a_copy():
     """The pooled and full-token cells run CrossLMM's own tensors, and give what a copy of the weights gives."""
-    from crosslmm.bench.scale import FULL, POOLED, build_variants, load_preset, variant_configs
-    from crosslmm.bench.speed import make_inputs
+    from crosslmm.bench.scale_setup import build_variants, load_preset, variant_configs
+    from crosslmm.bench.variants import FULL, POOLED, make_inputs
     from crosslmm.model.modeling import CrossLMMForCausalLM
 
     models = build_variants(load_preset("mini-quick"), torch.device("cpu"), torch.float32)
@@ -153,7 +155,8 @@ def test_full_token_variant_of_the_7b_preset_is_llava_onevision():
     """196 tokens per frame from the projector's output, bilinear without antialias; the analytic count of
     that variant is the full-token baseline's of ``bench flops``."""
     from crosslmm.bench.flops import full_token_baseline_flops
-    from crosslmm.bench.scale import FULL, POOLED, load_preset, variant_configs
+    from crosslmm.bench.scale_setup import load_preset, variant_configs
+    from crosslmm.bench.variants import FULL, POOLED
 
     config = load_preset("crosslmm-7b-9tok")
     full = variant_configs(config)[FULL]
@@ -165,7 +168,8 @@ def test_full_token_variant_of_the_7b_preset_is_llava_onevision():
 
 
 def test_scale_targets_need_a_measured_value():
-    from crosslmm.bench.scale import CROSSLMM, FULL, TOWER, scale_targets
+    from crosslmm.bench.scale_targets import scale_targets
+    from crosslmm.bench.variants import CROSSLMM, FULL, TOWER
 
     cells = {
         TOWER: {128: {"prefill_ms": 100.0}, 256: {"prefill_ms": 200.0, "peak_mb": 900.0}},

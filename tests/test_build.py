@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import random_frames, video_prompt
+from helpers import random_frames, video_prompt
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, Qwen2ForCausalLM, SiglipVisionModel
 
 import crosslmm  # noqa: F401

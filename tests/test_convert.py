@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import greedy, random_frames, write_train_config
+from helpers import greedy, random_frames, write_train_config
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,

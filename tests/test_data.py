@@ -13,8 +13,8 @@ import yaml
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, VideoChatDataset, encode_conversation
 from crosslmm.data.mixture import build_mixture
 from crosslmm.data.records import RecordError, load_records
+from crosslmm.data.sampling import FrameSampling
 from crosslmm.data.synthetic import make_toy_dataset
-from crosslmm.data.video import FrameSampling
 from crosslmm.model.processing import CrossLMMProcessor
 from crosslmm.model.tiny import TinySpec, make_tiny
 from crosslmm.training.config import load_config

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_lmms_eval
+from helpers import run_lmms_eval
 
 from crosslmm.cli import main as cli
-from crosslmm.demo.run import DemoSettings, evaluate, train_variant, variants, write_mixture
+from crosslmm.demo.evaluate import evaluate
+from crosslmm.demo.run import train_variant, write_mixture
 from crosslmm.demo.synth import (
     COLOURS,
     QUARTERS,
@@ -23,6 +24,7 @@ from crosslmm.demo.synth import (
     quarter_of,
     write_dataset,
 )
+from crosslmm.demo.variants import DemoSettings, variants
 
 
 def test_synth_is_deterministic_for_a_seed(tmp_path):

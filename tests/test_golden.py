@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import coloured_frames, set_gates, video_prompt, write_train_config
+from helpers import coloured_frames, set_gates, video_prompt, write_train_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -67,7 +67,7 @@ def compute_logits() -> dict[str, torch.Tensor]:
 
     model, processor = make_tiny(TinySpec(), seed=0, v2v=True, t2v=True)
     set_gates(model, GATE)
-    with torch.no_grad():  # as in conftest.make_tiny_dir: greedy tokens that vary, not one echoed token
+    with torch.no_grad():  # as in helpers.make_tiny_dir: greedy tokens that vary, not one echoed token
         model.model.language_model.norm.weight.neg_()
     model.eval()
     inputs = processor(text=[video_prompt(processor)], videos=[coloured_frames(FRAMES, seed=FRAME_SEED)])

@@ -7,11 +7,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import random_frames
+from helpers import random_frames
 from PIL import Image
 
 from crosslmm.cli import main
-from crosslmm.data.video import FrameSampling, write_video
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import write_video
 from crosslmm.inference import (
     answer,
     build_prompt,

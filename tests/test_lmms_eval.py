@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_frames, run_lmms_eval, set_gates
+from helpers import random_frames, run_lmms_eval, set_gates
 from PIL import Image
 
 from crosslmm.cli import main
-from crosslmm.data.video import FrameSampling, load_frames, write_video
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import load_frames, write_video
 from crosslmm.eval.paper_numbers import BENCHMARKS, PAPER_ROWS
 from crosslmm.eval.paper_table import collect, render
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import random_frames, set_gates
+from helpers import random_frames, set_gates
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from crosslmm.bench.memory import AFTER, BEFORE, MODES, MemorySpec, build, synthetic_batch, train_step

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import random_frames, set_gates, video_prompt
+from helpers import random_frames, set_gates, video_prompt
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 import crosslmm  # noqa: F401  (registers the Auto classes)

@@ -8,7 +8,7 @@ import contextlib
 
 import pytest
 import torch
-from conftest import coloured_frames, video_dependent_model, video_prompt
+from helpers import coloured_frames, video_dependent_model, video_prompt
 
 MODES = ["fp32", "bf16 weights", "fp32 weights + bf16 autocast"]
 

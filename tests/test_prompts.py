@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import coloured_frames, greedy, video_dependent_model
+from helpers import coloured_frames, greedy, video_dependent_model
 
-from crosslmm.data.video import FrameSampling, load_frames, write_video
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import load_frames, write_video
 
 QUESTION = "What colour is the marker?"
 LAYOUTS = {

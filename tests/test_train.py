@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_frames, set_gates, video_prompt, write_train_config
+from helpers import random_frames, set_gates, video_prompt, write_train_config
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoProcessor
@@ -73,6 +73,7 @@ def run(args: list[str], env: dict | None = None, timeout: int = 600) -> subproc
     return subprocess.run(args, env=env or ENV, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_stage1_trains_only_projector_and_v2v(setup):
     root, write_config = setup
     config, out = write_config("stage1")
@@ -91,6 +92,7 @@ def test_stage1_trains_only_projector_and_v2v(setup):
     ]
 
 
+@pytest.mark.slow
 def test_unknown_key_is_a_clear_error(setup):
     _, write_config = setup
     config, _ = write_config("bad")
@@ -98,6 +100,7 @@ def test_unknown_key_is_a_clear_error(setup):
     assert result.returncode != 0 and "unknown config key(s) ['data.frames']" in result.stderr
 
 
+@pytest.mark.slow
 def test_crosslmm_train_trains_and_reports_config_errors_in_one_line(setup, capsys):
     """``crosslmm train`` is the same library call in one process; a bad config is one line, no traceback."""
     from crosslmm.cli import main as cli
@@ -266,6 +269,7 @@ def test_killed_mid_save_then_resumed_matches_uninterrupted(setup):
     assert [after[s] for s in range(3, 7)] == [reference[s] for s in range(3, 7)]
 
 
+@pytest.mark.slow
 def test_lora_final_dir_is_merged_and_loadable(setup):
     root, write_config = setup
     lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}

@@ -13,15 +13,8 @@ import pytest
 from PIL import Image
 
 from crosslmm.data import video as video_mod
-from crosslmm.data.video import (
-    DEFAULT_SAMPLING,
-    FrameSampling,
-    VideoClip,
-    VideoError,
-    load_video,
-    sample_indices,
-    write_video,
-)
+from crosslmm.data.sampling import DEFAULT_SAMPLING, FrameSampling, sample_indices
+from crosslmm.data.video import VideoClip, VideoError, load_video, write_video
 
 N_FRAMES, SRC_FPS, H, W = 30, 10.0, 48, 64
 

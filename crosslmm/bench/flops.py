@@ -16,11 +16,11 @@ per cross-attention layer. Only use it to compare with the published TFLOPs.
 The prompt is assumed to be laid out as ``[prefix text][T x tokens_per_frame pooled video][text]``: T2V
 queries are the text after the video (text before it sees no frames), V2V queries the pooled tokens.
 The configs are duck-typed: anything with ``CrossLMMConfig``'s fields and ``resolved_cross_layers()``.
+Layer shapes are read from them in ``shapes.py``; the sweep of ``crosslmm bench flops`` is ``flops_report.py``.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from crosslmm.bench.paper import FIG4_CROSSLMM, TABLE6_CROSSLMM_2B
+from crosslmm.bench.shapes import DecoderShape, ViTShape, grid_tokens, linear_flops
 
 # Published TFLOPs at 32/64/128/256 frames. 7B: Fig. 4 (tokens per frame not stated; 9 fits).
 # 2B: Table 6 (tokens per frame not stated; only 1 fits, see paper_convention_flops).
@@ -65,128 +66,23 @@ class FlopsBreakdown:
         return {**asdict(self), "llm": self.llm, "llm_side": self.llm_side, "total": self.total}
 
 
-@dataclass(frozen=True)
-class _Decoder:
-    """Shapes of a Qwen2/Llama decoder, with head_dim defaulting to hidden/heads as in HF."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-
-    @classmethod
-    def from_config(cls, text_config: Any) -> _Decoder:
-        heads = text_config.num_attention_heads
-        return cls(
-            hidden=text_config.hidden_size,
-            intermediate=text_config.intermediate_size,
-            layers=text_config.num_hidden_layers,
-            heads=heads,
-            kv_heads=getattr(text_config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // heads,
-            vocab=text_config.vocab_size,
-        )
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def dense(self, tokens: int) -> int:
-        """All decoder layers' projections and SwiGLU MLPs on ``tokens`` positions."""
-        attn = _linear(tokens, self.hidden, self.q_dim) + 2 * _linear(tokens, self.hidden, self.kv_dim)
-        attn += _linear(tokens, self.q_dim, self.hidden)
-        return self.layers * (attn + self.swiglu(tokens))
-
-    def swiglu(self, tokens: int) -> int:
-        return 3 * _linear(tokens, self.hidden, self.intermediate)
-
-    def scores(self, queries: int, keys: int) -> int:
-        """QK^T and AV; GQA shares K/V across query heads but not the work, so it is ``heads`` wide."""
-        return 2 * 2 * queries * keys * self.q_dim
-
-
-def _linear(tokens: int, d_in: int, d_out: int) -> int:
-    return 2 * tokens * d_in * d_out
-
-
-@dataclass(frozen=True)
-class _ViT:
-    """Shapes of a ViT tower, read from an HF SigLIP/CLIP vision config or an ``open_clip_vision`` one."""
-
-    width: int
-    mlp: int
-    layers: int
-    grid: int  # patch tokens per frame
-    patch_inputs: int  # channels * patch^2, the patch-embedding conv's fan-in
-    class_tokens: int  # run through the tower, dropped before pooling
-
-    @classmethod
-    def from_config(cls, vision_config: Any) -> _ViT:
-        if vision_config.model_type == "open_clip_vision":
-            from open_clip.model import CLIPVisionCfg  # lazy: open_clip imports timm, which is slow
-
-            cfg = CLIPVisionCfg(**(vision_config.vision_cfg or {}))
-            patch = _side(cfg.patch_size)
-            return cls(
-                width=cfg.width,
-                mlp=int(cfg.width * cfg.mlp_ratio),
-                layers=cfg.layers,
-                grid=(_side(cfg.image_size) // patch) ** 2,
-                patch_inputs=3 * patch * patch,
-                class_tokens=1,
-            )
-        patch = vision_config.patch_size
-        return cls(
-            width=vision_config.hidden_size,
-            mlp=vision_config.intermediate_size,
-            layers=vision_config.num_hidden_layers,
-            grid=(vision_config.image_size // patch) ** 2,
-            patch_inputs=vision_config.num_channels * patch * patch,
-            class_tokens=1 if vision_config.model_type == "clip_vision_model" else 0,
-        )
-
-    def layers_run(self, vision_feature_layer: int) -> int:
-        """Layers needed to reach ``hidden_states[vision_feature_layer]`` (index 0 = embeddings)."""
-        if not -self.layers - 1 <= vision_feature_layer <= self.layers:
-            raise ValueError(
-                f"vision_feature_layer={vision_feature_layer} is out of range for a {self.layers}-layer tower"
-            )
-        return vision_feature_layer % (self.layers + 1)
-
-
-def _side(size: int | tuple[int, int]) -> int:
-    return size if isinstance(size, int) else size[0]
-
-
-def grid_tokens(vision_config: Any) -> int:
-    """Patch tokens per frame, (image_size / patch_size)^2: the originals that DCALs attend to."""
-    return _ViT.from_config(vision_config).grid
-
-
 def vision_tower_flops(vision_config: Any, num_frames: int, vision_feature_layer: int = -1) -> int:
     """ViT on each frame independently: patch-embedding conv, then attention (scores included) and MLP
     for the layers up to ``vision_feature_layer`` only, as our towers stop there."""
-    vit = _ViT.from_config(vision_config)
+    vit = ViTShape.from_config(vision_config)
     seq = vit.grid + vit.class_tokens
-    per_layer = 4 * _linear(seq, vit.width, vit.width) + 2 * _linear(seq, vit.width, vit.mlp)
+    per_layer = 4 * linear_flops(seq, vit.width, vit.width) + 2 * linear_flops(seq, vit.width, vit.mlp)
     per_layer += 2 * 2 * seq * seq * vit.width
-    embed = _linear(vit.grid, vit.patch_inputs, vit.width)
+    embed = linear_flops(vit.grid, vit.patch_inputs, vit.width)
     return num_frames * (embed + vit.layers_run(vision_feature_layer) * per_layer)
 
 
 def _projector_flops(config: Any, tokens: int) -> int:
-    vision_dim, text_dim = _ViT.from_config(config.vision_config).width, config.text_config.hidden_size
+    vision_dim, text_dim = ViTShape.from_config(config.vision_config).width, config.text_config.hidden_size
     if config.projector_type == "linear":
-        return _linear(tokens, vision_dim, text_dim)
+        return linear_flops(tokens, vision_dim, text_dim)
     if config.projector_type == "mlp2x_gelu":
-        return _linear(tokens, vision_dim, text_dim) + _linear(tokens, text_dim, text_dim)
+        return linear_flops(tokens, vision_dim, text_dim) + linear_flops(tokens, text_dim, text_dim)
     raise ValueError(f"unknown projector_type {config.projector_type!r}; expected mlp2x_gelu or linear")
 
 
@@ -204,7 +100,7 @@ def _projected_tokens(config: Any, num_frames: int) -> int:
 def _memory_dim(config: Any) -> int:
     if config.cross_attention_kv_source == "projector":
         return config.text_config.hidden_size
-    return _ViT.from_config(config.vision_config).width
+    return ViTShape.from_config(config.vision_config).width
 
 
 def cross_attention_flops(config: Any, num_frames: int, text_tokens: int) -> int:
@@ -218,7 +114,7 @@ def cross_attention_flops(config: Any, num_frames: int, text_tokens: int) -> int
     """
     if not num_frames:
         return 0
-    dec = _Decoder.from_config(config.text_config)
+    dec = DecoderShape.from_config(config.text_config)
     grid = grid_tokens(config.vision_config)
     originals, pooled = num_frames * grid, num_frames * config.tokens_per_frame
     blocks = []  # (queries, keys per query)
@@ -228,8 +124,10 @@ def cross_attention_flops(config: Any, num_frames: int, text_tokens: int) -> int
         blocks.append((text_tokens, originals))
     per_layer = 0
     for queries, keys in blocks:
-        per_layer += 2 * _linear(originals, _memory_dim(config), dec.kv_dim)
-        per_layer += _linear(queries, dec.hidden, dec.q_dim) + _linear(queries, dec.q_dim, dec.hidden)
+        per_layer += 2 * linear_flops(originals, _memory_dim(config), dec.kv_dim)
+        per_layer += linear_flops(queries, dec.hidden, dec.q_dim) + linear_flops(
+            queries, dec.q_dim, dec.hidden
+        )
         per_layer += dec.scores(queries, keys)
     if config.cross_attention_mlp:  # only where a cross-attention updated: pooled (V2V), text (T2V)
         per_layer += dec.swiglu(sum(queries for queries, _ in blocks))
@@ -237,9 +135,13 @@ def cross_attention_flops(config: Any, num_frames: int, text_tokens: int) -> int
 
 
 def _decoder_breakdown(config: Any, seq: int, lm_head_all_positions: bool) -> tuple[int, int, int]:
-    dec = _Decoder.from_config(config.text_config)
+    dec = DecoderShape.from_config(config.text_config)
     head_positions = seq if lm_head_all_positions else 1
-    return dec.dense(seq), dec.layers * dec.scores(seq, seq), _linear(head_positions, dec.hidden, dec.vocab)
+    return (
+        dec.dense(seq),
+        dec.layers * dec.scores(seq, seq),
+        linear_flops(head_positions, dec.hidden, dec.vocab),
+    )
 
 
 def prefill_flops(
@@ -310,9 +212,9 @@ def paper_convention_flops(
     (-0.35 %); at 9 tokens it is 2.7 % too high.
     """
     vision_config = config.vision_config
-    dec = _Decoder.from_config(config.text_config)
+    dec = DecoderShape.from_config(config.text_config)
     originals = num_frames * grid_tokens(vision_config)
-    kv_projection = 2 * _linear(originals, _memory_dim(config), dec.kv_dim)
+    kv_projection = 2 * linear_flops(originals, _memory_dim(config), dec.kv_dim)
     flops = FlopsBreakdown(
         vision=vision_tower_flops(vision_config, num_frames, config.vision_feature_layer),
         projector=_projector_flops(config, _projected_tokens(config, num_frames)),
@@ -338,41 +240,3 @@ def flop_counter() -> FlopCounterMode:
 
 def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-# Full-token baselines of the efficiency comparison: all patches, LLaVA-Video, LLaVA-OneVision.
-BASELINE_TOKENS: dict[str, int | None] = {"all patches": None, "LLaVA-Video": 169, "LLaVA-OneVision": 196}
-CROSSLMM_TOKENS = (1, 9, 16)
-
-
-def flops_sweep(config: Any, frames: list[int], text_tokens: int, paper_column: str) -> dict[str, Any]:
-    """Breakdowns of CrossLMM at 1/9/16 tokens per frame and of the full-token baselines, all on ``config``'s
-    tower and LLM, plus the paper-convention count against the published column (``PAPER_TFLOPS``)."""
-    models: dict[str, dict[str, Any]] = {}
-    for tokens in CROSSLMM_TOKENS:
-        variant = copy.copy(config)
-        variant.tokens_per_frame = tokens
-        models[f"CrossLMM-{tokens}"] = {
-            "tokens_per_frame": tokens,
-            "flops": {t: prefill_flops(variant, t, text_tokens).as_dict() for t in frames},
-        }
-    for name, tokens in BASELINE_TOKENS.items():
-        models[f"{name} ({tokens or grid_tokens(config.vision_config)})"] = {
-            "tokens_per_frame": tokens or grid_tokens(config.vision_config),
-            "flops": {
-                t: full_token_baseline_flops(config, t, text_tokens, tokens_per_frame=tokens).as_dict()
-                for t in frames
-            },
-        }
-    published = PAPER_TFLOPS[paper_column]
-    paper = {
-        t: {
-            "tmac": paper_convention_flops(config, t, text_tokens).total / 1e12,
-            "published_tflops": published.get(t),
-        }
-        for t in frames
-    }
-    for row in paper.values():
-        if row["published_tflops"]:
-            row["error_pct"] = 100 * (row["tmac"] / row["published_tflops"] - 1)
-    return {"text_tokens": text_tokens, "frames": frames, "models": models, "paper_convention": paper}

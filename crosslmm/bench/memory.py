@@ -9,27 +9,22 @@ full (B, L, V) logits, as the old ``forward`` did. Two more modes change one thi
 only the LM head; "uint8 frames": only the pixels), so the saving can be attributed. All modes must report
 the same loss.
 
-Each (case, mode) runs in a fresh ``spawn``ed process started with ``MALLOC_MMAP_THRESHOLD_=65536``
-(every tensor of 64 KiB or more is its own mmap, returned to the OS when freed, so resident memory follows live tensors). It
-builds the model and optimizer, runs one warm-up step (AdamW state, thread pools), then resets the kernel's
-peak-RSS mark (``/proc/self/clear_refs``) and reports peak minus resident memory before the measured step:
-weights, optimizer state and the decoded frames excluded; preprocessed frames, the batch, activations,
-logits, loss, gradients included. Linux only.
+Each (case, mode) runs in a fresh process (``rss.in_fresh_process``). It builds the model and optimizer,
+runs one warm-up step (AdamW state, thread pools), then reports the peak resident memory of the measured
+step above what was resident before it (``rss.peak_rss``): weights, optimizer state and the decoded frames
+excluded; preprocessed frames, the batch, activations, logits, loss, gradients included. Linux only.
+The command's table and plot are in ``memory_report.py``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import multiprocessing
-import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from crosslmm.bench.rss import in_fresh_process, peak_rss
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.modeling import CrossLMMForCausalLM
@@ -180,29 +175,23 @@ def train_step(
     }
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+def _timed_step(*args: Any) -> dict[str, float]:
+    start = time.perf_counter()
+    result = train_step(*args)
+    result["step_s"] = time.perf_counter() - start
+    return result
 
 
 def _worker(spec: MemorySpec, mode: str) -> dict[str, float]:
     """One mode in a fresh process: warm-up step, then the measured one (see the module docstring)."""
     torch.set_num_threads(spec.threads)
-    libc = ctypes.CDLL("libc.so.6")
     model, processor = build(spec)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     decoded, samples = synthetic_batch(spec, model.config.video_token_id)
     train_step(model, processor, optimizer, decoded, samples, mode)
-    gc.collect()
-    libc.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
-    start = time.perf_counter()
-    result = train_step(model, processor, optimizer, decoded, samples, mode)
-    result["step_s"] = time.perf_counter() - start
-    result["peak_mb"] = (_status_kb("VmHWM") - before) / 1024
-    result["resident_before_mb"] = before / 1024
+    peak, before, result = peak_rss(_timed_step, model, processor, optimizer, decoded, samples, mode)
+    result["peak_mb"] = peak
+    result["resident_before_mb"] = before
     return result
 
 
@@ -210,17 +199,7 @@ def measure(spec: MemorySpec, mode: str) -> dict[str, float]:
     """Peak memory of one training step in ``mode``, measured in a fresh process."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter reads the malloc setting at start
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    try:
-        with context.Pool(1) as pool:
-            return pool.apply(_worker, (spec, mode))
-    finally:
-        if saved is None:
-            del os.environ["MALLOC_MMAP_THRESHOLD_"]
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+    return in_fresh_process(_worker, spec, mode)
 
 
 def run_memory(spec: MemorySpec, modes: tuple[str, ...] = tuple(MODES)) -> dict[str, Any]:
@@ -230,96 +209,3 @@ def run_memory(spec: MemorySpec, modes: tuple[str, ...] = tuple(MODES)) -> dict[
     if BEFORE in results and AFTER in results:
         out["peak_ratio"] = results[AFTER]["peak_mb"] / results[BEFORE]["peak_mb"]
     return out
-
-
-def _csv(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    values = [t for t in text.split(",") if t]
-    if not values or any(v not in allowed for v in values):
-        raise ValueError(f"{flag} takes a comma-separated subset of {','.join(allowed)}, got {text!r}")
-    return values
-
-
-def command(args) -> int:
-    """``crosslmm bench memory``: each (dtype, vision frozen/trained) case in every mode; table, JSON, PNG."""
-    from pathlib import Path
-
-    from crosslmm.bench.report import format_table, write_json
-
-    dtypes = _csv(args.dtypes, tuple(DTYPES), "--dtypes")
-    visions = _csv(args.vision, ("frozen", "trained"), "--vision")
-    base = MemorySpec.quick() if args.quick else MemorySpec()
-    overrides = {"threads": args.threads, "batch": args.batch}
-    if args.frames is not None:
-        overrides["frames"] = args.frames
-    cases = []
-    for dtype in dtypes:
-        for vision in visions:
-            spec = MemorySpec(
-                **(asdict(base) | overrides | {"dtype": dtype, "train_vision": vision == "trained"})
-            )
-            cases.append({"dtype": dtype, "vision": vision, **run_memory(spec)})
-    rows = []
-    for case in cases:
-        r = case["results"]
-        rows.append(
-            [case["dtype"], case["vision"]]
-            + [r[m]["peak_mb"] for m in MODES]
-            + [case["peak_ratio"], r[BEFORE]["pixels_mb"], r[AFTER]["pixels_mb"]]
-            + [r[BEFORE]["logits_mb"], r[AFTER]["logits_mb"], r[BEFORE]["loss"], r[AFTER]["loss"]]
-        )
-    spec, first = cases[0]["spec"], cases[0]["results"][BEFORE]
-    print(
-        f"Peak memory (MB) of a training step above weights and optimizer state: {spec['frames']} frames at "
-        f"{spec['image_size']} px, vocab {spec['vocab_size']}, batch {spec['batch']}, {first['positions']} "
-        f"positions, {first['labelled']} labelled"
-    )
-    header = ["dtype", "vision", "before", "labelled logits only", "uint8 frames only", "after"]
-    header += [
-        "after/before",
-        "pixels MB before",
-        "after",
-        "logits MB before",
-        "after",
-        "loss before",
-        "after",
-    ]
-    print(format_table(header, rows))
-    out = Path(args.out)
-    write_json(out / "memory.json", {"cases": cases})
-    _plot(out / "memory.png", cases)
-    print(f"\nwrote {out / 'memory.json'} and {out / 'memory.png'}")
-    return 0
-
-
-_LEGEND = {
-    BEFORE: "before: full logits, fp32 frames",
-    LABELLED: "labelled-only logits, fp32 frames",
-    UINT8: "full logits, uint8 frames",
-    AFTER: "after: labelled-only logits, uint8 frames",
-}
-
-
-def _plot(path, cases: list[dict[str, Any]]) -> None:
-    from matplotlib.figure import Figure  # no pyplot: renders with Agg when saved, no global backend
-
-    labels = [f"{c['dtype']}\nvision {c['vision']}" for c in cases]
-    fig = Figure(figsize=(2.2 * len(cases) + 2, 4))
-    ax = fig.subplots()
-    width = 0.2
-    for k, mode in enumerate(MODES):
-        xs = [i + (k - (len(MODES) - 1) / 2) * width for i in range(len(cases))]
-        peaks = [c["results"][mode]["peak_mb"] for c in cases]
-        bars = ax.bar(xs, peaks, width, label=_LEGEND[mode], color=f"C{k}")
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(range(len(cases)), labels, fontsize=8)
-    ax.set_ylabel("peak MB above weights")
-    spec = cases[0]["spec"]
-    ax.set_title(
-        f"One training step, tiny model, vocab {spec['vocab_size']}, {spec['frames']} frames", fontsize=9
-    )
-    top = max(c["results"][m]["peak_mb"] for c in cases for m in MODES)
-    ax.set_ylim(0, 1.35 * top)  # room for the legend above the bars
-    ax.legend(fontsize=8, ncol=2, loc="upper center")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from crosslmm.data.records import Record, RecordError
-from crosslmm.data.video import FrameSampling, VideoError
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import VideoError, load_frames
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class VideoChatDataset(Dataset):
     def encode(self, record: Record) -> tuple[Encoded, torch.Tensor] | None:
         """Token ids/labels and resized uint8 frames (T, 3, S, S) of a record (None: over-length, dropped)."""
         try:
-            frames = self.sampling.load(record.media).frames
+            frames = load_frames(record.media, self.sampling)
         except VideoError as e:
             raise RecordError(record.source, record.index, f"unreadable media: {e}") from None
         encoded = encode_conversation(

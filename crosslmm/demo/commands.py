@@ -22,7 +22,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from crosslmm.demo.run import DemoSettings, markdown_table, run_demo
+    from crosslmm.demo.report import markdown_table
+    from crosslmm.demo.run import run_demo
+    from crosslmm.demo.variants import DemoSettings
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")

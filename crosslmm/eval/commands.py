@@ -9,7 +9,8 @@ import sys
 def _chat(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    from crosslmm.data.video import FrameSampling, load_frames
+    from crosslmm.data.sampling import FrameSampling
+    from crosslmm.data.video import load_frames
     from crosslmm.inference import build_prompt, generate, load
 
     # Decode the video before loading the model: a bad path fails in a second, naming the file.

@@ -34,7 +34,7 @@ skip_filelock3_patch_on_filelock4()
 
 class CrossLMMEval(lmms):
     """``model_args``: ``pretrained`` (model dir), ``num_frames`` | ``fps``, ``min_frames``, ``max_frames``
-    (:class:`crosslmm.data.video.FrameSampling`, the rule training uses),
+    (:class:`crosslmm.data.sampling.FrameSampling`, the rule training uses),
     ``max_new_tokens`` (overrides the task's budget), ``dtype``, ``device``; ``batch_size`` from the CLI.
 
     Each visual a task hands over becomes one ``<video>`` in the prompt, in order: a video/image path, a

@@ -19,6 +19,7 @@ from crosslmm.model.cache import CrossLMMCache
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.connector import PoolingProjector
 from crosslmm.model.cross_attention import CrossAttention, DualCrossAttentionLayer, GatedMLP
+from crosslmm.model.frames import encode_frames, normalize_frames, select_frames
 from crosslmm.model.layout import VisualLayout, decode_layout, prefill_layout
 from crosslmm.model.vision import build_vision_tower
 
@@ -47,34 +48,6 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
             init.zeros_(module.gate)
         if isinstance(module, CrossLMMModel) and module.video_end_embedding is not None:
             init.normal_(module.video_end_embedding, std=module.video_end_embedding.shape[0] ** -0.5)
-
-
-def select_frames(
-    pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, F_max, 3, H, W) padded videos + (B,) real frame counts (None: all F_max) -> the real frames
-    (F_total, 3, H, W) in batch order and the validated counts (B,)."""
-    if pixel_values_videos.dim() != 5:
-        raise ValueError(
-            f"pixel_values_videos must be (batch, frames, 3, H, W), got shape {tuple(pixel_values_videos.shape)}"
-        )
-    batch, max_frames = pixel_values_videos.shape[:2]
-    if frame_counts is None:
-        frame_counts = torch.full((batch,), max_frames, dtype=torch.long)
-    if (
-        frame_counts.shape != (batch,)
-        or bool((frame_counts < 0).any())
-        or bool((frame_counts > max_frames).any())
-    ):
-        raise ValueError(
-            f"video_frame_counts {frame_counts.tolist()} must give 0..{max_frames} frames for each of {batch} samples"
-        )
-    if int(frame_counts.sum()) == 0:
-        raise ValueError("pixel_values_videos holds zero frames: every video needs at least one frame")
-    if bool((frame_counts == max_frames).all()):  # no padding: a view, not a copy of every frame's pixels
-        return pixel_values_videos.flatten(0, 1), frame_counts
-    keep = torch.arange(max_frames, device=frame_counts.device)[None] < frame_counts[:, None]
-    return pixel_values_videos[keep.to(pixel_values_videos.device)], frame_counts
 
 
 class CrossLMMModel(CrossLMMPreTrainedModel):
@@ -106,44 +79,17 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         self.language_model.embed_tokens = value
 
     def normalize_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (F, 3, S, S), resized but not normalised -> fp32 (F, 3, S, S) normalised with the
-        vision tower's own mean/std. Same arithmetic as transformers' image processors (rescale fused into
-        normalisation: (x - 255 mean) / (255 std)), so the result equals their normalised output exactly."""
-        tower = self.vision_tower
-        mean = torch.tensor(tower.image_mean, device=frames.device) * 255.0
-        std = torch.tensor(tower.image_std, device=frames.device) * 255.0
-        return (frames.float() - mean[:, None, None]) / std[:, None, None]
+        """uint8 frames (F, 3, S, S) -> fp32 frames normalised with the vision tower's mean/std."""
+        return normalize_frames(frames, self.vision_tower.image_mean, self.vision_tower.image_std)
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (F, 3, H, W) -> original patch tokens (F, N, Dv), ``vision_chunk_size`` frames at a time to
-        bound the tower's activations. Chunks are written into one preallocated output: concatenating a list
-        would hold every frame's tokens twice at the peak.
-
-        uint8 frames (resized, not normalised: what the processor and the training collator give) are moved to
-        the tower's device and normalised one chunk at a time, so a float copy of all frames never exists;
-        floating-point frames are taken as already normalised."""
-        if not (frames.dtype == torch.uint8 or frames.is_floating_point()):
-            raise TypeError(
-                f"video frames must be uint8 (resized, not normalised) or float (normalised), "
-                f"got {frames.dtype}"
-            )
-        weight = next(self.vision_tower.parameters())
-        size = self.config.vision_chunk_size
-        original = None
-        for start in range(0, frames.shape[0], size):
-            chunk = frames[start : start + size].to(weight.device)
-            if chunk.dtype == torch.uint8:
-                chunk = self.normalize_frames(chunk)
-            tokens = self.vision_tower(chunk.to(weight.dtype))
-            if original is None:
-                original = tokens.new_empty((frames.shape[0], *tokens.shape[1:]))
-            original[start : start + tokens.shape[0]] = tokens
-        return original
+        """frames (F, 3, H, W), uint8 or normalised float -> original patch tokens (F, N, Dv), encoded
+        ``vision_chunk_size`` frames at a time (:func:`crosslmm.model.frames.encode_frames`)."""
+        return encode_frames(self.vision_tower, frames, self.config.vision_chunk_size)
 
     def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """frames (F, 3, H, W) -> pooled LLM embeddings (F, tokens_per_frame, D) and the cross-attention
-        memory (F, N, Dm) of original tokens (None without cross-attention layers).
-        """
+        memory (F, N, Dm) of original tokens (None without cross-attention layers)."""
         return self.projector(self.encode_frames(frames))
 
     def embed_video(
@@ -226,9 +172,8 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         values from ``cache``) alike."""
         lm = self.language_model
         if position_ids is None:
-            position_ids = (
-                torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past
-            ).unsqueeze(0)
+            length = inputs_embeds.shape[1]
+            position_ids = torch.arange(past, past + length, device=inputs_embeds.device)[None]  # (1, L)
         mask_map = attention_mask
         if not isinstance(mask_map, dict):
             mask_kwargs = dict(
@@ -256,9 +201,8 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
                 use_cache=use_cache,
                 **kwargs,
             )
-            cross = self.cross_layers[str(i)] if str(i) in self.cross_layers else None
-            if cross is not None and layout is not None:
-                hidden = cross(hidden, layout, memory, cache)
+            if str(i) in self.cross_layers and layout is not None:
+                hidden = self.cross_layers[str(i)](hidden, layout, memory, cache)
         return lm.norm(hidden)
 
 

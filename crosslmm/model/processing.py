@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin, SiglipImageProcessor
 
-from crosslmm.data.video import FrameSampling, load_frames
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import load_frames
 
 VIDEO_TOKEN = "<video>"
 

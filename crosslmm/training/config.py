@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from crosslmm.data.dataset import OVERLENGTH_POLICIES
-from crosslmm.data.video import FrameSampling
+from crosslmm.data.sampling import FrameSampling
 
 # Trainable parts of the model, named by what they are rather than by module paths.
 COMPONENTS = ("vision", "projector", "v2v", "t2v", "cross_mlp", "llm")
@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @dataclass
 class DataConfig:
     mixture: str = ""  # data-mixture YAML (see crosslmm.data.mixture)
-    # Frame sampling (crosslmm.data.video.FrameSampling, the rule evaluation uses too): num_frames uniform
+    # Frame sampling (crosslmm.data.sampling.FrameSampling, the rule evaluation uses too): num_frames uniform
     # frames, or fps clamped to [min_frames, max_frames]; none of them: the shared default (1 fps in
     # [64, 512], DEFAULT_SAMPLING); max_frames alone: that many uniform frames.
     num_frames: int | None = None
