@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import coloured_frames, set_gates, video_prompt, write_train_config
+from helpers import coloured_frames, greedy, set_gates, video_prompt, write_train_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -73,21 +73,14 @@ def compute_logits() -> dict[str, torch.Tensor]:
     inputs = processor(text=[video_prompt(processor)], videos=[coloured_frames(FRAMES, seed=FRAME_SEED)])
     with torch.no_grad():
         logits = model(**inputs).logits.float()  # (1, L, V)
-        out = model.generate(
-            **inputs,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        tokens, step_logits = greedy(model, inputs, steps=NEW_TOKENS)  # (1, n), (1, n, V)
     return {
         "input_ids": inputs["input_ids"][0].clone(),
         "logits_slice": logits[0, -LAST_POSITIONS:, :FIRST_VOCAB].contiguous(),
         "logits_sum": logits.double().sum().reshape(1),
         "logits_mean": logits.double().mean().reshape(1),
-        "greedy_tokens": out.sequences[0, -NEW_TOKENS:].clone(),
-        "greedy_step_logits": torch.stack(out.logits, dim=1)[0, :, :FIRST_VOCAB].float().contiguous(),
+        "greedy_tokens": tokens[0].clone(),
+        "greedy_step_logits": step_logits[0, :, :FIRST_VOCAB].float().contiguous(),
     }
 
 

@@ -29,7 +29,7 @@ from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.processing import CrossLMMProcessor, build_image_processor
-from crosslmm.model.tiny import TinySpec, tiny_text_config, tiny_vision_config, train_tiny_tokenizer
+from crosslmm.model.tiny import TinySpec, tiny_text_config, train_tiny_tokenizer
 
 BEFORE, LABELLED, UINT8, AFTER = "before", "labelled logits", "uint8 frames", "after"
 # mode -> (LM head on every position, frames normalised to fp32 in the data path)
@@ -69,13 +69,7 @@ class MemorySpec:
     def model_config(self, video_token_id: int) -> CrossLMMConfig:
         tiny = TinySpec(image_size=self.image_size, patch_size=self.patch_size)
         return CrossLMMConfig(
-            vision_config=tiny_vision_config(
-                tiny.vision,
-                image_size=self.image_size,
-                patch_size=self.patch_size,
-                hidden_size=tiny.vision_hidden,
-                layers=tiny.vision_layers,
-            ),
+            vision_config=tiny.vision_config(),
             text_config=tiny_text_config(tiny, self.vocab_size),
             tokens_per_frame=self.tokens_per_frame,
             cross_attention_every=2,

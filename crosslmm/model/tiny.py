@@ -67,6 +67,15 @@ class TinySpec:
     patch_size: int = 4
     vocab_size: int = 512
 
+    def vision_config(self) -> PreTrainedConfig:
+        return tiny_vision_config(
+            self.vision,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_size=self.vision_hidden,
+            layers=self.vision_layers,
+        )
+
 
 def tiny_text_config(spec: TinySpec, vocab_size: int) -> dict:
     return dict(
@@ -123,13 +132,7 @@ def make_tiny(
 ) -> tuple[CrossLMMForCausalLM, CrossLMMProcessor]:
     """A random tiny CrossLMM and its processor; ``crosslmm_fields`` override CrossLMMConfig fields."""
     tokenizer = train_tiny_tokenizer(spec.vocab_size)
-    vision_config = tiny_vision_config(
-        spec.vision,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        hidden_size=spec.vision_hidden,
-        layers=spec.vision_layers,
-    )
+    vision_config = spec.vision_config()
     fields = dict(tokens_per_frame=4, cross_attention_every=2) | crosslmm_fields
     config = CrossLMMConfig(
         vision_config=vision_config,
