@@ -19,6 +19,7 @@ class CrossLMMCache(DynamicCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._capacity: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # streaming: storage of cross_kv
         self.frame_counts: torch.Tensor | None = None
         self.patches_per_frame = 0
 
@@ -32,9 +33,32 @@ class CrossLMMCache(DynamicCache):
 
     def store_cross(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         self.cross_kv[layer] = (keys, values)
+        self._capacity.pop(layer, None)
+
+    def append_cross(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append one sample's new keys/values (1, KVH, M_new, hd) to ``layer``'s (streaming).
+
+        The storage grows by doubling, so appending a frame costs the same however many came before
+        (amortised); ``cross_kv[layer]`` stays a view of the filled part.
+        """
+        if layer not in self.cross_kv:
+            self.store_cross(layer, keys, values)
+            return
+        old_k, old_v = self.cross_kv[layer]
+        filled, new = old_k.shape[2], keys.shape[2]
+        store_k, store_v = self._capacity.get(layer, (old_k, old_v))
+        if filled + new > store_k.shape[2]:
+            size = max(2 * store_k.shape[2], filled + new)
+            store_k = torch.cat([old_k, old_k.new_empty((*old_k.shape[:2], size - filled, old_k.shape[3]))], 2)
+            store_v = torch.cat([old_v, old_v.new_empty((*old_v.shape[:2], size - filled, old_v.shape[3]))], 2)
+            self._capacity[layer] = (store_k, store_v)
+        store_k[:, :, filled : filled + new] = keys
+        store_v[:, :, filled : filled + new] = values
+        self.cross_kv[layer] = (store_k[:, :, : filled + new], store_v[:, :, : filled + new])
 
     def _map_cross(self, fn) -> None:
         self.cross_kv = {k: (fn(key), fn(val)) for k, (key, val) in self.cross_kv.items()}
+        self._capacity = {}
         if self.frame_counts is not None:
             self.frame_counts = fn(self.frame_counts)
 
@@ -53,4 +77,5 @@ class CrossLMMCache(DynamicCache):
     def reset(self) -> None:
         super().reset()
         self.cross_kv = {}
+        self._capacity = {}
         self.frame_counts = None

@@ -183,6 +183,10 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         if memory is not None:
             keys, values = self.t2v.project_memory(memory, self.vision_chunk_size)
             per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
+            if layout.streaming:  # new frames of one sample: append, then attend over every frame so far
+                cache.append_cross(self.layer_idx, per_sample_k[0], per_sample_v[0])
+                all_k, all_v = cache.cross_kv[self.layer_idx]
+                return [all_k], [all_v], memory.shape[1]
             if cache is not None:
                 cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))
             return per_sample_k, per_sample_v, memory.shape[1]

@@ -29,6 +29,7 @@ class VisualLayout:
     frame_counts: torch.Tensor  # (B,) frames per sample
     frame_offsets: torch.Tensor  # (B,) index of each sample's first frame in the flat frame list
     text_groups: list[QueryGroup]
+    streaming: bool = False  # these frames continue a cached prefix that already holds frames (batch of 1)
 
     @property
     def total_frames(self) -> int:
@@ -57,10 +58,12 @@ def prefill_layout(
     frame_counts: torch.Tensor,
     video_token_id: int,
     tokens_per_frame: int,
+    frames_before: int = 0,
 ) -> VisualLayout:
-    """Layout of a prompt that contains the video tokens.
+    """Layout of a prompt (or, streaming, of the next chunk of one) that contains video tokens.
 
-    A text token sees every frame whose last pooled token comes before it (causal T2V); text before
+    A text token sees every frame whose last pooled token comes before it (causal T2V), counting the
+    ``frames_before`` frames already in the cache (a streamed continuation of one sample); text before
     the first video sees nothing.
     """
     is_video = input_ids == video_token_id
@@ -73,7 +76,7 @@ def prefill_layout(
             "build the prompt with CrossLMMProcessor so each <video> expands to the right length"
         )
     video_seen = torch.cumsum(is_video.long(), dim=1)
-    visible = torch.div(video_seen, tokens_per_frame, rounding_mode="floor")
+    visible = torch.div(video_seen, tokens_per_frame, rounding_mode="floor") + frames_before
     text_mask = ~is_video
     if attention_mask is not None:
         text_mask &= attention_mask.bool()
@@ -83,6 +86,7 @@ def prefill_layout(
         frame_counts=counts,
         frame_offsets=torch.cumsum(counts, 0) - counts,
         text_groups=_text_groups(text_mask, visible, counts),
+        streaming=frames_before > 0,
     )
 
 

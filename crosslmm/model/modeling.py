@@ -99,12 +99,19 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         attention_mask: torch.Tensor | None,
         pixel_values_videos: torch.Tensor,
         video_frame_counts: torch.Tensor | None,
+        frames_before: int = 0,
     ) -> tuple[torch.Tensor, VisualLayout, torch.Tensor | None]:
         """Write the pooled frames into the ``<video>`` slots of ``inputs_embeds`` (B, L, D); also return the
-        layout and the cross-attention memory. This is the whole visual input of the LLM sequence."""
+        layout and the cross-attention memory. This is the whole visual input of the LLM sequence.
+        ``frames_before``: frames already in the cache this input continues (streaming, one sample)."""
         frames, counts = select_frames(pixel_values_videos, video_frame_counts)
         layout = prefill_layout(
-            input_ids, attention_mask, counts, self.config.video_token_id, self.config.tokens_per_frame
+            input_ids,
+            attention_mask,
+            counts,
+            self.config.video_token_id,
+            self.config.tokens_per_frame,
+            frames_before,
         )
         pooled, memory = self.encode_video(frames)
         flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
@@ -146,13 +153,12 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         if pixel_values_videos is not None:
             if input_ids is None:
                 raise ValueError("pixel_values_videos needs input_ids to locate the <video> tokens")
-            if past:
-                raise ValueError("videos must be passed with the prompt (first forward), not while decoding")
+            frames_before = self._frames_before(cache, past, input_ids.shape[0])
             inputs_embeds, layout, memory = self.embed_video(
-                input_ids, inputs_embeds, mask_2d, pixel_values_videos, video_frame_counts
+                input_ids, inputs_embeds, mask_2d, pixel_values_videos, video_frame_counts, frames_before
             )
             if isinstance(cache, CrossLMMCache) and memory is not None:
-                cache.set_visual_memory(layout.frame_counts, memory.shape[1])
+                cache.set_visual_memory(layout.frame_counts + frames_before, memory.shape[1])
         elif input_ids is not None and not past and bool((input_ids == self.config.video_token_id).any()):
             raise ValueError("input_ids contain <video> tokens but no pixel_values_videos were given")
         elif isinstance(cache, CrossLMMCache) and cache.has_visual_memory:
@@ -162,6 +168,18 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
             inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
         )
         return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache if use_cache else None)
+
+    def _frames_before(self, cache: CrossLMMCache | None, past: int, batch: int) -> int:
+        """Frames already cached when videos come with a continuation of a cached prefix (streaming)."""
+        if not past:
+            return 0
+        if not isinstance(cache, CrossLMMCache) or batch != 1:
+            raise ValueError(
+                "videos after the prompt (a streamed continuation) need a CrossLMMCache and a batch of one"
+            )
+        if self.config.v2v and self.config.v2v_scope == "video":
+            raise ValueError("v2v_scope='video' cannot stream: a pooled token would need frames not yet seen")
+        return int(cache.frame_counts[0]) if cache.has_visual_memory else 0
 
     def _run_decoder(
         self, inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
