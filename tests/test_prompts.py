@@ -128,6 +128,11 @@ def test_typed_chat_messages_load_the_video(tiny, tmp_path):
     model.generate(**inputs, max_new_tokens=2)  # the inputs are what the model takes
     with pytest.raises(ValueError, match="needs a 'path'"):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}]}], tokenize=True)
+    with pytest.raises(ValueError, match="URLs are not downloaded"):
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video", "url": "https://example.com/a.mp4"}]}],
+            tokenize=True,
+        )
     with pytest.raises(ValueError, match="missing.mp4: no such file"):
         processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "video", "path": str(tmp_path / "missing.mp4")}]}],

@@ -84,8 +84,9 @@ def test_frame_sampling_defaults_and_errors():
         FrameSampling.resolve() == DEFAULT_SAMPLING == FrameSampling(fps=1.0, min_frames=64, max_frames=512)
     )
     assert FrameSampling.resolve(max_frames=16) == FrameSampling(num_frames=16, max_frames=16)
-    assert FrameSampling.resolve(min_frames=8) == FrameSampling(fps=1.0, min_frames=8)
-    assert FrameSampling.resolve(fps=1.0).budget is None
+    assert FrameSampling.resolve(min_frames=8) == FrameSampling(fps=1.0, min_frames=8, max_frames=512)
+    assert FrameSampling.resolve(fps=2.0).budget == 512  # an hour at 2 fps is not 7200 frames
+    assert FrameSampling(fps=1.0).budget is None  # uncapped only when built so explicitly
     assert FrameSampling.resolve(fps=1.0, max_frames=8).budget == 8
     for kwargs, message in [
         (dict(num_frames=8, fps=1.0), "exactly one of num_frames or fps"),

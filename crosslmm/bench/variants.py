@@ -29,6 +29,9 @@ def share_weights(base: CrossLMMForCausalLM, config: CrossLMMConfig) -> CrossLMM
         setattr(inner.projector, name, layer)
     if missing := sorted(set(inner.cross_layers) - set(source.cross_layers)):
         raise ValueError(f"the base model has no cross-attention layers {missing} to share")
+    fields = ("tokens_per_frame", "v2v_scope", "vision_chunk_size")  # the shared DCALs were built with base's
+    if inner.cross_layers and any(getattr(config, f) != getattr(base.config, f) for f in fields):
+        raise ValueError(f"cross-attention layers can be shared only when {', '.join(fields)} are the same")
     inner.cross_layers = nn.ModuleDict({i: source.cross_layers[i] for i in inner.cross_layers})
     inner.video_end_embedding = source.video_end_embedding
     model.lm_head = base.lm_head

@@ -52,13 +52,17 @@ class FrameSampling:
         min_frames: int | None = None,
     ) -> FrameSampling:
         """Fill the default from what a user gave: nothing means :data:`DEFAULT_SAMPLING` (the stage-2
-        training rule); ``max_frames`` alone means that many uniform frames."""
+        training rule); ``max_frames`` alone means that many uniform frames; fps sampling is capped at
+        ``DEFAULT_SAMPLING.max_frames`` unless ``max_frames`` says otherwise (an hour at 2 fps would
+        otherwise be 7200 frames)."""
         if num_frames is None and fps is None:
             if max_frames is None and min_frames is None:
                 return DEFAULT_SAMPLING
             if min_frames is None:
                 return cls(num_frames=max_frames, max_frames=max_frames)
             fps = DEFAULT_SAMPLING.fps
+        if fps is not None and max_frames is None:
+            max_frames = max(DEFAULT_SAMPLING.max_frames, min_frames or 0)
         return cls(num_frames=num_frames, fps=fps, min_frames=min_frames, max_frames=max_frames)
 
     @property

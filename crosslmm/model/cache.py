@@ -49,8 +49,12 @@ class CrossLMMCache(DynamicCache):
         store_k, store_v = self._capacity.get(layer, (old_k, old_v))
         if filled + new > store_k.shape[2]:
             size = max(2 * store_k.shape[2], filled + new)
-            store_k = torch.cat([old_k, old_k.new_empty((*old_k.shape[:2], size - filled, old_k.shape[3]))], 2)
-            store_v = torch.cat([old_v, old_v.new_empty((*old_v.shape[:2], size - filled, old_v.shape[3]))], 2)
+            store_k = torch.cat(
+                [old_k, old_k.new_empty((*old_k.shape[:2], size - filled, old_k.shape[3]))], 2
+            )
+            store_v = torch.cat(
+                [old_v, old_v.new_empty((*old_v.shape[:2], size - filled, old_v.shape[3]))], 2
+            )
             self._capacity[layer] = (store_k, store_v)
         store_k[:, :, filled : filled + new] = keys
         store_v[:, :, filled : filled + new] = values

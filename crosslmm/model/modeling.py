@@ -272,6 +272,7 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         positions (0: all)."""
         if use_cache is None:
             use_cache = self.config.text_config.use_cache and not self.training
+        shift_labels = kwargs.pop("shift_labels", None)  # (B, L) already shifted, as HF collators may give
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -287,7 +288,6 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         if labels is None:
             logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
             return CausalLMOutputWithPast(logits=logits, cache=outputs.cache)
-        shift_labels = kwargs.pop("shift_labels", None)  # (B, L) already shifted, as HF collators may give
         if shift_labels is None:
             shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
         scored = shift_labels != IGNORE_INDEX

@@ -90,7 +90,7 @@ class CrossLMMProcessor(ProcessorMixin):
         Content is a string with ``<video>`` placeholders, or HF's typed list
         (``[{"type": "video", "path": "clip.mp4"}, {"type": "text", "text": "..."}]``; ``"image"`` blocks
         are one-frame videos), rendered in the order given, blocks joined by newlines. With
-        ``tokenize=True`` each video block's ``path``/``video``/``url`` is loaded by our reader under
+        ``tokenize=True`` each video block's ``path``/``video``/``image`` is loaded by our reader under
         ``FrameSampling.resolve(num_frames, fps, max_frames, min_frames)`` (the rule training and the
         lmms-eval plugin use; nothing given means the stage-2 default) and the prompt goes through
         :meth:`__call__`: ``return_dict=True`` gives the model inputs, else the ``input_ids``.
@@ -115,9 +115,9 @@ class CrossLMMProcessor(ProcessorMixin):
         sampling = FrameSampling.resolve(num_frames, fps, max_frames, min_frames)
         frames = []
         for block in videos:
-            source = next(
-                (block[k] for k in ("path", "video", "url", "image") if block.get(k) is not None), None
-            )
+            source = next((block[k] for k in ("path", "video", "image") if block.get(k) is not None), None)
+            if source is None and block.get("url") is not None:
+                raise ValueError(f"{block['url']}: URLs are not downloaded; give the video as a local 'path'")
             if source is None:
                 raise ValueError(
                     f"a {block['type']!r} content block needs a 'path' (or 'video'/'image': decoded frames) to "
