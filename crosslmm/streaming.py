@@ -12,6 +12,8 @@ tokens go into the decoder's KV cache and their T2V keys/values are appended to 
 is the one the processor gives the offline model for the same conversation (each run of frames is one
 ``<video>`` in the current user turn, the video first), so the streamed logits equal the offline ones.
 Frame-scope V2V only: with ``v2v_scope="video"`` a pooled token would need frames that have not arrived.
+With ``decode_memory="topk_frames"`` the session keeps every frame's T2V keys/values and each ``ask`` ranks
+all frames seen so far again; only its generation steps are bounded (docs/streaming.md, "Bounded decode").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class StreamingSession:
         if model.config.v2v and model.config.v2v_scope == "video":
             raise ValueError("v2v_scope='video' cannot stream: a pooled token would need frames not yet seen")
         self.model, self.processor = model, processor
-        self.cache = CrossLMMCache(config=model.config.text_config)
+        self.cache = CrossLMMCache(config=model.config.text_config, keep_full_memory=True)  # re-rank per ask
         self.messages: list[dict] = []  # the conversation so far, typed content as the processor renders it
         self.ids: list[int] = []  # every token of the conversation the model has seen or must see next
         self._rendered = ""  # the conversation's text (``<video>`` unexpanded) whose tokens are in ids

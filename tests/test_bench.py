@@ -47,11 +47,32 @@ def test_bench_speed_quick_writes_table_json_and_plot(tmp_path):
     crosslmm_times = [prefill["CrossLMM"]["2"], prefill["CrossLMM"]["4"]]
     assert result["slope"]["CrossLMM"] == pytest.approx(loglog_slope([2, 4], crosslmm_times))
     targets = {t["name"]: t for t in result["targets"]}
-    assert len(targets) == 5
+    assert len(targets) == 6  # the last: streaming ingest (test_bench_speed_quick_measures_streaming_ingest)
     full_ratio = targets["prefill CrossLMM / full-token at 4 frames"]
     assert full_ratio["value"] == pytest.approx(prefill["CrossLMM"]["4"] / prefill["full-token"]["4"])
     assert targets["prefill time slope, 2-4 frames"]["value"] == result["slope"]["CrossLMM"]
     _assert_verdicts_follow_values(result["targets"])
+
+
+def test_bench_speed_quick_measures_streaming_ingest(tmp_path, capsys):
+    """One frame added to a StreamingSession at the first and at the last --frames count seen: medians,
+    their ratio, the row and the target (its verdict follows the measured ratio; no time is asserted)."""
+    argv = ["bench", "speed", "--quick", "--no-memory", "--frames", "2,6", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    ingest = json.loads((tmp_path / "speed.json").read_text())["streaming_ingest"]
+    assert ingest["frames_seen"] == [2, 6] and ingest["repeats"] == 3
+    assert ingest["timed_frames_seen"] == {"2": [1, 3], "6": [5, 7]}
+    runs, medians = ingest["add_frame_runs_s"], ingest["add_frame_s"]
+    for n in ("2", "6"):
+        assert len(runs[n]) == 3 and medians[n] == sorted(runs[n])[1] > 0
+    assert ingest["ratio"] == pytest.approx(medians["6"] / medians["2"])
+    result = json.loads((tmp_path / "speed.json").read_text())
+    target = result["targets"][-1]
+    assert target["name"] == "streaming ingest of one frame at 6 / at 2 frames seen"
+    assert (target["value"], target["limit"]) == (ingest["ratio"], 1.2)
+    _assert_verdicts_follow_values(result["targets"])
+    out = capsys.readouterr().out
+    assert "Streaming ingest" in out and "add 1 frame ms" in out
 
 
 def _assert_verdicts_follow_values(targets: list[dict]) -> None:

@@ -11,17 +11,18 @@ from pathlib import Path
 DEFAULT_FLOPS_FRAMES = "8,16,32,64,128,256,512"
 DEFAULT_SPEED_FRAMES = "16,32,64,128,256"
 DEFAULT_SCALE_FRAMES = "32,64,128,256"  # the paper's Fig. 4
+DEFAULT_DECODE_FRAMES = "8,16"  # bounded decode (decode_memory="topk_frames"): frames kept per layer
 # Options of ``bench speed --preset`` only; the mini benchmark has its own fixed shapes.
 PRESET_ONLY = ("device", "dtype", "warmup", "text_tokens", "text_before", "train_frames", "no_train")
 
 
-def _frames(text: str) -> list[int]:
+def _frames(text: str, flag: str = "--frames") -> list[int]:
     try:
         frames = sorted({int(t) for t in text.split(",")})
     except ValueError:
-        raise ValueError(f"--frames must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if frames[0] < 1:
-        raise ValueError(f"--frames must be positive, got {text!r}")
+        raise ValueError(f"{flag} must be positive, got {text!r}")
     return frames
 
 
@@ -41,21 +42,38 @@ def _flops(args: argparse.Namespace) -> int:
 
 def _speed(args: argparse.Namespace) -> int:
     if args.preset is not None:
+        if args.decode_frames is not None:
+            raise ValueError("--decode-frames applies to the CPU mini benchmark only, not with --preset")
         return _speed_preset(args)
     preset_only = [f"--{k.replace('_', '-')}" for k in PRESET_ONLY if getattr(args, k) not in (None, False)]
     if preset_only:
         raise ValueError(f"{', '.join(preset_only)} only apply with --preset (a real-size model on a device)")
+    from crosslmm.bench.bounded_decode import bench_bounded_decode
     from crosslmm.bench.mini import MiniSpec
     from crosslmm.bench.speed_report import bench_speed
 
+    spec = MiniSpec.quick() if args.quick else MiniSpec()
+    frames = _frames(args.frames or ("2,4" if args.quick else DEFAULT_SPEED_FRAMES))
+    repeats = 1 if args.quick else (args.repeats or 3)
     bench_speed(
-        MiniSpec.quick() if args.quick else MiniSpec(),
-        _frames(args.frames or ("2,4" if args.quick else DEFAULT_SPEED_FRAMES)),
-        repeats=1 if args.quick else (args.repeats or 3),
+        spec,
+        frames,
+        repeats=repeats,
         decode_steps=args.decode_steps,
         baseline_max_frames=64 if args.baseline_max_frames is None else args.baseline_max_frames,
         threads=args.threads,
         memory=not args.no_memory,
+        out=Path(args.out),
+        stem=args.stem,
+        ingest_repeats=3 if args.quick else 7,
+    )
+    bench_bounded_decode(
+        spec,
+        frames,
+        _frames(args.decode_frames or ("1" if args.quick else DEFAULT_DECODE_FRAMES), "--decode-frames"),
+        repeats=repeats,
+        decode_steps=args.decode_steps,
+        threads=args.threads,
         out=Path(args.out),
         stem=args.stem,
     )
@@ -150,6 +168,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="CPU threads; 1 is steadiest on a shared machine")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--decode-frames",
+        default=None,
+        help=f"bounded-decode rows: frames kept per layer, comma-separated (default {DEFAULT_DECODE_FRAMES}; 1 with --quick)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 and 4 frames: a smoke test")
     p.add_argument("--out", default="bench_out")
     p.add_argument(

@@ -8,6 +8,7 @@ from pathlib import Path
 from crosslmm.bench.mini import MiniSpec
 from crosslmm.bench.report import format_table, loglog_panels, write_json
 from crosslmm.bench.speed import run_speed
+from crosslmm.bench.streaming import INGEST_HEADER, ingest_rows, ingest_target, run_streaming_ingest
 from crosslmm.bench.targets import print_targets
 from crosslmm.bench.variants import CROSSLMM, FULL, POOLED, TOWER
 
@@ -23,9 +24,11 @@ def bench_speed(
     memory: bool,
     out: Path,
     stem: str,
+    ingest_repeats: int = 7,
 ) -> None:
-    """Run ``speed.run_speed``; print the per-cell table, the FLOPs-vs-time ratios, the slopes and the
-    targets; write ``out/STEM.json`` and ``out/STEM.png``."""
+    """Run ``speed.run_speed`` and, with two or more frame counts, ``streaming.run_streaming_ingest`` at the
+    first and last; print the per-cell table, the FLOPs-vs-time ratios, the slopes, the streaming ingest
+    and the targets; write ``out/STEM.json`` and ``out/STEM.png``."""
     result = run_speed(
         spec,
         frames,
@@ -74,6 +77,12 @@ def bench_speed(
         "\nlog-log slope of prefill time vs frames: "
         + ", ".join(f"{v} {s:.2f}" for v, s in result["slope"].items())
     )
+    if len(frames) > 1:
+        ingest = run_streaming_ingest(spec, frames[0], frames[-1], repeats=ingest_repeats)
+        result["streaming_ingest"] = ingest
+        result["targets"].append(ingest_target(ingest).as_dict())
+        print(f"\nStreaming ingest: one add_frames of one frame (median of {ingest_repeats})")
+        print(format_table(INGEST_HEADER, ingest_rows(ingest)))
     print_targets(result["targets"])
     write_json(out / f"{stem}.json", result)
     panels = [("prefill", "seconds", _series(prefill)), ("decode step", "seconds", _series(decode))]

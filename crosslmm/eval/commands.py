@@ -1,12 +1,23 @@
-"""``crosslmm chat`` (ask about a video, answers streamed) and ``crosslmm paper-table``."""
+"""``crosslmm chat`` (ask about a video, answers streamed; ``--stream`` replays it as a live stream) and
+``crosslmm paper-table``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+STREAM_FPS = 2.0  # chat --stream's default sampling rate
 
 
 def _chat(args: argparse.Namespace) -> int:
+    if args.stream:
+        return _chat_stream(args)
+    stream_only = [
+        flag for flag, value in (("--ask", args.ask), ("--speed", args.speed)) if value is not None
+    ]
+    if stream_only:
+        raise ValueError(f"{', '.join(stream_only)}: only with --stream")
     from transformers import TextStreamer
 
     from crosslmm.data.sampling import FrameSampling
@@ -36,6 +47,67 @@ def _chat(args: argparse.Namespace) -> int:
             return 0
         if line.strip():
             ask(line.strip())
+
+
+def _chat_stream(args: argparse.Namespace) -> int:
+    """``chat --stream``: frames reach a StreamingSession at their video times (crosslmm.eval.live)."""
+    if args.question is not None:
+        raise ValueError("--question asks about the whole video; with --stream use --ask SECONDS:QUESTION")
+    from transformers import TextStreamer
+
+    from crosslmm.data.sampling import FrameSampling
+    from crosslmm.data.video import load_video
+    from crosslmm.eval.live import replay
+    from crosslmm.inference import load
+    from crosslmm.streaming import StreamingSession
+
+    # Decode the video before loading the model: a bad path fails in a second, naming the file.
+    fps = args.fps if args.fps is not None or args.frames is not None else STREAM_FPS
+    sampling = FrameSampling.resolve(args.frames, fps, args.max_frames, args.min_frames)
+    clip = load_video(args.video, **dataclasses.asdict(sampling))
+    times = clip.indices / clip.fps if clip.fps > 0 else clip.indices * 0.0  # an image: one frame at 0 s
+    model, processor = load(args.model, device=args.device)
+    session = StreamingSession(model, processor)  # refuses a model that cannot stream, saying why
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    speed = 1.0 if args.speed is None else args.speed
+    print(
+        f"{args.video}: {len(times)} frames over {clip.duration:.1f} s, replayed "
+        + ("as fast as possible" if speed == 0 else f"at {speed:g}x")
+        + ("" if args.ask else "; ask a question at any moment (Ctrl-D to quit)"),
+        file=sys.stderr,
+    )
+    try:
+        replay(
+            session,
+            clip.frames,
+            times,
+            speed=speed,
+            asks=args.ask,
+            typed=None if args.ask else sys.stdin,
+            answer=lambda q: session.ask(q, max_new_tokens=args.max_new_tokens, streamer=streamer),
+        )
+    finally:
+        session.close()
+    return 0
+
+
+def _ask_at(text: str) -> tuple[float, str]:
+    """``SECONDS:QUESTION`` -> (seconds of video time, question)."""
+    seconds, sep, question = text.partition(":")
+    try:
+        at = float(seconds)
+    except ValueError:
+        at = float("nan")
+    if not sep or not question.strip() or not at >= 0:
+        raise argparse.ArgumentTypeError(f"expected SECONDS:QUESTION with SECONDS >= 0, got {text!r}")
+    return at, question.strip()
+
+
+def _speed(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: as fast as possible), got {value}")
+    return value
 
 
 def _paper_table(args: argparse.Namespace) -> int:
@@ -68,6 +140,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=_positive_int, help="cap on the sampled frames")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+    live = p.add_argument_group("live stream (docs/streaming.md)")
+    live.add_argument(
+        "--stream",
+        action="store_true",
+        help=f"replay the video as a live stream (default --fps {STREAM_FPS:g}); each answer sees the frames so far",
+    )
+    live.add_argument(
+        "--ask",
+        type=_ask_at,
+        action="append",
+        metavar="SECONDS:QUESTION",
+        help="ask at this video time (repeatable; for scripts, instead of reading stdin)",
+    )
+    live.add_argument(
+        "--speed", type=_speed, help="video seconds per wall second (default 1; 0: as fast as possible)"
+    )
     p.set_defaults(func=_chat)
 
     p = subparsers.add_parser("paper-table", help="lmms-eval results beside the paper's Table 1 (Markdown)")

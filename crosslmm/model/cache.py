@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from crosslmm.model.configuration import validate_decode_memory
+
 
 class CrossLMMCache(DynamicCache):
     """A ``DynamicCache`` for the decoder's self-attention plus, per cross-attention layer, the T2V keys and
@@ -14,10 +16,29 @@ class CrossLMMCache(DynamicCache):
     ``frame_counts`` (B,) says how many frames of each row are real, each with ``patches_per_frame``
     keys. Generated tokens attend to all
     real frames of their sample, so decoding never re-encodes the video.
+
+    Bounded decode (``decode_memory="topk_frames"``): ``selected_kv[layer]`` holds (keys, values, kept),
+    the K/V of the frames the prompt attended to most, (B, KVH, m * N, hd), time order, ``kept`` (B,) real
+    frames per row; one-token decode steps attend to those only. Once a one-shot prefill has selected, the
+    full ``cross_kv`` of that layer is dropped, unless ``keep_full_memory`` (streaming: frames and
+    questions still to come need every frame, and each question re-ranks). ``decode_memory`` /
+    ``decode_frames`` given here override the model config's for this cache (a generate-time setting).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(
+        self,
+        *args,
+        decode_memory: str | None = None,
+        decode_frames: int | None = None,
+        keep_full_memory: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if decode_memory is not None or decode_frames is not None:
+            validate_decode_memory(decode_memory or "topk_frames", decode_frames or 1)
+        self.decode_memory, self.decode_frames = decode_memory, decode_frames
+        self.keep_full_memory = keep_full_memory
+        self.selected_kv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._capacity: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # streaming: storage of cross_kv
         self.frame_counts: torch.Tensor | None = None
@@ -34,6 +55,22 @@ class CrossLMMCache(DynamicCache):
     def store_cross(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         self.cross_kv[layer] = (keys, values)
         self._capacity.pop(layer, None)
+        self.selected_kv.pop(layer, None)
+
+    def store_selection(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, drop_full: bool
+    ) -> None:
+        """Keep ``layer``'s selected frames for decoding; ``drop_full`` frees the full memory (one-shot)."""
+        self.selected_kv[layer] = (keys, values, kept)
+        if drop_full and not self.keep_full_memory:
+            self.cross_kv.pop(layer, None)
+            self._capacity.pop(layer, None)
+
+    def cross_nbytes(self) -> int:
+        """Bytes of the cross-attention K/V this cache holds for decoding (full and selected)."""
+        tensors = [t for kv in self.cross_kv.values() for t in kv]
+        tensors += [t for k, v, _ in self.selected_kv.values() for t in (k, v)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def append_cross(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Append one sample's new keys/values (1, KVH, M_new, hd) to ``layer``'s (streaming).
@@ -41,6 +78,7 @@ class CrossLMMCache(DynamicCache):
         The storage grows by doubling, so appending a frame costs the same however many came before
         (amortised); ``cross_kv[layer]`` stays a view of the filled part.
         """
+        self.selected_kv.pop(layer, None)  # new frames: the next prompt re-ranks
         if layer not in self.cross_kv:
             self.store_cross(layer, keys, values)
             return
@@ -62,6 +100,7 @@ class CrossLMMCache(DynamicCache):
 
     def _map_cross(self, fn) -> None:
         self.cross_kv = {k: (fn(key), fn(val)) for k, (key, val) in self.cross_kv.items()}
+        self.selected_kv = {k: tuple(fn(t) for t in kv) for k, kv in self.selected_kv.items()}
         self._capacity = {}
         if self.frame_counts is not None:
             self.frame_counts = fn(self.frame_counts)
@@ -81,5 +120,6 @@ class CrossLMMCache(DynamicCache):
     def reset(self) -> None:
         super().reset()
         self.cross_kv = {}
+        self.selected_kv = {}
         self._capacity = {}
         self.frame_counts = None

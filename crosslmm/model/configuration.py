@@ -14,6 +14,7 @@ V2V_SCOPES = ("frame", "video")
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 KV_SOURCES = ("encoder", "projector")
 TEXT_MODEL_TYPES = ("qwen2", "llama")
+DECODE_MEMORY_MODES = ("full", "topk_frames")
 
 
 def _text_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig:
@@ -31,6 +32,15 @@ def _choice(name: str, value, options: tuple) -> None:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
 
 
+def validate_decode_memory(decode_memory: str, decode_frames: int) -> None:
+    """The bounded-decode setting (config fields, or a ``CrossLMMCache`` override at generate time)."""
+    _choice("decode_memory", decode_memory, DECODE_MEMORY_MODES)
+    if isinstance(decode_frames, bool) or not isinstance(decode_frames, int) or decode_frames < 1:
+        raise ValueError(
+            f"decode_frames must be a positive int (frames kept per layer), got {decode_frames!r}"
+        )
+
+
 class CrossLMMConfig(PretrainedConfig):
     """Vision tower + pooling projector + decoder with gated V2V/T2V cross-attention.
 
@@ -42,6 +52,10 @@ class CrossLMMConfig(PretrainedConfig):
     block's keys/values (the paper's efficiency numbers only fit this); ``"projector"`` routes them through
     the MLP projector first. ``video_end_token_id`` (optional) marks one slot after each video that receives
     a learned vector instead of its token embedding (LLaVA-OneVision's trailing ``image_newline``).
+
+    ``decode_memory`` says what a generated token's T2V attends to: ``"full"`` (exact, every cached original
+    token) or ``"topk_frames"``: per cross layer, only the ``decode_frames`` frames the prompt's last text
+    attended to most at prefill (docs/streaming.md, "Bounded decode"). The prompt itself is always exact.
     """
 
     model_type = "crosslmm"
@@ -67,6 +81,8 @@ class CrossLMMConfig(PretrainedConfig):
         video_token_id: int | None = None,
         video_end_token_id: int | None = None,
         vision_chunk_size: int = 32,
+        decode_memory: str = "full",
+        decode_frames: int = 16,
         **kwargs,
     ):
         if isinstance(vision_config, dict):
@@ -91,6 +107,8 @@ class CrossLMMConfig(PretrainedConfig):
         self.video_token_id = video_token_id
         self.video_end_token_id = video_end_token_id
         self.vision_chunk_size = vision_chunk_size
+        self.decode_memory = decode_memory
+        self.decode_frames = decode_frames
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_crosslmm()
@@ -141,3 +159,4 @@ class CrossLMMConfig(PretrainedConfig):
             )
         if not isinstance(self.vision_chunk_size, int) or self.vision_chunk_size < 1:
             raise ValueError(f"vision_chunk_size must be a positive int, got {self.vision_chunk_size!r}")
+        validate_decode_memory(self.decode_memory, self.decode_frames)

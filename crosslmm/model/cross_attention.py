@@ -68,6 +68,16 @@ class CrossAttention(nn.Module):
         out = self.o_proj(out.transpose(1, 2).reshape(groups, length, -1))
         return torch.tanh(self.gate).to(out.dtype) * out
 
+    def frame_attention_mass(
+        self, queries: torch.Tensor, keys: torch.Tensor, patches_per_frame: int
+    ) -> torch.Tensor:
+        """queries (Lq, D) over keys (1, KVH, F * N, hd) -> (F,) softmax attention mass per frame, averaged
+        over heads and queries: scores (H, Lq, F * N), so give it a few queries (bounded decode gives one)."""
+        q = self.q_proj(self.query_norm(queries)).view(-1, self.num_heads, self.head_dim).transpose(0, 1)
+        k = keys[0].repeat_interleave(self.num_heads // self.num_kv_heads, 0)  # (H, M, hd), GQA as SDPA's
+        scores = (q @ k.transpose(1, 2)).float() * self.head_dim**-0.5
+        return scores.softmax(-1).unflatten(-1, (-1, patches_per_frame)).sum(-1).mean((0, 1))
+
 
 class GatedMLP(nn.Module):
     """Optional SwiGLU feed-forward after the cross-attentions, gated like HF mllama's."""
@@ -116,6 +126,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         self.tokens_per_frame = config.tokens_per_frame
         self.v2v_scope = config.v2v_scope
         self.vision_chunk_size = config.vision_chunk_size
+        self.decode_memory, self.decode_frames = config.decode_memory, config.decode_frames
         self.v2v = CrossAttention(text_config, memory_dim) if config.v2v else None
         self.t2v = CrossAttention(text_config, memory_dim) if config.t2v else None
         self.mlp = GatedMLP(text_config) if config.cross_attention_mlp else None
@@ -141,9 +152,12 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
             out = out.index_add(0, layout.video_positions, self._v2v(flat, layout, memory).to(flat.dtype))
             updated.append(layout.video_positions)
         if self.t2v is not None and (layout.text_groups or (memory is not None and cache is not None)):
-            keys, values, patches_per_frame = self._t2v_memory(layout, memory, cache)
+            step = memory is None and length == 1  # a generation step, not a prompt: may use the selection
+            keys, values, patches_per_frame, kept = self._t2v_memory(layout, memory, cache, step)
+            if kept is None and cache is not None and self._decode_frames(cache) and not layout.streaming:
+                self._select_frames(flat, layout, keys, values, patches_per_frame, cache, memory is not None)
             if layout.text_groups:
-                positions, update = self._t2v(flat, layout, keys, values, patches_per_frame)
+                positions, update = self._t2v(flat, layout, keys, values, patches_per_frame, kept)
                 out = out.index_add(0, positions, update.to(flat.dtype))
                 updated.append(positions)
         if self.mlp is not None and updated:
@@ -173,12 +187,15 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         return torch.cat(updates)
 
     def _t2v_memory(
-        self, layout: VisualLayout, memory: torch.Tensor | None, cache: CrossLMMCache | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-        """Per-sample T2V keys/values (1, KVH, M_b, hd) and ``patches_per_frame`` (original tokens per frame).
+        self, layout: VisualLayout, memory: torch.Tensor | None, cache: CrossLMMCache | None, step: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int, list[int] | None]:
+        """Per-sample T2V keys/values (1, KVH, M_b, hd), ``patches_per_frame`` (original tokens per frame)
+        and, when they are a bounded-decode selection, the frames each sample keeps (else None).
 
         At prefill they are projected from ``memory`` and stored in ``cache`` (even when no prompt text
-        follows a video: the generated tokens will need them); when decoding they come from the cache.
+        follows a video: the generated tokens will need them); when decoding they come from the cache: a
+        generation ``step`` reads the selected frames if this layer has a selection, anything else the
+        full memory (the selection only when a one-shot prefill has dropped the full memory).
         """
         if memory is not None:
             keys, values = self.t2v.project_memory(memory, self.vision_chunk_size)
@@ -186,18 +203,75 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
             if layout.streaming:  # new frames of one sample: append, then attend over every frame so far
                 cache.append_cross(self.layer_idx, per_sample_k[0], per_sample_v[0])
                 all_k, all_v = cache.cross_kv[self.layer_idx]
-                return [all_k], [all_v], memory.shape[1]
+                return [all_k], [all_v], memory.shape[1], None
             if cache is not None:
                 cache.store_cross(self.layer_idx, _pad_batch(per_sample_k), _pad_batch(per_sample_v))
-            return per_sample_k, per_sample_v, memory.shape[1]
-        if cache is None or self.layer_idx not in cache.cross_kv:
+            return per_sample_k, per_sample_v, memory.shape[1], None
+        has_full = cache is not None and self.layer_idx in cache.cross_kv
+        if cache is not None and self.layer_idx in cache.selected_kv and (step or not has_full):
+            sel_k, sel_v, kept = cache.selected_kv[self.layer_idx]
+            per_sample_k = [sel_k[b : b + 1] for b in range(sel_k.shape[0])]
+            per_sample_v = [sel_v[b : b + 1] for b in range(sel_v.shape[0])]
+            return per_sample_k, per_sample_v, cache.patches_per_frame, kept.tolist()
+        if not has_full:
             raise RuntimeError(
                 "T2V on decoded tokens needs the cross-attention keys/values cached at prefill"
             )
         padded_k, padded_v = cache.cross_kv[self.layer_idx]
         per_sample_k = [padded_k[b : b + 1] for b in range(padded_k.shape[0])]
         per_sample_v = [padded_v[b : b + 1] for b in range(padded_v.shape[0])]
-        return per_sample_k, per_sample_v, cache.patches_per_frame
+        return per_sample_k, per_sample_v, cache.patches_per_frame, None
+
+    def _decode_frames(self, cache: CrossLMMCache) -> int | None:
+        """Frames a generated token's T2V keeps per sample (None: all, exact); the cache's setting wins."""
+        mode = cache.decode_memory or self.decode_memory
+        return (cache.decode_frames or self.decode_frames) if mode == "topk_frames" else None
+
+    def _select_frames(
+        self,
+        flat: torch.Tensor,
+        layout: VisualLayout,
+        per_sample_k: list[torch.Tensor],
+        per_sample_v: list[torch.Tensor],
+        patches_per_frame: int,
+        cache: CrossLMMCache,
+        one_shot: bool,
+    ) -> None:
+        """Bounded decode: keep per sample the ``decode_frames`` frames with the largest T2V attention mass
+        from the prompt's last token (the position that predicts the first answer token, so the query most
+        like the generated tokens'; on the demo it finds the marker frames far better than the whole question,
+        docs/streaming.md), in time order, for the generation steps. One query: the ranking costs a T2V
+        step's scores, nothing next to the prefill. Frames that token cannot see rank above all seen ones,
+        newest first; a sample with no text after its video keeps its newest frames."""
+        m = self._decode_frames(cache)
+        last_group = {}
+        for group in layout.text_groups:  # groups come in position order within a sample
+            last_group[group.sample] = group  # its last position is the sample's last text token
+        kept_k, kept_v, kept = [], [], []
+        for b, count in enumerate(cache.frame_counts.tolist()):
+            k = per_sample_k[b][:, :, : count * patches_per_frame].unflatten(2, (count, patches_per_frame))
+            v = per_sample_v[b][:, :, : count * patches_per_frame].unflatten(2, (count, patches_per_frame))
+            score = torch.arange(1, count + 1, dtype=torch.float32, device=k.device)  # recency, >= 1
+            group = last_group.get(b)
+            if group is not None:
+                seen = group.visible_frames
+                mass = self.t2v.frame_attention_mass(
+                    flat[group.positions[-1:]],
+                    per_sample_k[b][:, :, : seen * patches_per_frame],
+                    patches_per_frame,
+                )
+                score[:seen] = mass - 2  # in [-2, -1]: below every unseen frame
+            frames = score.topk(min(m, count)).indices.sort().values
+            kept_k.append(k[:, :, frames].flatten(2, 3))
+            kept_v.append(v[:, :, frames].flatten(2, 3))
+            kept.append(len(frames))
+        cache.store_selection(
+            self.layer_idx,
+            _pad_batch(kept_k),
+            _pad_batch(kept_v),
+            torch.tensor(kept, device=cache.frame_counts.device),
+            drop_full=one_shot,
+        )
 
     def _t2v(
         self,
@@ -206,11 +280,14 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         per_sample_k: list[torch.Tensor],
         per_sample_v: list[torch.Tensor],
         patches_per_frame: int,
+        kept: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions and updates for text tokens; each sees only the frames that precede it."""
+        """Positions and updates for text tokens; each sees only the frames that precede it (of a
+        selection: the ``kept`` frames of its sample, all of which precede a generated token)."""
         updates = []
         for group in layout.text_groups:
-            span = group.visible_frames * patches_per_frame
+            frames = group.visible_frames if kept is None else kept[group.sample]
+            span = frames * patches_per_frame
             k = per_sample_k[group.sample][:, :, :span]
             v = per_sample_v[group.sample][:, :, :span]
             updates.append(self.t2v(flat[group.positions][None], k, v)[0])
