@@ -113,11 +113,19 @@ def test_uint8_frames_equal_the_old_normalised_float_input(chunk):
     pixels = inputs["pixel_values_videos"]
     assert pixels.dtype == torch.uint8 and pixels.shape[:2] == (2, 3)
 
-    # The old preprocessing: resize, rescale and normalise in the image processor, fp32 out.
+    # The old preprocessing: resize, rescale and normalise (the tower's mean/std) in the image processor.
     old = torch.zeros(pixels.shape, dtype=torch.float32)
     for b, video in enumerate(videos):
         images = list(torch.from_numpy(video).permute(0, 3, 1, 2))
-        old[b, : len(video)] = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        tower = model.model.vision_tower
+        old[b, : len(video)] = processor.image_processor(
+            images=images,
+            do_rescale=True,
+            do_normalize=True,
+            image_mean=list(tower.image_mean),
+            image_std=list(tower.image_std),
+            return_tensors="pt",
+        )["pixel_values"]
         torch.testing.assert_close(
             model.model.normalize_frames(pixels[b, : len(video)]), old[b, : len(video)], rtol=0, atol=0
         )

@@ -96,9 +96,14 @@ def _plain_string_template(tokenizer, template: str, video_token: str) -> str:
     return wrapped
 
 
+def _source_video_processor(source_processor):
+    return getattr(source_processor, "video_processor", None) or source_processor.image_processor
+
+
 def _frame_processor(source_processor, image_size: int) -> SiglipImageProcessor:
-    """The source's video preprocessing (square resize, rescale, normalise) as CrossLMM's frame processor."""
-    video = getattr(source_processor, "video_processor", None) or source_processor.image_processor
+    """The source's video resize as CrossLMM's frame processor; its mean/std go to the vision config (the
+    model normalises), and its rescale must be CrossLMM's x/255."""
+    video = _source_video_processor(source_processor)
     size = dict(video.size)
     if size != {"height": image_size, "width": image_size}:
         raise ValueError(f"source video processor resizes to {size}, expected {image_size}x{image_size}")
@@ -107,13 +112,7 @@ def _frame_processor(source_processor, image_size: int) -> SiglipImageProcessor:
             f"source video processor rescales by {video.rescale_factor}; "
             "CrossLMM normalises uint8 frames as x/255"
         )
-    return SiglipImageProcessor(
-        size=size,
-        resample=video.resample,
-        rescale_factor=video.rescale_factor,
-        image_mean=list(video.image_mean),
-        image_std=list(video.image_std),
-    )
+    return SiglipImageProcessor(size=size, resample=video.resample, do_rescale=False, do_normalize=False)
 
 
 def _expected_keys(model_cls: type[PreTrainedModel], config) -> list[str]:
@@ -153,8 +152,8 @@ def convert_llava_onevision(
     frame_processor = _frame_processor(source_processor, src_config.vision_config.image_size)
     # The processor only resizes; the model normalises uint8 frames with its tower's mean/std, so the tower
     # carries the source's (saved in the vision config).
-    src_config.vision_config.image_mean = list(frame_processor.image_mean)
-    src_config.vision_config.image_std = list(frame_processor.image_std)
+    src_config.vision_config.image_mean = list(_source_video_processor(source_processor).image_mean)
+    src_config.vision_config.image_std = list(_source_video_processor(source_processor).image_std)
     video_end_id = tokenizer.convert_tokens_to_ids(VIDEO_END_TOKEN)
     fields = dict(SOURCE_POOLING) | crosslmm_fields
     config = CrossLMMConfig(
@@ -234,13 +233,13 @@ def export_llava_onevision(
         None, config=src_config, state_dict=state, dtype=model.dtype
     )
     source.generation_config = copy.deepcopy(model.generation_config)
-    frames = processor.image_processor
+    frames, tower = processor.image_processor, model.model.vision_tower
     preprocessing = dict(
         size=dict(frames.size),
         resample=frames.resample,
-        rescale_factor=frames.rescale_factor,
-        image_mean=list(frames.image_mean),
-        image_std=list(frames.image_std),
+        rescale_factor=1 / 255,  # what the model's normalisation assumes
+        image_mean=list(tower.image_mean),
+        image_std=list(tower.image_std),
     )
     grid = cfg.vision_config.image_size // cfg.vision_config.patch_size
     source_processor = LlavaOnevisionProcessor(

@@ -22,15 +22,10 @@ CHATML_TEMPLATE = (
 
 
 def build_image_processor(vision_tower) -> SiglipImageProcessor:
-    """Resize every frame to the tower's square input (no crop: a video frame's edges can hold the answer).
-    It records the tower's mean/std (export writes them out), but ``preprocess_frames`` only resizes: the
-    model normalises uint8 frames itself."""
+    """Resize every frame to the tower's square input (no crop: a video frame's edges can hold the answer),
+    and nothing else: the model normalises uint8 frames with its tower's mean/std, their one owner."""
     size = vision_tower.image_size
-    return SiglipImageProcessor(
-        size={"height": size, "width": size},
-        image_mean=list(vision_tower.image_mean),
-        image_std=list(vision_tower.image_std),
-    )
+    return SiglipImageProcessor(size={"height": size, "width": size}, do_rescale=False, do_normalize=False)
 
 
 def _special_token_id(tokenizer, token: str) -> int:
