@@ -178,7 +178,7 @@ def test_every_parameter_is_read_inside_its_modules_forward():
     model, processor = make_tiny(TinySpec(), v2v=True, t2v=True, cross_attention_mlp=True)
     set_gates(model, 0.5)
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     running, outside = set(), set()
     for name, module in model.named_modules():
         module._parameters = _ReadOutsideForward(module, f"{name}.", running, outside)

@@ -51,8 +51,8 @@ def training_arguments(config: TrainConfig, use_configured_state: bool = False) 
         max_grad_norm=config.max_grad_norm,
         optim="adamw_torch",
         bf16=config.precision == "bf16" or (config.precision == "auto" and on_gpu),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings need no input grads
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings need no input grads
         deepspeed=config.deepspeed,
         ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         seed=config.seed,
