@@ -56,6 +56,11 @@ class CrossLMMConfig(PretrainedConfig):
     ``decode_memory`` says what a generated token's T2V attends to: ``"full"`` (exact, every cached original
     token) or ``"topk_frames"``: per cross layer, only the ``decode_frames`` frames the prompt's last text
     attended to most at prefill (docs/streaming.md, "Bounded decode"). The prompt itself is always exact.
+
+    ``tokens_per_frame_choices`` (elastic budgets): the pooled-token budgets the model is trained at, each a
+    pooled grid ``s x s`` of the tower's patch grid; training draws one per batch and inference may use any of
+    them, read from the inputs (video tokens / frames). None: one fixed budget, ``tokens_per_frame``, which is
+    otherwise the default budget (the processor's) and must be one of the choices.
     """
 
     model_type = "crosslmm"
@@ -66,6 +71,7 @@ class CrossLMMConfig(PretrainedConfig):
         vision_config: dict | PretrainedConfig | None = None,
         text_config: dict | PretrainedConfig | None = None,
         tokens_per_frame: int = 9,
+        tokens_per_frame_choices: list[int] | None = None,
         pooling_mode: str = "avg",
         pooling_antialias: bool = True,
         pooling_position: str = "before_projector",
@@ -90,6 +96,9 @@ class CrossLMMConfig(PretrainedConfig):
         self.vision_config = vision_config
         self.text_config = _text_config_from(text_config)
         self.tokens_per_frame = tokens_per_frame
+        self.tokens_per_frame_choices = (
+            list(tokens_per_frame_choices) if tokens_per_frame_choices is not None else None
+        )
         self.pooling_mode = pooling_mode
         self.pooling_antialias = pooling_antialias
         self.pooling_position = pooling_position
@@ -116,6 +125,20 @@ class CrossLMMConfig(PretrainedConfig):
     @property
     def pooled_grid(self) -> int:
         return math.isqrt(self.tokens_per_frame)
+
+    @property
+    def trained_budgets(self) -> list[int]:
+        """Tokens per frame this model answers at: the elastic choices, or the one fixed budget."""
+        return list(self.tokens_per_frame_choices or [self.tokens_per_frame])
+
+    def check_budget(self, tokens_per_frame: int, source: str = "the inputs") -> None:
+        """Refuse a budget the model was not trained at, listing the trained ones."""
+        if tokens_per_frame not in self.trained_budgets:
+            raise ValueError(
+                f"{source} use {tokens_per_frame} tokens per frame, which do not match a trained budget: this "
+                f"model was trained at tokens_per_frame in {self.trained_budgets}; build the prompt with "
+                "CrossLMMProcessor(..., tokens_per_frame=K) for one of them"
+            )
 
     def resolved_cross_layers(self) -> list[int]:
         """Decoder-layer indices after which a dual cross-attention layer runs (empty = none)."""
@@ -153,6 +176,7 @@ class CrossLMMConfig(PretrainedConfig):
                     f"tokens_per_frame={tpf} needs a {self.pooled_grid}x{self.pooled_grid} grid, "
                     f"but the vision tower only gives {grid}x{grid} patches"
                 )
+        self._validate_budget_choices()
         if self.video_end_token_id is not None and self.video_end_token_id == self.video_token_id:
             raise ValueError(
                 "video_end_token_id must differ from video_token_id (layouts count video tokens)"
@@ -160,3 +184,33 @@ class CrossLMMConfig(PretrainedConfig):
         if not isinstance(self.vision_chunk_size, int) or self.vision_chunk_size < 1:
             raise ValueError(f"vision_chunk_size must be a positive int, got {self.vision_chunk_size!r}")
         validate_decode_memory(self.decode_memory, self.decode_frames)
+
+    def _validate_budget_choices(self) -> None:
+        """Each elastic budget must be a pooled grid s x s with s <= the tower's grid (exact block means
+        where s divides it, adaptive pooling otherwise, as ``pool_frames`` does for the fixed budget)."""
+        choices = self.tokens_per_frame_choices
+        if choices is None:
+            return
+        grid = vision_grid_size(self.vision_config) if self.vision_config is not None else None
+        valid = f"valid budgets: {[s * s for s in range(1, grid + 1)]}" if grid else "perfect squares"
+        bad = [
+            k
+            for k in choices
+            if isinstance(k, bool)
+            or not isinstance(k, int)
+            or k < 1
+            or math.isqrt(k) ** 2 != k
+            or (grid is not None and math.isqrt(k) > grid)
+        ]
+        if bad or not choices or len(set(choices)) != len(choices):
+            where = f" of the tower's {grid}x{grid} patch grid" if grid else ""
+            raise ValueError(
+                f"tokens_per_frame_choices must be distinct pooled grids s*s{where} ({valid}), got {choices}"
+                + (f"; invalid: {bad}" if bad else "")
+            )
+        if self.tokens_per_frame not in choices:
+            raise ValueError(
+                f"tokens_per_frame={self.tokens_per_frame} (the default budget) must be one of "
+                f"tokens_per_frame_choices {choices}"
+            )
+        self.tokens_per_frame_choices = sorted(choices)

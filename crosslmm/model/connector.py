@@ -69,29 +69,34 @@ class PoolingProjector(nn.Sequential):
             raise ValueError(
                 f"unknown projector_type {config.projector_type!r}; expected mlp2x_gelu or linear"
             )
-        self.pooled_grid = config.pooled_grid  # s
+        self.pooled_grid = config.pooled_grid  # s of the default budget; a call may ask for another
         self.pooling_mode = config.pooling_mode
         self.pooling_antialias = config.pooling_antialias
         self.pool_first = config.pooling_position == "before_projector"
         self.memory_source = config.cross_attention_kv_source if config.resolved_cross_layers() else None
         self.memory_dim = vision_dim if self.memory_source == "encoder" else text_dim  # Dm
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(F, N, C) -> (F, s*s, C)"""
-        return pool_frames(tokens, self.pooled_grid, self.pooling_mode, self.pooling_antialias)
+    def pool(self, tokens: torch.Tensor, pooled_grid: int | None = None) -> torch.Tensor:
+        """(F, N, C) -> (F, s*s, C), s = ``pooled_grid`` (None: the config's)."""
+        grid = pooled_grid or self.pooled_grid
+        return pool_frames(tokens, grid, self.pooling_mode, self.pooling_antialias)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """(F, n, Dv) -> (F, n, D)"""
         return super().forward(tokens)
 
-    def forward(self, original: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """original (F, N, Dv) -> pooled (F, s*s, D), memory (F, N, Dm) or None without cross-attention."""
+    def forward(
+        self, original: torch.Tensor, pooled_grid: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """original (F, N, Dv) -> pooled (F, s*s, D), memory (F, N, Dm) or None without cross-attention.
+
+        ``pooled_grid`` s: this call's budget (an elastic model's inputs choose it; None: the config's)."""
         projected = None
         if self.pool_first:
-            pooled = self.project(self.pool(original))  # (F, s*s, Dv) -> (F, s*s, D)
+            pooled = self.project(self.pool(original, pooled_grid))  # (F, s*s, Dv) -> (F, s*s, D)
         else:
             projected = self.project(original)  # (F, N, D)
-            pooled = self.pool(projected)  # (F, s*s, D)
+            pooled = self.pool(projected, pooled_grid)  # (F, s*s, D)
         if self.memory_source is None:
             return pooled, None
         if self.memory_source == "encoder":

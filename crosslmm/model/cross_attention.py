@@ -123,7 +123,6 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         super().__init__()
         text_config = config.text_config
         self.layer_idx = layer_idx
-        self.tokens_per_frame = config.tokens_per_frame
         self.v2v_scope = config.v2v_scope
         self.vision_chunk_size = config.vision_chunk_size
         self.decode_memory, self.decode_frames = config.decode_memory, config.decode_frames
@@ -166,10 +165,12 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         return out.view(batch, length, dim)
 
     def _v2v(self, flat: torch.Tensor, layout: VisualLayout, memory: torch.Tensor) -> torch.Tensor:
-        """Update for the pooled video tokens, (F_total * tokens_per_frame, D)."""
+        """Update for the pooled video tokens, (F_total * tokens_per_frame, D); the layout holds this
+        input's budget (tokens per frame), so one model serves every trained budget."""
         queries = flat[layout.video_positions]
+        per_frame = layout.tokens_per_frame
         if self.v2v_scope == "frame":  # frames are the batch: no mask; chunks bound the K/V held at once
-            queries = queries.view(memory.shape[0], self.tokens_per_frame, -1)
+            queries = queries.view(memory.shape[0], per_frame, -1)
             updates = []
             for start in range(0, memory.shape[0], self.vision_chunk_size):
                 chunk = slice(start, start + self.vision_chunk_size)
@@ -181,7 +182,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         updates, start = [], 0
         for b, n in enumerate(layout.frame_counts.tolist()):
             if n:
-                q = queries[start : start + n * self.tokens_per_frame]
+                q = queries[start : start + n * per_frame]
                 updates.append(self.v2v(q[None], per_sample_k[b], per_sample_v[b])[0])
                 start += q.shape[0]
         return torch.cat(updates)

@@ -30,6 +30,7 @@ class VisualLayout:
     frame_offsets: torch.Tensor  # (B,) index of each sample's first frame in the flat frame list
     text_groups: list[QueryGroup]
     streaming: bool = False  # these frames continue a cached prefix that already holds frames (batch of 1)
+    tokens_per_frame: int = 0  # pooled tokens per frame of this input (its budget); 0 when decoding
 
     @property
     def total_frames(self) -> int:
@@ -50,6 +51,24 @@ def _text_groups(
                 pos = torch.nonzero(text_mask[b] & (visible[b] == c)).squeeze(1) + b * length
                 groups.append(QueryGroup(sample=b, positions=pos, visible_frames=int(c)))
     return groups
+
+
+def tokens_per_frame_of(input_ids: torch.Tensor, frame_counts: torch.Tensor, video_token_id: int) -> int:
+    """The budget an input was built for: video tokens / frames, one value for the whole batch.
+
+    Samples of a batch must share it (pooled tokens of every frame are one (F, k, D) tensor)."""
+    per_sample = (input_ids == video_token_id).sum(1).tolist()
+    counts = frame_counts.tolist()
+    budgets = {t // f for t, f in zip(per_sample, counts) if f}
+    if any(f and t % f for t, f in zip(per_sample, counts)) or len(budgets) > 1:
+        raise ValueError(
+            f"video tokens per sample {per_sample} do not match frames x tokens_per_frame for one budget "
+            f"(frames {counts}): every sample of a batch needs the same tokens per frame; build the prompts "
+            "with one CrossLMMProcessor call so each <video> expands to the right length"
+        )
+    if not budgets:
+        raise ValueError(f"videos were given but no sample has frames (frames {counts})")
+    return budgets.pop()
 
 
 def prefill_layout(
@@ -87,6 +106,7 @@ def prefill_layout(
         frame_offsets=torch.cumsum(counts, 0) - counts,
         text_groups=_text_groups(text_mask, visible, counts),
         streaming=frames_before > 0,
+        tokens_per_frame=tokens_per_frame,
     )
 
 

@@ -7,6 +7,8 @@ transformers is patched, so the LLM weights keep their HF names under ``model.la
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import AutoModel, DynamicCache, GenerationMixin, PreTrainedModel
@@ -20,7 +22,7 @@ from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.connector import PoolingProjector
 from crosslmm.model.cross_attention import CrossAttention, DualCrossAttentionLayer, GatedMLP
 from crosslmm.model.frames import encode_frames, normalize_frames, select_frames
-from crosslmm.model.layout import VisualLayout, decode_layout, prefill_layout
+from crosslmm.model.layout import VisualLayout, decode_layout, prefill_layout, tokens_per_frame_of
 from crosslmm.model.vision import build_vision_tower
 
 IGNORE_INDEX = -100  # label of positions without a target, as in transformers' losses
@@ -87,10 +89,14 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         ``vision_chunk_size`` frames at a time (:func:`crosslmm.model.frames.encode_frames`)."""
         return encode_frames(self.vision_tower, frames, self.config.vision_chunk_size)
 
-    def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_video(
+        self, frames: torch.Tensor, tokens_per_frame: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """frames (F, 3, H, W) -> pooled LLM embeddings (F, tokens_per_frame, D) and the cross-attention
-        memory (F, N, Dm) of original tokens (None without cross-attention layers)."""
-        return self.projector(self.encode_frames(frames))
+        memory (F, N, Dm) of original tokens (None without cross-attention layers). ``tokens_per_frame``:
+        the budget (None: the config's default)."""
+        grid = math.isqrt(tokens_per_frame) if tokens_per_frame else None
+        return self.projector(self.encode_frames(frames), grid)
 
     def embed_video(
         self,
@@ -105,15 +111,13 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         layout and the cross-attention memory. This is the whole visual input of the LLM sequence.
         ``frames_before``: frames already in the cache this input continues (streaming, one sample)."""
         frames, counts = select_frames(pixel_values_videos, video_frame_counts)
+        # The budget comes from the inputs (the processor expanded each <video> for it), never from state.
+        budget = tokens_per_frame_of(input_ids, counts, self.config.video_token_id)
+        self.config.check_budget(budget)
         layout = prefill_layout(
-            input_ids,
-            attention_mask,
-            counts,
-            self.config.video_token_id,
-            self.config.tokens_per_frame,
-            frames_before,
+            input_ids, attention_mask, counts, self.config.video_token_id, budget, frames_before
         )
-        pooled, memory = self.encode_video(frames)
+        pooled, memory = self.encode_video(frames, budget)
         flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
         pooled = pooled.reshape(-1, flat.shape[-1]).to(flat.dtype)
         embeds = flat.index_copy(0, layout.video_positions, pooled).view_as(inputs_embeds)
@@ -260,7 +264,8 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``pixel_values_videos`` (B, F_max, 3, H, W) with ``video_frame_counts`` (B,) real frames per
-        sample; each sample's ``<video>`` tokens (frames x tokens_per_frame) receive its pooled frames. Frames
+        sample; each sample's ``<video>`` tokens (frames x tokens_per_frame) receive its pooled frames; the
+        budget is read from them (video tokens / frames, one per batch, one of ``config.trained_budgets``). Frames
         are uint8 (resized, not normalised; the model normalises them chunk by chunk) or float (normalised).
 
         With ``labels`` (B, L) the LM head runs only at positions whose next token has a label (position t

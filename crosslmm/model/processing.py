@@ -78,6 +78,7 @@ class CrossLMMProcessor(ProcessorMixin):
         fps: float | None = None,
         max_frames: int | None = None,
         min_frames: int | None = None,
+        tokens_per_frame: int | None = None,
         **kwargs,
     ):
         """Render chat messages (one conversation or a batch) as transformers' VLM processors do.
@@ -88,7 +89,8 @@ class CrossLMMProcessor(ProcessorMixin):
         ``tokenize=True`` each video block's ``path``/``video``/``image`` is loaded by our reader under
         ``FrameSampling.resolve(num_frames, fps, max_frames, min_frames)`` (the rule training and the
         lmms-eval plugin use; nothing given means the stage-2 default) and the prompt goes through
-        :meth:`__call__`: ``return_dict=True`` gives the model inputs, else the ``input_ids``.
+        :meth:`__call__` (at ``tokens_per_frame``, default the processor's): ``return_dict=True`` gives the
+        model inputs, else the ``input_ids``.
         """
         batched = bool(conversation) and isinstance(conversation[0], list | tuple)
         conversations = conversation if batched else [conversation]
@@ -119,7 +121,12 @@ class CrossLMMProcessor(ProcessorMixin):
                     f"load with tokenize=True, got keys {sorted(block)}"
                 )
             frames.append(load_frames(source, sampling))
-        inputs = self(text=prompts, videos=frames or None, return_tensors=return_tensors)
+        inputs = self(
+            text=prompts,
+            videos=frames or None,
+            return_tensors=return_tensors,
+            tokens_per_frame=tokens_per_frame,
+        )
         return inputs if return_dict else inputs["input_ids"]
 
     def _flatten_message(self, message: dict, videos: list[dict]) -> dict:
@@ -144,20 +151,36 @@ class CrossLMMProcessor(ProcessorMixin):
                 raise ValueError(f"unsupported content block {block!r}: use type 'text', 'video' or 'image'")
         return {**message, "content": "\n".join(parts)}
 
-    def video_slots(self, num_frames: int) -> str:
-        """What one ``<video>`` of ``num_frames`` frames becomes in the prompt: ``num_frames *
-        tokens_per_frame`` video tokens, then the end token if the model has one. The one owner of this
-        expansion: the processor and the training dataset both ask it."""
-        return self.video_token * (num_frames * self.tokens_per_frame) + (self.video_end_token or "")
+    def budget(self, tokens_per_frame: int | None = None) -> int:
+        """This call's tokens per frame: the one asked for, else the processor's default. Whether the model
+        was trained at it is the model's check (its config owns the trained budgets)."""
+        if tokens_per_frame is None:
+            return self.tokens_per_frame
+        if (
+            isinstance(tokens_per_frame, bool)
+            or not isinstance(tokens_per_frame, int)
+            or tokens_per_frame < 1
+        ):
+            raise ValueError(f"tokens_per_frame must be a positive int, got {tokens_per_frame!r}")
+        return tokens_per_frame
 
-    def video_slot_ids(self, num_frames: int) -> list[int]:
+    def video_slots(self, num_frames: int, tokens_per_frame: int | None = None) -> str:
+        """What one ``<video>`` of ``num_frames`` frames becomes in the prompt: ``num_frames *
+        tokens_per_frame`` video tokens (the budget asked for, default the processor's), then the end token
+        if the model has one. The one owner of this expansion: the processor and the training data ask it."""
+        count = num_frames * self.budget(tokens_per_frame)
+        return self.video_token * count + (self.video_end_token or "")
+
+    def video_slot_ids(self, num_frames: int, tokens_per_frame: int | None = None) -> list[int]:
         """Token ids of :meth:`video_slots` (each slot is one special token)."""
-        ids = [self.video_token_id] * (num_frames * self.tokens_per_frame)
+        ids = [self.video_token_id] * (num_frames * self.budget(tokens_per_frame))
         if self.video_end_token is not None:
             ids.append(self.tokenizer.convert_tokens_to_ids(self.video_end_token))
         return ids
 
-    def expand_video_tokens(self, text: str, frame_counts: list[int]) -> str:
+    def expand_video_tokens(
+        self, text: str, frame_counts: list[int], tokens_per_frame: int | None = None
+    ) -> str:
         """Replace the i-th ``<video>`` in ``text`` by :meth:`video_slots` of ``frame_counts[i]`` frames."""
         pieces = text.split(self.video_token)
         if len(pieces) - 1 != len(frame_counts):
@@ -167,7 +190,7 @@ class CrossLMMProcessor(ProcessorMixin):
             )
         out = [pieces[0]]
         for count, piece in zip(frame_counts, pieces[1:]):
-            out.append(self.video_slots(count))
+            out.append(self.video_slots(count, tokens_per_frame))
             out.append(piece)
         return "".join(out)
 
@@ -195,8 +218,11 @@ class CrossLMMProcessor(ProcessorMixin):
         videos: list[VideoInput] | None = None,
         return_tensors: str = "pt",
         padding: bool | str = True,
+        tokens_per_frame: int | None = None,
         **kwargs,
     ) -> BatchFeature:
+        """``tokens_per_frame``: this call's budget (None: the processor's); an elastic model reads it back
+        from the expanded prompts, so one model answers at any budget it was trained at."""
         texts = [text] if isinstance(text, str) else list(text)
         videos = list(videos or [])
         placeholders = [t.count(self.video_token) for t in texts]
@@ -210,7 +236,7 @@ class CrossLMMProcessor(ProcessorMixin):
         for t, n in zip(texts, placeholders):
             mine = pixel[start : start + n]
             start += n
-            expanded.append(self.expand_video_tokens(t, [p.shape[0] for p in mine]))
+            expanded.append(self.expand_video_tokens(t, [p.shape[0] for p in mine], tokens_per_frame))
             per_sample.append(torch.cat(mine) if mine else None)
         data = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
         if pixel:

@@ -128,6 +128,11 @@ def train(config: TrainConfig, use_configured_state: bool = False) -> Path:
     training_args = training_arguments(config, use_configured_state)
     model, processor = load_model(config)
     records, skipped_at_load = build_mixture(config.data.mixture, config.data.skip_bad)
+    # Elastic budgets: expand at the largest (the over-length rule then cuts the same text for any draw);
+    # the collator draws one budget per batch from (seed, batch) and re-expands (crosslmm.data.dataset).
+    choices = model.config.tokens_per_frame_choices
+    if choices:
+        logger.info("elastic training: one budget per batch from tokens_per_frame_choices %s", choices)
     dataset = VideoChatDataset(
         records,
         processor,
@@ -135,6 +140,7 @@ def train(config: TrainConfig, use_configured_state: bool = False) -> Path:
         sampling=config.data.sampling,
         overlength=config.data.overlength,
         skip_bad=config.data.skip_bad,
+        tokens_per_frame=max(choices) if choices else None,
     )
     if training_args.process_index == 0:
         checkpoint.remove_incomplete(config.output_dir)
@@ -145,7 +151,12 @@ def train(config: TrainConfig, use_configured_state: bool = False) -> Path:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=VideoChatCollator(processor.tokenizer.pad_token_id),
+        data_collator=VideoChatCollator(
+            processor.tokenizer.pad_token_id,
+            tokens_per_frame_choices=choices,
+            seed=config.seed,
+            video_token_id=processor.video_token_id,
+        ),
         processing_class=processor,
         callbacks=[MetricsFile()],
         train_config=config,

@@ -1,0 +1,245 @@
+"""Elastic tokens per frame: one model trained at several budgets answers at any of them (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import coloured_frames, greedy, set_gates, video_prompt, write_train_config
+
+from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, draw_budget, encode_conversation
+from crosslmm.data.synthetic import make_toy_dataset
+from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.configuration import CrossLMMConfig
+from crosslmm.model.tiny import TinySpec, make_tiny
+
+CHOICES = [1, 4]  # TinySpec: 32 px / 4 px patches = an 8x8 grid; 1x1 and 2x2 pooled grids
+QUESTIONS = ("What colour is it?", "Which frame is red?")
+
+
+@pytest.fixture(scope="module")
+def elastic():
+    model, processor = make_tiny(TinySpec(), tokens_per_frame=4, tokens_per_frame_choices=CHOICES)
+    assert vision_grid(model) == 8
+    set_gates(model, 3.0)  # open gates: V2V/T2V shape the answer, so the budget can change it
+    return model.eval(), processor
+
+
+def vision_grid(model) -> int:
+    from crosslmm.model.vision import vision_grid_size
+
+    return vision_grid_size(model.config.vision_config)
+
+
+def _inputs(processor, budget: int, videos=((3, 0),)):
+    prompts = [video_prompt(processor, q) for q in QUESTIONS[: len(videos)]]
+    frames = [coloured_frames(n, seed) for n, seed in videos]
+    return processor(text=prompts, videos=frames, tokens_per_frame=budget, padding_side="left")
+
+
+@pytest.mark.parametrize("budget", CHOICES)
+def test_each_trained_budget_answers_with_cache_equal_to_full_forward(elastic, budget):
+    model, processor = elastic
+    inputs = _inputs(processor, budget)
+    video_tokens = int((inputs["input_ids"] == processor.video_token_id).sum())
+    assert video_tokens == 3 * budget
+    with torch.no_grad():
+        full = model(**inputs, use_cache=False).logits
+        assert full.shape[:2] == inputs["input_ids"].shape
+        out = model.generate(
+            **inputs,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        whole = model(
+            input_ids=out.sequences,
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_frame_counts=inputs["video_frame_counts"],
+            use_cache=False,
+        ).logits
+    prompt_len = inputs["input_ids"].shape[1]
+    steps = torch.stack(out.logits, dim=1)
+    torch.testing.assert_close(steps, whole[:, prompt_len - 1 : -1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("budget", CHOICES)
+def test_batched_generate_at_a_budget_matches_single_answers(elastic, budget):
+    model, processor = elastic
+    videos = ((3, 1), (2, 7))
+    with torch.no_grad():
+        batch_tokens, batch_logits = greedy(model, _inputs(processor, budget, videos), steps=3)
+        for b, video in enumerate(videos):
+            single = processor(
+                text=[video_prompt(processor, QUESTIONS[b])],
+                videos=[coloured_frames(*video)],
+                tokens_per_frame=budget,
+            )
+            tokens, logits = greedy(model, single, steps=3)
+            assert torch.equal(tokens[0], batch_tokens[b])
+            torch.testing.assert_close(logits[0], batch_logits[b], rtol=1e-4, atol=1e-4)
+
+
+def test_switching_budgets_needs_no_reload_and_changes_the_answer(elastic):
+    model, processor = elastic
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        at_one = model(**_inputs(processor, 1)).logits[:, -1]
+        at_four = model(**_inputs(processor, 4)).logits[:, -1]
+        again = model(**_inputs(processor, 1)).logits[:, -1]
+    assert not torch.allclose(at_one, at_four, atol=1e-3)
+    torch.testing.assert_close(again, at_one, rtol=0, atol=0)  # no state left behind by the other budget
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_default_budget_is_the_processors(elastic):
+    model, processor = elastic
+    default = processor(text=[video_prompt(processor, QUESTIONS[0])], videos=[coloured_frames(3, 0)])
+    assert processor.tokens_per_frame == model.config.tokens_per_frame == 4
+    assert torch.equal(default["input_ids"], _inputs(processor, 4)["input_ids"])
+
+
+def test_untrained_budget_is_refused_listing_the_trained_ones(elastic):
+    model, processor = elastic
+    with pytest.raises(ValueError, match=r"trained at tokens_per_frame in \[1, 4\]"):
+        model(**_inputs(processor, 9))
+    fixed, fixed_processor = make_tiny(TinySpec())
+    with pytest.raises(ValueError, match=r"trained at tokens_per_frame in \[4\]"):
+        fixed(**_inputs(fixed_processor, 1))
+
+
+def test_a_batch_mixing_budgets_is_refused(elastic):
+    model, processor = elastic
+    one, four = _inputs(processor, 1), _inputs(processor, 4)
+    ids = torch.full((2, four["input_ids"].shape[1]), processor.tokenizer.pad_token_id)
+    ids[0, : one["input_ids"].shape[1]] = one["input_ids"][0]
+    ids[1] = four["input_ids"][0]
+    with pytest.raises(ValueError, match="same tokens per frame"):
+        model(
+            input_ids=ids,
+            pixel_values_videos=torch.cat([one["pixel_values_videos"], four["pixel_values_videos"]]),
+            video_frame_counts=torch.tensor([3, 3]),
+        )
+
+
+@pytest.mark.parametrize(
+    ("choices", "default", "match"),
+    [
+        ([1, 5], 1, r"valid budgets: \[1, 4, 9, 16, 25, 36, 49, 64\].*invalid: \[5\]"),
+        ([1, 81], 1, r"8x8 patch grid.*invalid: \[81\]"),
+        ([4, 4], 4, "distinct"),
+        ([1, 9], 4, "must be one of tokens_per_frame_choices"),
+    ],
+)
+def test_invalid_choices_are_refused_at_config_time(choices, default, match):
+    model, _ = make_tiny(TinySpec())
+    fields = model.config.to_dict() | {"tokens_per_frame": default, "tokens_per_frame_choices": choices}
+    with pytest.raises(ValueError, match=match):
+        CrossLMMConfig(**fields)
+
+
+def test_config_round_trip_keeps_choices(elastic, tmp_path):
+    model, processor = elastic
+    save_model_dir(model, processor, tmp_path)
+    loaded = CrossLMMConfig.from_pretrained(tmp_path)
+    assert loaded.tokens_per_frame_choices == CHOICES and loaded.trained_budgets == CHOICES
+    assert make_tiny(TinySpec())[0].config.tokens_per_frame_choices is None
+
+
+def _samples(processor, n: int, frames: int = 2) -> list[dict]:
+    messages = [
+        {"role": "user", "content": "<video>\nWhat colour is the marker?"},
+        {"role": "assistant", "content": "red"},
+    ]
+    out = []
+    for i in range(n):
+        enc = encode_conversation(processor, messages, frames, 256, "truncate", tokens_per_frame=max(CHOICES))
+        out.append(
+            dict(
+                input_ids=enc.input_ids,
+                labels=enc.labels,
+                frames=torch.zeros((frames, 3, 32, 32), dtype=torch.uint8),
+                dropped=torch.zeros(2, dtype=torch.long),
+                index=torch.tensor(i),
+            )
+        )
+    return out
+
+
+def test_collator_draws_one_budget_per_batch_reproducibly_and_covers_the_choices(elastic):
+    _, processor = elastic
+    samples = _samples(processor, 40)
+    collate = VideoChatCollator(
+        processor.tokenizer.pad_token_id,
+        tokens_per_frame_choices=CHOICES,
+        seed=7,
+        video_token_id=processor.video_token_id,
+    )
+    drawn = []
+    for i in range(0, 40, 2):
+        batch = collate(samples[i : i + 2])
+        per_sample = (batch["input_ids"] == processor.video_token_id).sum(1) / batch["video_frame_counts"]
+        assert per_sample[0] == per_sample[1]  # one budget per batch: rectangular
+        budget = int(per_sample[0])
+        assert budget == draw_budget(CHOICES, 7, i)
+        answer = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]
+        assert torch.equal(answer, samples[i]["labels"][samples[i]["labels"] != IGNORE_INDEX])
+        drawn.append(budget)
+    assert set(drawn) == set(CHOICES)
+    again = [
+        int((collate(samples[i : i + 2])["input_ids"] == processor.video_token_id).sum()) for i in (0, 2)
+    ]
+    assert again == [2 * 2 * drawn[0], 2 * 2 * drawn[1]]  # same seed and batch: same draw
+    other_seed = [draw_budget(CHOICES, 8, i) for i in range(0, 40, 2)]
+    assert other_seed != drawn
+
+
+def test_fixed_budget_collator_leaves_samples_as_they_are(elastic):
+    _, processor = elastic
+    samples = _samples(processor, 2)
+    batch = VideoChatCollator(processor.tokenizer.pad_token_id)(samples)
+    assert torch.equal(batch["input_ids"][0], samples[0]["input_ids"])
+
+
+def _losses(output_dir) -> dict[int, float]:
+    out = {}
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "loss" in entry:
+                out[entry["step"]] = entry["loss"]
+    return out
+
+
+@pytest.mark.slow
+def test_elastic_training_resumes_with_the_same_draws(tmp_path):
+    model, processor = make_tiny(TinySpec(), tokens_per_frame=4, tokens_per_frame_choices=CHOICES)
+    save_model_dir(model, processor, tmp_path / "model")
+    mixture = make_toy_dataset(str(tmp_path / "data"), num_videos=6, num_frames=4)
+    env = dict(os.environ, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    steps = dict(max_steps=6, save_steps=2, keep_checkpoints=5, train=["projector", "v2v", "t2v"])
+
+    def train(name: str, **extra) -> str:
+        config = write_train_config(
+            tmp_path / f"{name}.yaml", tmp_path / "model", tmp_path / name, mixture, **steps, **extra
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "crosslmm.train", "--config", config],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "elastic training" in done.stderr
+        return str(tmp_path / name)
+
+    reference = _losses(train("whole"))
+    resumed = _losses(train("resumed", resume=str(tmp_path / "whole" / "checkpoint-2")))
+    assert [resumed[s] for s in range(3, 7)] == [reference[s] for s in range(3, 7)]
