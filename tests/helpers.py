@@ -51,6 +51,22 @@ def greedy(model, inputs, steps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return out.sequences[:, -steps:], torch.stack(out.logits, dim=1)
 
 
+def check_cached_generation(model, inputs, steps: int = 4) -> torch.Tensor:
+    """Greedy generation with the cache (T2V keys/values cached at prefill) gives the step logits of one
+    full forward over prompt + generated tokens; returns the step logits (B, steps, V)."""
+    tokens, step_logits = greedy(model, inputs, steps)
+    with torch.no_grad():
+        full = model(
+            input_ids=torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1),
+            attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(tokens[:, :-1])], dim=1),
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_frame_counts=inputs["video_frame_counts"],
+            use_cache=False,
+        ).logits
+    torch.testing.assert_close(step_logits, full[:, -steps:], rtol=1e-4, atol=1e-4)
+    return step_logits
+
+
 def video_prompt(processor, question: str = "What colour is the marker?") -> str:
     return processor.apply_chat_template(
         [{"role": "user", "content": f"<video>\n{question}"}], add_generation_prompt=True
@@ -113,3 +129,14 @@ def run_lmms_eval(model_args: str, tasks: str, include: str, out: Path, hf_home:
     found = list(out.rglob("*_results.json"))
     assert len(found) == 1, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(found[0].read_text())["results"]
+
+
+def losses(output_dir: str | os.PathLike) -> dict[int, float]:
+    """step -> training loss from metrics.jsonl (a resumed run's entries win)."""
+    out = {}
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "loss" in entry:
+                out[entry["step"]] = entry["loss"]
+    return out

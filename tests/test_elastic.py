@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import coloured_frames, greedy, set_gates, video_prompt, write_train_config
+from helpers import (
+    check_cached_generation,
+    coloured_frames,
+    greedy,
+    losses,
+    set_gates,
+    video_prompt,
+    write_train_config,
+)
 
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, draw_budget, encode_conversation
 from crosslmm.data.synthetic import make_toy_dataset
@@ -50,23 +57,7 @@ def test_each_trained_budget_answers_with_cache_equal_to_full_forward(elastic, b
     with torch.no_grad():
         full = model(**inputs, use_cache=False).logits
         assert full.shape[:2] == inputs["input_ids"].shape
-        out = model.generate(
-            **inputs,
-            max_new_tokens=4,
-            min_new_tokens=4,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        whole = model(
-            input_ids=out.sequences,
-            pixel_values_videos=inputs["pixel_values_videos"],
-            video_frame_counts=inputs["video_frame_counts"],
-            use_cache=False,
-        ).logits
-    prompt_len = inputs["input_ids"].shape[1]
-    steps = torch.stack(out.logits, dim=1)
-    torch.testing.assert_close(steps, whole[:, prompt_len - 1 : -1], rtol=1e-4, atol=1e-4)
+    check_cached_generation(model, inputs)
 
 
 @pytest.mark.parametrize("budget", CHOICES)
@@ -207,16 +198,6 @@ def test_fixed_budget_collator_leaves_samples_as_they_are(elastic):
     assert torch.equal(batch["input_ids"][0], samples[0]["input_ids"])
 
 
-def _losses(output_dir) -> dict[int, float]:
-    out = {}
-    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
-        for line in f:
-            entry = json.loads(line)
-            if "loss" in entry:
-                out[entry["step"]] = entry["loss"]
-    return out
-
-
 @pytest.mark.slow
 def test_elastic_training_resumes_with_the_same_draws(tmp_path):
     model, processor = make_tiny(TinySpec(), tokens_per_frame=4, tokens_per_frame_choices=CHOICES)
@@ -240,6 +221,6 @@ def test_elastic_training_resumes_with_the_same_draws(tmp_path):
         assert "elastic training" in done.stderr
         return str(tmp_path / name)
 
-    reference = _losses(train("whole"))
-    resumed = _losses(train("resumed", resume=str(tmp_path / "whole" / "checkpoint-2")))
+    reference = losses(train("whole"))
+    resumed = losses(train("resumed", resume=str(tmp_path / "whole" / "checkpoint-2")))
     assert [resumed[s] for s in range(3, 7)] == [reference[s] for s in range(3, 7)]

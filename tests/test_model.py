@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import random_frames, set_gates, video_prompt
+from helpers import check_cached_generation, random_frames, set_gates, video_prompt
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 import crosslmm  # noqa: F401  (registers the Auto classes)
@@ -100,25 +100,7 @@ def test_v2v_scope_locality(scope):
 def test_generate_with_cache_matches_full_forward(llm):
     model, processor = make_tiny(TinySpec(llm=llm), v2v=True, t2v=True)
     set_gates(model, 0.8)
-    inputs = _inputs(processor, frames=(3,))
-    with torch.no_grad():
-        out = model.generate(
-            **inputs,
-            max_new_tokens=6,
-            min_new_tokens=6,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        full = model(
-            input_ids=out.sequences,
-            pixel_values_videos=inputs["pixel_values_videos"],
-            video_frame_counts=inputs["video_frame_counts"],
-            use_cache=False,
-        ).logits
-    prompt_len = inputs["input_ids"].shape[1]
-    step_logits = torch.stack(out.logits, dim=1)
-    torch.testing.assert_close(step_logits, full[:, prompt_len - 1 : -1], rtol=1e-4, atol=1e-4)
+    check_cached_generation(model, _inputs(processor, frames=(3,)), steps=6)
 
 
 def test_save_load_round_trip_is_exact(tmp_path):

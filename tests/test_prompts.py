@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import coloured_frames, greedy, video_dependent_model
+from helpers import check_cached_generation, coloured_frames, greedy, video_dependent_model
 
 from crosslmm.data.sampling import FrameSampling
 from crosslmm.data.video import load_frames, write_video
@@ -42,14 +42,7 @@ def test_generate_matches_full_forward_for_every_layout(tiny, layout):
     content = LAYOUTS[layout]
     prompt = content if layout.startswith("raw") else _prompt(processor, content)
     inputs = processor(text=[prompt], videos=_videos(content, seed=1))
-    tokens, step_logits = greedy(model, inputs)
-    full = model(
-        input_ids=torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1),
-        pixel_values_videos=inputs["pixel_values_videos"],
-        video_frame_counts=inputs["video_frame_counts"],
-        use_cache=False,
-    ).logits
-    torch.testing.assert_close(step_logits, full[:, -tokens.shape[1] :], rtol=1e-4, atol=1e-4)
+    step_logits = check_cached_generation(model, inputs)
     other = processor(text=[prompt], videos=_videos(content, seed=2))
     assert not torch.allclose(greedy(model, other)[1], step_logits)  # the video matters
 

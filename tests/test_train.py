@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_frames, set_gates, video_prompt, write_train_config
+from helpers import losses, random_frames, set_gates, video_prompt, write_train_config
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoProcessor
@@ -56,17 +56,6 @@ def setup(tmp_path_factory):
         return path, str(root / name)
 
     return root, write_config
-
-
-def losses(output_dir: str) -> dict[int, float]:
-    """step -> training loss from metrics.jsonl (a resumed run's entries win)."""
-    out = {}
-    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
-        for line in f:
-            entry = json.loads(line)
-            if "loss" in entry:
-                out[entry["step"]] = entry["loss"]
-    return out
 
 
 def run(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
