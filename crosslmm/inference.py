@@ -50,10 +50,19 @@ def build_prompt(processor: CrossLMMProcessor, question: str, num_videos: int = 
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
-def _model_inputs(model, processor, prompts: Sequence[str], videos: Sequence[Sequence[np.ndarray]]):
-    """Left-padded batch (generation appends on the right); ``videos[i]`` fill prompt i's placeholders."""
+def _model_inputs(
+    model,
+    processor,
+    prompts: Sequence[str],
+    videos: Sequence[Sequence[np.ndarray]],
+    tokens_per_frame: int | None = None,
+):
+    """Left-padded batch (generation appends on the right); ``videos[i]`` fill prompt i's placeholders,
+    at ``tokens_per_frame`` pooled tokens per frame (None: the processor's default; elastic models only)."""
     flat = [frames for per_prompt in videos for frames in per_prompt]
-    return processor(text=list(prompts), videos=flat or None, padding_side="left").to(model.device)
+    return processor(
+        text=list(prompts), videos=flat or None, padding_side="left", tokens_per_frame=tokens_per_frame
+    ).to(model.device)
 
 
 @torch.inference_mode()
@@ -64,6 +73,7 @@ def generate(
     videos: Sequence[Sequence[np.ndarray]],
     max_new_tokens: int = 64,
     streamer=None,
+    tokens_per_frame: int | None = None,
     **generate_kwargs,
 ) -> list[str]:
     """One batched ``model.generate`` over prompts that may hold any number of ``<video>`` placeholders.
@@ -72,7 +82,7 @@ def generate(
     """
     if len(prompts) != len(videos):
         raise ValueError(f"{len(prompts)} prompts but {len(videos)} video lists")
-    inputs = _model_inputs(model, processor, prompts, videos)
+    inputs = _model_inputs(model, processor, prompts, videos, tokens_per_frame)
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
     new_tokens = out[:, inputs["input_ids"].shape[1] :]
@@ -89,12 +99,21 @@ def answer(
     max_frames: int | None = None,
     max_new_tokens: int = 64,
     streamer=None,
+    tokens_per_frame: int | None = None,
 ) -> str:
     """The answer to ``question`` about ``video`` (greedy). Pass a transformers ``TextStreamer`` to see
     it as it is generated."""
     frames = load_frames(video, FrameSampling.resolve(num_frames, fps, max_frames))
     prompt = build_prompt(processor, question)
-    return generate(model, processor, [prompt], [[frames]], max_new_tokens, streamer=streamer)[0]
+    return generate(
+        model,
+        processor,
+        [prompt],
+        [[frames]],
+        max_new_tokens,
+        streamer=streamer,
+        tokens_per_frame=tokens_per_frame,
+    )[0]
 
 
 def _answer_ids(processor, prompt: str, continuation: str) -> list[int]:
@@ -127,7 +146,12 @@ def _answer_ids(processor, prompt: str, continuation: str) -> list[int]:
 
 @torch.inference_mode()
 def continuation_nll(
-    model, processor, prompt: str, videos: Sequence[np.ndarray], continuations: Sequence[str]
+    model,
+    processor,
+    prompt: str,
+    videos: Sequence[np.ndarray],
+    continuations: Sequence[str],
+    tokens_per_frame: int | None = None,
 ) -> list[tuple[float, bool]]:
     """For each continuation: (-log P(answer | prompt, videos), whether greedy decoding yields exactly it).
 
@@ -139,7 +163,7 @@ def continuation_nll(
     ``acc_norm`` divides the sum by the option's length in characters. The prompt and frames are
     preprocessed once; only the answer ids are appended per option.
     """
-    inputs = _model_inputs(model, processor, [prompt], [list(videos)])
+    inputs = _model_inputs(model, processor, [prompt], [list(videos)], tokens_per_frame)
     visual = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     scores = []
     for text in continuations:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -224,3 +225,48 @@ def test_elastic_training_resumes_with_the_same_draws(tmp_path):
     reference = losses(train("whole"))
     resumed = losses(train("resumed", resume=str(tmp_path / "whole" / "checkpoint-2")))
     assert [resumed[s] for s in range(3, 7)] == [reference[s] for s in range(3, 7)]
+
+
+@pytest.fixture(scope="module")
+def elastic_dir(elastic, tmp_path_factory) -> str:
+    """The elastic model with its final norm negated, as ``helpers.make_tiny_dir`` does: visible text."""
+    model, processor = copy.deepcopy(elastic)
+    with torch.no_grad():
+        model.model.language_model.norm.weight.neg_()
+    out = tmp_path_factory.mktemp("elastic") / "model"
+    save_model_dir(model, processor, out)
+    return str(out)
+
+
+def test_chat_and_the_lmms_eval_plugin_take_the_budget(elastic_dir, tmp_path, capsys):
+    """``crosslmm chat --tokens-per-frame K`` and ``model_args=...,tokens_per_frame=K`` answer at that budget
+    (as crosslmm.inference does); an untrained budget is refused at once, listing the trained ones."""
+    from crosslmm.cli import main
+    from crosslmm.data.video import write_video
+    from crosslmm.eval.lmms_plugin import CrossLMMEval
+    from crosslmm.inference import answer, load
+
+    model, processor = load(elastic_dir)
+    video = tmp_path / "clip.mp4"
+    write_video(video, coloured_frames(8, seed=3, size=32), fps=4)
+    question = "What colour is the marker?"
+    chat = ["chat", "--model", elastic_dir, "--video", str(video), "--frames", "4", "--max-new-tokens", "4"]
+    answers = {}
+    for budget in CHOICES:
+        capsys.readouterr()
+        assert main([*chat, "--question", question, "--tokens-per-frame", str(budget)]) == 0
+        answers[budget] = capsys.readouterr().out.strip()
+        expected = answer(
+            model, processor, str(video), question, num_frames=4, max_new_tokens=4, tokens_per_frame=budget
+        )
+        assert answers[budget] == expected
+    assert len(set(answers.values())) > 1  # the budget changes the answer of this model
+    assert main([*chat, "--question", question, "--tokens-per-frame", "9"]) == 2
+    assert "trained at tokens_per_frame in [1, 4]" in capsys.readouterr().err
+
+    plugin = CrossLMMEval.create_from_arg_string(
+        f"pretrained={elastic_dir},num_frames=4,tokens_per_frame=1", {"batch_size": 1, "device": "cpu"}
+    )
+    assert plugin._generate_kwargs({})["tokens_per_frame"] == 1
+    with pytest.raises(ValueError, match=r"trained at tokens_per_frame in \[1, 4\]"):
+        CrossLMMEval.create_from_arg_string(f"pretrained={elastic_dir},tokens_per_frame=9", {"device": "cpu"})

@@ -28,11 +28,21 @@ def _chat(args: argparse.Namespace) -> int:
     sampling = FrameSampling.resolve(args.frames, args.fps, args.max_frames, args.min_frames)
     frames = load_frames(args.video, sampling)
     model, processor = load(args.model, device=args.device)
+    if args.tokens_per_frame is not None:
+        model.config.check_budget(args.tokens_per_frame, source="--tokens-per-frame")
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
     def ask(question: str) -> None:
         prompt = build_prompt(processor, question)
-        generate(model, processor, [prompt], [[frames]], args.max_new_tokens, streamer=streamer)
+        generate(
+            model,
+            processor,
+            [prompt],
+            [[frames]],
+            args.max_new_tokens,
+            streamer=streamer,
+            tokens_per_frame=args.tokens_per_frame,
+        )
 
     if args.question is not None:
         ask(args.question)
@@ -53,6 +63,8 @@ def _chat_stream(args: argparse.Namespace) -> int:
     """``chat --stream``: frames reach a StreamingSession at their video times (crosslmm.eval.live)."""
     if args.question is not None:
         raise ValueError("--question asks about the whole video; with --stream use --ask SECONDS:QUESTION")
+    if args.tokens_per_frame is not None:
+        raise ValueError("--tokens-per-frame: a streaming session uses the model's default budget")
     from transformers import TextStreamer
 
     from crosslmm.data.sampling import FrameSampling
@@ -139,6 +151,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-frames", type=_positive_int, help="floor for fps sampling (short clips)")
     p.add_argument("--max-frames", type=_positive_int, help="cap on the sampled frames")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument(
+        "--tokens-per-frame",
+        type=_positive_int,
+        help="pooled tokens per frame (elastic models: a trained budget)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     live = p.add_argument_group("live stream (docs/streaming.md)")
     live.add_argument(

@@ -51,6 +51,7 @@ class CrossLMMEval(lmms):
         fps: float | None = None,
         max_frames: int | None = None,
         min_frames: int | None = None,
+        tokens_per_frame: int | None = None,
         max_new_tokens: int | None = None,
         dtype: str | None = None,
         device: str | None = None,
@@ -74,6 +75,9 @@ class CrossLMMEval(lmms):
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
         self.model, self.processor = load(pretrained, device=device, dtype=dtype)
+        if tokens_per_frame is not None:  # an elastic model's budget; refused at once if not trained
+            self.model.config.check_budget(int(tokens_per_frame), source="model_args tokens_per_frame")
+        self.tokens_per_frame = None if tokens_per_frame is None else int(tokens_per_frame)
 
     def _videos(self, visuals: list | None, where: str) -> list[np.ndarray]:
         """A document's visuals as frame arrays, one per ``<video>`` placeholder; ``where`` names the
@@ -91,7 +95,11 @@ class CrossLMMEval(lmms):
     def _generate_kwargs(self, task_kwargs: dict) -> dict:
         """lmms-eval generation kwargs -> ``generate`` kwargs; greedy unless the task samples."""
         budget = self.max_new_tokens or task_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
-        out = {"max_new_tokens": int(budget), "num_beams": int(task_kwargs.get("num_beams", 1))}
+        out = {
+            "max_new_tokens": int(budget),
+            "num_beams": int(task_kwargs.get("num_beams", 1)),
+            "tokens_per_frame": self.tokens_per_frame,
+        }
         temperature = float(task_kwargs.get("temperature", 0.0))
         if task_kwargs.get("do_sample", False) and temperature > 0:
             out.update(do_sample=True, temperature=temperature, top_p=float(task_kwargs.get("top_p", 1.0)))
@@ -139,7 +147,9 @@ class CrossLMMEval(lmms):
             targets = [r.args[1] if isinstance(r.args[1], str) else r.args[1](doc) for r in group]
             videos = self._doc_videos(group[0].args[2], doc_id, task, split)
             prompt = build_prompt(self.processor, context, len(videos))
-            results.extend(continuation_nll(self.model, self.processor, prompt, videos, targets))
+            results.extend(
+                continuation_nll(self.model, self.processor, prompt, videos, targets, self.tokens_per_frame)
+            )
             pbar.update(len(group))
         pbar.close()
         return [GenerationResult(text=score) for score in results]
