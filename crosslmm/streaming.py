@@ -74,9 +74,10 @@ class StreamingSession:
     def add_frames(self, frames: np.ndarray) -> torch.Tensor:
         """Append (T, H, W, 3) uint8 frames to the video; returns the logits of the tokens fed (1, n, V)."""
         self._check_open()
-        pixel = self.processor.preprocess_frames(frames)  # validates the shape and size
-        if np.asarray(frames).dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 RGB, got {np.asarray(frames).dtype}")
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 RGB, got {frames.dtype}")
+        pixel = self.processor.preprocess_frames(frames)  # validates the shape
         if not self._rendered.endswith(self.processor.video_token):  # a new run of frames: a new <video>
             if not self.messages or self.messages[-1]["role"] != "user":
                 self.messages.append({"role": "user", "content": []})  # after an answer: a new user turn
@@ -85,7 +86,7 @@ class StreamingSession:
             head = text[: text.rindex(self.processor.video_token)]
             self.ids += self._text_ids(self._rendered, head)
             self._rendered = head + self.processor.video_token
-        self.ids += [self.processor.video_token_id] * (len(pixel) * self.processor.tokens_per_frame)
+        self.ids += self.processor.video_slot_ids(len(pixel), end=False)  # the end slot comes at ask()
         self.frames_seen += len(pixel)
         return self._feed(pixel, len(pixel))
 
@@ -98,8 +99,9 @@ class StreamingSession:
         else:
             self.messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
         prompt = self._render(self.messages, add_generation_prompt=True)
-        if self.processor.video_end_token is not None and self._rendered.endswith(self.processor.video_token):
-            self.ids += self.processor.video_slot_ids(0)  # the end slot closes the run of frames
+        end_id = self.processor.video_end_token_id
+        if end_id is not None and self._rendered.endswith(self.processor.video_token):
+            self.ids.append(end_id)  # the end slot closes the run of frames
         self.ids += self._text_ids(self._rendered, prompt)
         generate_kwargs.setdefault("do_sample", False)
         with torch.inference_mode():

@@ -63,8 +63,9 @@ class CrossLMMProcessor(ProcessorMixin):
         self.video_end_token = video_end_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
         self.video_token_id = _special_token_id(tokenizer, video_token)
-        if video_end_token is not None:
-            _special_token_id(tokenizer, video_end_token)
+        self.video_end_token_id = (
+            _special_token_id(tokenizer, video_end_token) if video_end_token is not None else None
+        )
 
     def apply_chat_template(
         self,
@@ -171,11 +172,14 @@ class CrossLMMProcessor(ProcessorMixin):
         count = num_frames * self.budget(tokens_per_frame)
         return self.video_token * count + (self.video_end_token or "")
 
-    def video_slot_ids(self, num_frames: int, tokens_per_frame: int | None = None) -> list[int]:
-        """Token ids of :meth:`video_slots` (each slot is one special token)."""
+    def video_slot_ids(
+        self, num_frames: int, tokens_per_frame: int | None = None, end: bool = True
+    ) -> list[int]:
+        """Token ids of :meth:`video_slots` (each slot is one special token); ``end=False`` leaves out the
+        end token, for a run of frames that is still growing (streaming)."""
         ids = [self.video_token_id] * (num_frames * self.budget(tokens_per_frame))
-        if self.video_end_token is not None:
-            ids.append(self.tokenizer.convert_tokens_to_ids(self.video_end_token))
+        if end and self.video_end_token_id is not None:
+            ids.append(self.video_end_token_id)
         return ids
 
     def expand_video_tokens(
