@@ -106,6 +106,11 @@ def _per_sample(kv: torch.Tensor, layout: VisualLayout) -> list[torch.Tensor]:
     ]
 
 
+def _rows(padded: torch.Tensor) -> list[torch.Tensor]:
+    """(B, KVH, M, hd) cached keys or values -> per sample (1, KVH, M, hd) views (padding included)."""
+    return list(padded.split(1))
+
+
 def _pad_batch(per_sample: list[torch.Tensor]) -> torch.Tensor:
     """Pad per-sample (1, KVH, M_b, hd) to (B, KVH, M_max, hd) for the cache; one sample is kept as is."""
     if len(per_sample) == 1:
@@ -211,17 +216,13 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         has_full = cache is not None and self.layer_idx in cache.cross_kv
         if cache is not None and self.layer_idx in cache.selected_kv and (step or not has_full):
             sel_k, sel_v, kept = cache.selected_kv[self.layer_idx]
-            per_sample_k = [sel_k[b : b + 1] for b in range(sel_k.shape[0])]
-            per_sample_v = [sel_v[b : b + 1] for b in range(sel_v.shape[0])]
-            return per_sample_k, per_sample_v, cache.patches_per_frame, kept.tolist()
+            return _rows(sel_k), _rows(sel_v), cache.patches_per_frame, kept.tolist()
         if not has_full:
             raise RuntimeError(
                 "T2V on decoded tokens needs the cross-attention keys/values cached at prefill"
             )
         padded_k, padded_v = cache.cross_kv[self.layer_idx]
-        per_sample_k = [padded_k[b : b + 1] for b in range(padded_k.shape[0])]
-        per_sample_v = [padded_v[b : b + 1] for b in range(padded_v.shape[0])]
-        return per_sample_k, per_sample_v, cache.patches_per_frame, None
+        return _rows(padded_k), _rows(padded_v), cache.patches_per_frame, None
 
     def _decode_frames(self, cache: CrossLMMCache) -> int | None:
         """Frames a generated token's T2V keeps per sample (None: all, exact); the cache's setting wins."""
