@@ -21,6 +21,7 @@ Layer shapes are read from them in ``shapes.py``; the sweep of ``crosslmm bench 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -142,6 +143,14 @@ def _decoder_breakdown(config: Any, seq: int, lm_head_all_positions: bool) -> tu
         dec.layers * dec.scores(seq, seq),
         linear_flops(head_positions, dec.hidden, dec.vocab),
     )
+
+
+def at_budget(config: Any, tokens_per_frame: int) -> Any:
+    """``config`` answering at ``tokens_per_frame`` (an elastic model's budget): the counters read the budget
+    from the config, the model from its inputs. A shallow copy; ``config`` is unchanged."""
+    variant = copy.copy(config)
+    variant.tokens_per_frame = tokens_per_frame
+    return variant
 
 
 def prefill_flops(

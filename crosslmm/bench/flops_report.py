@@ -3,12 +3,12 @@ full-token baselines, printed as tables and written to ``flops.json`` and ``flop
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 from crosslmm.bench.flops import (
     PAPER_TFLOPS,
+    at_budget,
     full_token_baseline_flops,
     paper_convention_flops,
     prefill_flops,
@@ -19,16 +19,16 @@ from crosslmm.bench.targets import Target, print_targets
 
 # Full-token baselines of the efficiency comparison: all patches, LLaVA-Video, LLaVA-OneVision.
 BASELINE_TOKENS: dict[str, int | None] = {"all patches": None, "LLaVA-Video": 169, "LLaVA-OneVision": 196}
-CROSSLMM_TOKENS = (1, 9, 16)
+CROSSLMM_TOKENS = (1, 4, 9, 16)  # the elastic budgets; a preset's own trained budgets are added
 
 
 def flops_sweep(config: Any, frames: list[int], text_tokens: int, paper_column: str) -> dict[str, Any]:
-    """Breakdowns of CrossLMM at 1/9/16 tokens per frame and of the full-token baselines, all on ``config``'s
-    tower and LLM, plus the paper-convention count against the published column (``PAPER_TFLOPS``)."""
+    """Breakdowns of CrossLMM at every budget (1/4/9/16 tokens per frame and the preset's trained ones) and of
+    the full-token baselines, all on ``config``'s tower and LLM, plus the paper-convention count against the
+    published column (``PAPER_TFLOPS``)."""
     models: dict[str, dict[str, Any]] = {}
-    for tokens in CROSSLMM_TOKENS:
-        variant = copy.copy(config)
-        variant.tokens_per_frame = tokens
+    for tokens in sorted({*CROSSLMM_TOKENS, *config.trained_budgets}):
+        variant = at_budget(config, tokens)
         models[f"CrossLMM-{tokens}"] = {
             "tokens_per_frame": tokens,
             "flops": {t: prefill_flops(variant, t, text_tokens).as_dict() for t in frames},

@@ -26,17 +26,41 @@ def _demo(args: argparse.Namespace) -> int:
     from crosslmm.demo.run import run_demo
     from crosslmm.demo.variants import DemoSettings
 
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
-    settings = dataclasses.replace(settings, seeds=args.seeds)
-    if args.steps is not None:
-        settings = dataclasses.replace(settings, steps=args.steps)
+    if args.elastic:
+        return _elastic(args)
+    settings = _sized(DemoSettings.quick() if args.quick else DemoSettings(), args)
+    out = args.out or "runs/demo"
     start = time.perf_counter()
-    report = run_demo(args.out, settings)
+    report = run_demo(out, settings)
     print()
     print(markdown_table(report))
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; table, JSON and plot in {args.out}")
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; table, JSON and plot in {out}")
+    return 0
+
+
+def _sized(settings, args: argparse.Namespace):
+    """``settings`` (DemoSettings) with the --seeds / --steps the user gave."""
+    if args.seeds is not None:
+        settings = dataclasses.replace(settings, seeds=args.seeds)
+    if args.steps is not None:
+        settings = dataclasses.replace(settings, steps=args.steps)
+    return settings
+
+
+def _elastic(args: argparse.Namespace) -> int:
+    from crosslmm.demo.elastic import ElasticSettings, run_elastic
+    from crosslmm.demo.elastic_report import markdown_table
+
+    settings = ElasticSettings.quick() if args.quick else ElasticSettings()
+    settings = dataclasses.replace(settings, demo=_sized(settings.demo, args))
+    out = args.out or "runs/demo-elastic"
+    start = time.perf_counter()
+    report = run_elastic(out, settings)
+    print()
+    print(markdown_table(report))
+    print(f"elastic demo finished in {time.perf_counter() - start:.0f} s; table, JSON and plot in {out}")
     return 0
 
 
@@ -56,9 +80,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo", help="train and compare full-token, pooled and CrossLMM variants on CPU"
     )
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: runs/demo, with --elastic runs/demo-elastic)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny smoke run (CI): a few steps, seconds per model")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per variant; the table shows the mean")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per variant (default 1, 3 with --elastic); the table shows the mean",
+    )
+    p.add_argument(
+        "--elastic",
+        action="store_true",
+        help="one elastic CrossLMM and one elastic pool-only model (budgets 1/4/9/16) against fixed budgets",
+    )
     p.add_argument(
         "--steps", type=int, default=None, help="optimiser steps per variant (default: the preset's)"
     )

@@ -12,23 +12,33 @@ from crosslmm.demo.synth import is_correct, question_of
 
 
 def evaluate(
-    model_dir: Path, test: list[dict], data_root: Path, frames: int, batch_size: int, predictions: Path
+    model_dir: Path,
+    test: list[dict],
+    data_root: Path,
+    frames: int,
+    batch_size: int,
+    predictions: Path,
+    tokens_per_frame: int | None = None,
 ) -> dict:
     """Accuracy through crosslmm.inference (the lmms-eval plugin's path), plus the LLM sequence length and
-    analytic prefill FLOPs of the prompts it answered. Every answer goes to ``predictions`` (JSON lines)."""
-    from crosslmm.bench.flops import prefill_flops
+    analytic prefill FLOPs of the prompts it answered. Every answer goes to ``predictions`` (JSON lines).
+    ``tokens_per_frame``: the budget to answer at (an elastic model's; None: the model's default)."""
+    from crosslmm.bench.flops import at_budget, prefill_flops
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_frames
     from crosslmm.inference import build_prompt, generate, load
 
     model, processor = load(model_dir)
+    budget = tokens_per_frame or model.config.tokens_per_frame
+    model.config.check_budget(budget, source=f"--tokens-per-frame {budget}")
+    counted = at_budget(model.config, budget)
     sampling = FrameSampling.resolve(num_frames=frames)
     lengths, flops, shape_of, answered = [], [], {}, []
     for start in tqdm(range(0, len(test), batch_size), desc=f"eval {model_dir.parent.name}", leave=False):
         batch = test[start : start + batch_size]
         prompts = [build_prompt(processor, question_of(r)) for r in batch]
         videos = [[load_frames(data_root / r["video"], sampling)] for r in batch]
-        answers = generate(model, processor, prompts, videos, max_new_tokens=4)
+        answers = generate(model, processor, prompts, videos, max_new_tokens=4, tokens_per_frame=budget)
         for record, prompt, video, text in zip(batch, prompts, videos, answers):
             answered.append(
                 dict(
@@ -40,13 +50,13 @@ def evaluate(
                 )
             )
             if prompt not in shape_of:  # (prefix, total) tokens; every video has the same frame count
-                ids = processor(text=[prompt], videos=video)["input_ids"][0]
+                ids = processor(text=[prompt], videos=video, tokens_per_frame=budget)["input_ids"][0]
                 prefix = int((ids == processor.video_token_id).nonzero()[0])
                 shape_of[prompt] = (prefix, len(ids))
             prefix, total = shape_of[prompt]
-            text_tokens = total - prefix - len(video[0]) * model.config.tokens_per_frame
+            text_tokens = total - prefix - len(video[0]) * budget
             lengths.append(total)
-            flops.append(prefill_flops(model.config, len(video[0]), text_tokens, prefix_tokens=prefix).total)
+            flops.append(prefill_flops(counted, len(video[0]), text_tokens, prefix_tokens=prefix).total)
     predictions.write_text("".join(json.dumps(row) + "\n" for row in answered))
     kinds = sorted({row["question_type"] for row in answered})
     return dict(

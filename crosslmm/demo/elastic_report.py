@@ -1,0 +1,168 @@
+"""The elastic demo's report: accuracy per model and budget (mean over seeds), the issue's targets, the
+train-time cost of elastic training, and the table and plot (results.json, results.md, elastic.png)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+
+from crosslmm.demo.report import CHANCE
+from crosslmm.demo.variants import Variant
+
+TOLERANCE_POINTS = (
+    2.0  # elastic may trail the fixed-budget model by at most this; the pool curve may dip by it
+)
+RISE_POINTS = 10.0  # pool-only at the largest budget must beat its smallest by this much to count as rising
+
+
+def summarise(scores: list[dict], compared: list[Variant], settings) -> dict:
+    """One row per (model, budget): mean and spread over seeds; then the targets and the train-time cost."""
+    rows = []
+    for variant in compared:
+        budgets = sorted({s["budget"] for s in scores if s["variant"] == variant.name})
+        for budget in budgets:
+            mine = [s for s in scores if s["variant"] == variant.name and s["budget"] == budget]
+            accs = [s["accuracy"] for s in mine]
+            rows.append(
+                dict(
+                    variant=variant.name,
+                    label=variant.label,
+                    elastic=bool(variant.fields.get("tokens_per_frame_choices")),
+                    budget=budget,
+                    accuracy=statistics.fmean(accs),
+                    accuracy_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                    accuracy_per_seed=accs,
+                    seq_len=mine[0]["seq_len"],
+                    prefill_flops=mine[0]["prefill_flops"],
+                    train_seconds=statistics.fmean(s["train_seconds"] for s in mine),
+                )
+            )
+    return dict(
+        rows=rows,
+        claims=claims(rows, settings.budgets),
+        settings=asdict(settings),
+        scores=scores,
+    )
+
+
+def claims(rows: list[dict], budgets: tuple[int, ...]) -> dict:
+    """The issue's three targets, each with the numbers it is decided on."""
+    low, high = min(budgets), max(budgets)
+    acc = {(r["variant"], r["budget"]): r["accuracy"] for r in rows}
+    seconds = {r["variant"]: r["train_seconds"] for r in rows}
+    pool = [acc["elastic_pool", b] for b in sorted(budgets)]
+    gaps = {b: 100 * (acc[f"fixed_crosslmm_{b}", b] - acc["elastic_crosslmm", b]) for b in (low, high)}
+    out = dict(
+        elastic_gap_points={str(b): gap for b, gap in gaps.items()},  # fixed minus elastic
+        elastic_matches_fixed=all(gap <= TOLERANCE_POINTS for gap in gaps.values()),
+        pool_rise_points=100 * (pool[-1] - pool[0]),
+        pool_rises=bool(
+            100 * (pool[-1] - pool[0]) >= RISE_POINTS
+            and all(100 * (b - a) >= -TOLERANCE_POINTS for a, b in zip(pool, pool[1:]))
+        ),
+        crosslmm_low_vs_pool_high_points=100 * (acc["elastic_crosslmm", low] - acc["elastic_pool", high]),
+        # train-time cost of one elastic model against one fixed model at each end (same steps)
+        train_time_vs_fixed={
+            str(b): seconds["elastic_crosslmm"] / seconds[f"fixed_crosslmm_{b}"] for b in (low, high)
+        },
+    )
+    out["crosslmm_low_beats_pool_high"] = out["crosslmm_low_vs_pool_high_points"] >= 0
+    out["target_met"] = bool(
+        out["elastic_matches_fixed"] and out["pool_rises"] and out["crosslmm_low_beats_pool_high"]
+    )
+    return out
+
+
+def markdown_table(report: dict) -> str:
+    """The table printed by ``crosslmm demo --elastic`` and pasted into docs/elastic.md."""
+    seeds = report["settings"]["demo"]["seeds"]
+    head = ["model", "tokens/frame", "LLM seq len", "prefill MFLOPs", f"accuracy (mean of {seeds} seed(s))"]
+    head += ["train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in report["rows"]:
+        spread = f" ± {row['accuracy_std']:.3f}" if seeds > 1 else ""
+        cells = [
+            row["label"],
+            str(row["budget"]),
+            f"{row['seq_len']:.0f}",
+            f"{row['prefill_flops'] / 1e6:.1f}",
+            f"{row['accuracy']:.3f}{spread}",
+            f"{row['train_seconds']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    c = report["claims"]
+    budgets = report["settings"]["budgets"]
+    low, high = min(budgets), max(budgets)
+    gaps = c["elastic_gap_points"]
+    cost = c["train_time_vs_fixed"]
+    lines += [
+        "",
+        f"- elastic CrossLMM vs fixed: {gaps[str(low)]:+.1f} points at {low}, {gaps[str(high)]:+.1f} at {high} "
+        f"(fixed minus elastic; target <= {TOLERANCE_POINTS:.0f}): {_verdict(c['elastic_matches_fixed'])}",
+        f"- elastic pool-only rises by {c['pool_rise_points']:.1f} points from {low} to {high} tokens/frame "
+        f"(target >= {RISE_POINTS:.0f}, no step down by more than {TOLERANCE_POINTS:.0f}): {_verdict(c['pool_rises'])}",
+        f"- CrossLMM at {low} minus pool-only at {high}: {c['crosslmm_low_vs_pool_high_points']:+.1f} points "
+        f"(target >= 0): {_verdict(c['crosslmm_low_beats_pool_high'])}",
+        f"- training one elastic CrossLMM took {cost[str(low)]:.2f}x the time of the fixed model at {low} and "
+        f"{cost[str(high)]:.2f}x the one at {high} (same steps); it replaces {len(budgets)} fixed models",
+        f"- target {'met' if c['target_met'] else 'NOT met'}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Accuracy against tokens per frame and against prefill FLOPs: elastic models as lines, fixed as points."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    by_budget, by_flops = fig.subplots(1, 2)
+    style = {
+        "elastic_crosslmm": ("#2ca02c", "-o"),
+        "elastic_pool": ("#d62728", "-s"),
+    }
+    for name in dict.fromkeys(r["variant"] for r in report["rows"]):
+        rows = [r for r in report["rows"] if r["variant"] == name]
+        colour, fmt = style.get(name, ("#1f77b4", "D"))
+        for axis, x in (
+            (by_budget, [r["budget"] for r in rows]),
+            (by_flops, [r["prefill_flops"] / 1e6 for r in rows]),
+        ):
+            axis.errorbar(
+                x,
+                [r["accuracy"] for r in rows],
+                yerr=[r["accuracy_std"] for r in rows],
+                fmt=fmt,
+                color=colour,
+                capsize=3,
+                markersize=8 if not rows[0]["elastic"] else 5,
+                label=rows[0]["label"],
+            )
+    for axis, label in ((by_budget, "tokens per frame"), (by_flops, "prefill MFLOPs per sample (analytic)")):
+        axis.axhline(CHANCE, ls="--", color="k", lw=1)
+        axis.set_xscale("log")
+        axis.set_ylim(0, 1.05)
+        axis.set_xlabel(label)
+        axis.set_ylabel("test accuracy")
+    by_budget.set_xticks(report["settings"]["budgets"], [str(b) for b in report["settings"]["budgets"]])
+    by_budget.legend(fontsize=8, loc="lower right")
+    by_budget.set_title(
+        f"one checkpoint, any budget (mean ± std of {report['settings']['demo']['seeds']} seeds)"
+    )
+    by_flops.set_title("accuracy vs. prefill cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(root: Path, report: dict) -> dict[str, Path]:
+    """results.json, results.md and elastic.png in the output dir."""
+    paths = {"json": root / "results.json", "markdown": root / "results.md", "plot": root / "elastic.png"}
+    paths["json"].write_text(json.dumps(report, indent=1))
+    paths["markdown"].write_text(markdown_table(report))
+    plot(report, paths["plot"])
+    return paths
