@@ -20,6 +20,7 @@ def test_bench_flops_writes_table_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "flops.png").stat().st_size > 0
     assert set(result["models"]) == {
         "CrossLMM-1",
+        "CrossLMM-4",
         "CrossLMM-9",
         "CrossLMM-16",
         "all patches (729)",
@@ -28,6 +29,8 @@ def test_bench_flops_writes_table_json_and_plot(tmp_path, capsys):
     }
     row = result["models"]["CrossLMM-9"]["flops"]["256"]
     assert {"vision", "llm", "cross_attention", "llm_side", "total"} <= set(row)
+    llm = [result["models"][f"CrossLMM-{k}"]["flops"]["256"]["llm"] for k in (1, 4, 9, 16)]
+    assert llm == sorted(llm) and len(set(llm)) == 4  # every elastic budget counted at its own sequence
     assert abs(result["paper_convention"]["32"]["error_pct"]) < 2
     assert result["targets"][0]["met"]
     assert "LLaVA-OneVision (196)" in capsys.readouterr().out
