@@ -25,11 +25,16 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def load(
-    model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+    model_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    allow_untrained_budgets: bool = False,
 ) -> tuple[CrossLMMForCausalLM, CrossLMMProcessor]:
     """A saved CrossLMM dir -> (model in eval mode on ``device``, processor).
 
     ``dtype`` None means float32 on CPU (bf16 matmuls are slow there) and bfloat16 on accelerators.
+    ``allow_untrained_budgets``: answer at tokens-per-frame budgets the model was not trained at, with a
+    warning, instead of refusing them (``CrossLMMConfig.check_budget``).
     """
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"{model_dir}: no such model directory")
@@ -39,7 +44,10 @@ def load(
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
         dtype = _DTYPES[dtype]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, allow_untrained_budgets=allow_untrained_budgets
+    )
+    model = model.to(device).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     return model, processor
 

@@ -27,10 +27,14 @@ from crosslmm.model.cache import CrossLMMCache
 class StreamingSession:
     """One conversation (a batch of one) over a growing video; see the module docstring."""
 
-    def __init__(self, model, processor):
+    def __init__(self, model, processor, tokens_per_frame: int | None = None):
+        """``tokens_per_frame``: the session's budget for every frame (an elastic model's; None: the
+        processor's default)."""
         if model.config.v2v and model.config.v2v_scope == "video":
             raise ValueError("v2v_scope='video' cannot stream: a pooled token would need frames not yet seen")
         self.model, self.processor = model, processor
+        self.tokens_per_frame = processor.budget(tokens_per_frame)
+        model.config.check_budget(self.tokens_per_frame, source="this streaming session's tokens_per_frame")
         self.cache = CrossLMMCache(config=model.config.text_config, keep_full_memory=True)  # re-rank per ask
         self.messages: list[dict] = []  # the conversation so far, typed content as the processor renders it
         self.ids: list[int] = []  # every token of the conversation the model has seen or must see next
@@ -86,7 +90,8 @@ class StreamingSession:
             head = text[: text.rindex(self.processor.video_token)]
             self.ids += self._text_ids(self._rendered, head)
             self._rendered = head + self.processor.video_token
-        self.ids += self.processor.video_slot_ids(len(pixel), end=False)  # the end slot comes at ask()
+        # the end slot comes at ask()
+        self.ids += self.processor.video_slot_ids(len(pixel), self.tokens_per_frame, end=False)
         self.frames_seen += len(pixel)
         return self._feed(pixel, len(pixel))
 

@@ -270,3 +270,67 @@ def test_chat_and_the_lmms_eval_plugin_take_the_budget(elastic_dir, tmp_path, ca
     assert plugin._generate_kwargs({})["tokens_per_frame"] == 1
     with pytest.raises(ValueError, match=r"trained at tokens_per_frame in \[1, 4\]"):
         CrossLMMEval.create_from_arg_string(f"pretrained={elastic_dir},tokens_per_frame=9", {"device": "cpu"})
+
+
+def test_an_untrained_budget_runs_only_with_the_override_and_a_warning(elastic_dir, tmp_path, capsys):
+    """``allow_untrained_budgets`` (load / chat --allow-untrained-budget / plugin model_args) runs a pooled
+    grid the model was not trained at, with a warning; a budget that is no pooled grid is still refused."""
+    from crosslmm.cli import main
+    from crosslmm.data.video import write_video
+    from crosslmm.eval.lmms_plugin import CrossLMMEval
+    from crosslmm.inference import answer, load
+
+    model, processor = load(elastic_dir, allow_untrained_budgets=True)
+    with pytest.warns(UserWarning, match=r"not trained at \(trained: \[1, 4\]\)"):
+        at_nine = model(**_inputs(processor, 9)).logits
+    assert (_inputs(processor, 9)["input_ids"] == processor.video_token_id).sum() == 3 * 9
+    with pytest.raises(ValueError, match="trained at tokens_per_frame in"):
+        model(**_inputs(processor, 5))  # not an s*s grid: no override makes it one
+    with torch.no_grad():
+        assert not torch.allclose(at_nine[:, -1], model(**_inputs(processor, 4)).logits[:, -1], atol=1e-3)
+    assert "allow_untrained_budgets" not in model.config.to_json_string()  # per load, never saved
+    assert not load(elastic_dir)[0].config.allow_untrained_budgets
+
+    video = tmp_path / "clip.mp4"
+    write_video(video, coloured_frames(8, seed=3, size=32), fps=4)
+    chat = ["chat", "--model", elastic_dir, "--video", str(video), "--frames", "4", "--max-new-tokens", "4"]
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="not trained at"):
+        assert (
+            main([*chat, "--question", "Colour?", "--tokens-per-frame", "9", "--allow-untrained-budget"]) == 0
+        )
+    expected = answer(
+        model, processor, str(video), "Colour?", num_frames=4, max_new_tokens=4, tokens_per_frame=9
+    )
+    assert capsys.readouterr().out.strip() == expected
+    plugin = CrossLMMEval.create_from_arg_string(
+        f"pretrained={elastic_dir},tokens_per_frame=9,allow_untrained_budgets=true", {"device": "cpu"}
+    )
+    assert plugin.tokens_per_frame == 9
+
+
+@pytest.mark.parametrize("budget", CHOICES)
+def test_streaming_at_each_trained_budget_equals_the_offline_model(elastic, budget):
+    """A StreamingSession at budget K feeds K tokens per frame and its answer logits equal the offline
+    model's on the same layout; an untrained budget is refused when the session starts."""
+    from crosslmm.streaming import StreamingSession
+
+    model, processor = elastic
+    frames = coloured_frames(4, seed=5)
+    session = StreamingSession(model, processor, tokens_per_frame=budget)
+    for chunk in (frames[:2], frames[2:]):
+        session.add_frames(chunk)
+    assert session.ids.count(processor.video_token_id) == 4 * budget
+    session.ask(QUESTIONS[0], max_new_tokens=3, output_logits=True, return_dict_in_generate=True)
+    steps = torch.stack(session.last_output.logits, dim=1)[0]
+    ids = session.last_output.sequences[0].tolist()[:-1]
+    with torch.inference_mode():
+        offline = model(
+            input_ids=torch.tensor([ids]),
+            pixel_values_videos=processor.preprocess_frames(frames)[None],
+            video_frame_counts=torch.tensor([4]),
+            use_cache=False,
+        ).logits[0]
+    torch.testing.assert_close(steps, offline[len(ids) - steps.shape[0] :], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"streaming session's tokens_per_frame.*\[1, 4\]"):
+        StreamingSession(model, processor, tokens_per_frame=9)

@@ -13,7 +13,7 @@ import torch
 from helpers import losses, random_frames, set_gates, video_prompt, write_train_config
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoProcessor
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 from crosslmm.data.synthetic import make_toy_dataset
 from crosslmm.model.checkpoints import save_model_dir
@@ -136,14 +136,28 @@ def test_torchrun_zero2_loss_drops_and_final_dir_loads(setup):
 
 
 @pytest.mark.slow
-def test_torchrun_zero3(setup):
+def test_torchrun_zero3_fine_tunes_a_fixed_budget_model_into_an_elastic_one(setup):
+    """The fixed-budget (4 tokens per frame) checkpoint trains at budgets 1 and 4 under ZeRO-3; the final
+    model is elastic and answers at both."""
     _, write_config = setup
-    config, out = write_config("zero3", deepspeed="configs/deepspeed/zero3.json", max_steps=2, save_steps=2)
+    config, out = write_config(
+        "zero3",
+        deepspeed="configs/deepspeed/zero3.json",
+        max_steps=2,
+        save_steps=2,
+        tokens_per_frame_choices=[1, 4],
+    )
     result = run_torchrun(config, port=29612)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "elastic training" in result.stderr
     weights = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(t.numel() > 0 for t in weights.values())  # gathered, not ZeRO-3 placeholders
-    AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
+    processor = AutoProcessor.from_pretrained(os.path.join(out, "final"))
+    assert model.config.trained_budgets == [1, 4]
+    for budget in (1, 4):
+        inputs = processor(text=[video_prompt(processor)], videos=[random_frames(2)], tokens_per_frame=budget)
+        assert model(**inputs).logits.isfinite().all()
 
 
 class _ReadOutsideForward(dict):
@@ -262,9 +276,18 @@ def test_killed_mid_save_then_resumed_matches_uninterrupted(setup):
 def test_lora_final_dir_is_merged_and_loadable(setup):
     root, write_config = setup
     lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
-    config, out = write_config("lora", train=["projector", "v2v", "llm"], lora=lora, max_steps=2)
+    config, out = write_config(  # elastic budgets and gradient checkpointing ride along
+        "lora",
+        train=["projector", "v2v", "llm"],
+        lora=lora,
+        max_steps=2,
+        tokens_per_frame_choices=[1, 4],
+        gradient_checkpointing=True,
+    )
     result = run([sys.executable, "-m", "crosslmm.train", "--config", config])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "elastic training" in result.stderr
+    assert AutoConfig.from_pretrained(os.path.join(out, "final")).trained_budgets == [1, 4]
     before = load_file(str(root / "model" / "model.safetensors"))
     after = load_file(os.path.join(out, "final", "model.safetensors"))
     assert set(after) == set(before)  # adapters merged into the base weights, no lora_* keys

@@ -22,12 +22,12 @@ def _chat(args: argparse.Namespace) -> int:
 
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_frames
-    from crosslmm.inference import build_prompt, generate, load
+    from crosslmm.inference import build_prompt, generate
 
     # Decode the video before loading the model: a bad path fails in a second, naming the file.
     sampling = FrameSampling.resolve(args.frames, args.fps, args.max_frames, args.min_frames)
     frames = load_frames(args.video, sampling)
-    model, processor = load(args.model, device=args.device)
+    model, processor = _load(args)
     if args.tokens_per_frame is not None:
         model.config.check_budget(args.tokens_per_frame, source="--tokens-per-frame")
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -63,14 +63,11 @@ def _chat_stream(args: argparse.Namespace) -> int:
     """``chat --stream``: frames reach a StreamingSession at their video times (crosslmm.eval.live)."""
     if args.question is not None:
         raise ValueError("--question asks about the whole video; with --stream use --ask SECONDS:QUESTION")
-    if args.tokens_per_frame is not None:
-        raise ValueError("--tokens-per-frame: a streaming session uses the model's default budget")
     from transformers import TextStreamer
 
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_video
     from crosslmm.eval.live import replay
-    from crosslmm.inference import load
     from crosslmm.streaming import StreamingSession
 
     # Decode the video before loading the model: a bad path fails in a second, naming the file.
@@ -78,8 +75,9 @@ def _chat_stream(args: argparse.Namespace) -> int:
     sampling = FrameSampling.resolve(args.frames, fps, args.max_frames, args.min_frames)
     clip = load_video(args.video, **dataclasses.asdict(sampling))
     times = clip.indices / clip.fps if clip.fps > 0 else clip.indices * 0.0  # an image: one frame at 0 s
-    model, processor = load(args.model, device=args.device)
-    session = StreamingSession(model, processor)  # refuses a model that cannot stream, saying why
+    model, processor = _load(args)
+    # refuses a model that cannot stream, or a budget it was not trained at, saying why
+    session = StreamingSession(model, processor, args.tokens_per_frame)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     speed = 1.0 if args.speed is None else args.speed
     print(
@@ -101,6 +99,12 @@ def _chat_stream(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0
+
+
+def _load(args: argparse.Namespace):
+    from crosslmm.inference import load
+
+    return load(args.model, device=args.device, allow_untrained_budgets=args.allow_untrained_budget)
 
 
 def _ask_at(text: str) -> tuple[float, str]:
@@ -154,7 +158,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokens-per-frame",
         type=_positive_int,
-        help="pooled tokens per frame (elastic models: a trained budget)",
+        help="pooled tokens per frame (elastic models: a trained budget; also with --stream)",
+    )
+    p.add_argument(
+        "--allow-untrained-budget",
+        action="store_true",
+        help="run a --tokens-per-frame the model was not trained at (a pooled grid of the tower), with a warning",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     live = p.add_argument_group("live stream (docs/streaming.md)")

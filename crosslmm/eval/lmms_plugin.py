@@ -52,6 +52,7 @@ class CrossLMMEval(lmms):
         max_frames: int | None = None,
         min_frames: int | None = None,
         tokens_per_frame: int | None = None,
+        allow_untrained_budgets: bool = False,
         max_new_tokens: int | None = None,
         dtype: str | None = None,
         device: str | None = None,
@@ -74,7 +75,13 @@ class CrossLMMEval(lmms):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
-        self.model, self.processor = load(pretrained, device=device, dtype=dtype)
+        if not isinstance(allow_untrained_budgets, bool):  # lmms-eval turns "true"/"false" into bools
+            raise ValueError(
+                f"allow_untrained_budgets must be true or false, got {allow_untrained_budgets!r}"
+            )
+        self.model, self.processor = load(
+            pretrained, device=device, dtype=dtype, allow_untrained_budgets=allow_untrained_budgets
+        )
         if tokens_per_frame is not None:  # an elastic model's budget; refused at once if not trained
             self.model.config.check_budget(int(tokens_per_frame), source="model_args tokens_per_frame")
         self.tokens_per_frame = None if tokens_per_frame is None else int(tokens_per_frame)

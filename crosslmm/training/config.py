@@ -53,6 +53,9 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     model: str = ""  # a CrossLMM model dir (crosslmm build / init-tiny / a previous stage's final dir)
+    # Elastic budgets to train at (docs/model.md): turns a fixed-budget checkpoint into an elastic one, or
+    # changes an elastic one's set; null keeps the checkpoint's own. Its default budget must be among them.
+    tokens_per_frame_choices: list[int] | None = None
     output_dir: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     train: list[str] = field(default_factory=lambda: ["projector", "v2v"])  # subset of COMPONENTS

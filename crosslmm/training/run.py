@@ -73,6 +73,12 @@ def load_model(config: TrainConfig):
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(config.model)
     model.config.use_cache = False
+    if config.tokens_per_frame_choices is not None:
+        model.config.tokens_per_frame_choices = list(config.tokens_per_frame_choices)
+        try:
+            model.config.validate_crosslmm()
+        except ValueError as e:
+            raise ValueError(f"tokens_per_frame_choices: {e}") from None
     if config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
