@@ -334,3 +334,41 @@ def test_streaming_at_each_trained_budget_equals_the_offline_model(elastic, budg
     torch.testing.assert_close(steps, offline[len(ids) - steps.shape[0] :], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match=r"streaming session's tokens_per_frame.*\[1, 4\]"):
         StreamingSession(model, processor, tokens_per_frame=9)
+
+
+@pytest.mark.slow
+def test_quick_elastic_demo_scores_every_model_at_each_of_its_budgets(tmp_path):
+    """``crosslmm demo --elastic --quick`` end to end: elastic models answer at every budget from one
+    checkpoint (no retraining), fixed ones at their own; the table, JSON and plot are written."""
+    import json
+
+    from crosslmm.cli import main
+    from crosslmm.demo.variants import DemoSettings
+
+    out = tmp_path / "elastic"
+    assert main(["demo", "--elastic", "--quick", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    scored = {(r["variant"], r["budget"]) for r in report["rows"]}
+    assert scored == {
+        ("elastic_crosslmm", 1),
+        ("elastic_crosslmm", 4),
+        ("elastic_pool", 1),
+        ("elastic_pool", 4),
+        ("fixed_crosslmm_1", 1),
+        ("fixed_crosslmm_4", 4),
+    }
+    for name in ("elastic_crosslmm", "elastic_pool"):
+        run = out / "runs" / f"{name}-seed0"
+        assert CrossLMMConfig.from_pretrained(run / "final").trained_budgets == [1, 4]
+        assert (run / "predictions-1.jsonl").is_file() and (run / "predictions-4.jsonl").is_file()
+        seq = {r["budget"]: r["seq_len"] for r in report["rows"] if r["variant"] == name}
+        frames = DemoSettings.quick().data.frames
+        assert seq[4] - seq[1] == 3 * frames  # 3 more tokens for each of the video's frames
+    assert set(report["claims"]) >= {
+        "elastic_matches_fixed",
+        "pool_rises",
+        "train_time_vs_fixed",
+        "target_met",
+    }
+    assert "| CrossLMM, elastic | 4 |" in (out / "results.md").read_text()
+    assert (out / "elastic.png").stat().st_size > 0
