@@ -182,6 +182,8 @@ def continuation_nll(
             attention_mask=torch.ones_like(ids),
             use_cache=False,
             logits_to_keep=cont.shape[1] + 1,
+            # FastV baselines rank visual tokens by the prompt's last token, not the answer's (others ignore it)
+            fastv_query_positions=torch.tensor([inputs["input_ids"].shape[1] - 1], device=model.device),
             **visual,
         ).logits
         logprobs = logits[:, :-1].float().log_softmax(-1)  # (1, n, V): position j predicts cont[j]

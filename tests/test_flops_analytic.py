@@ -17,12 +17,14 @@ from transformers import (
 
 from crosslmm.bench.flops import (
     PAPER_TFLOPS,
+    decoder_tokens_per_layer,
     flop_counter,
     full_token_baseline_flops,
     paper_convention_flops,
     prefill_flops,
     vision_tower_flops,
 )
+from crosslmm.bench.shapes import linear_flops
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.presets import available_presets, load_config_yaml
@@ -206,11 +208,17 @@ def test_llm_matches_flop_counter(all_positions, attn):
         ({"t2v": False, "cross_attention_kv_source": "projector"}, False),
         ({"cross_attention_mlp": True}, False),
         ({"cross_attention_mlp": True, "v2v_scope": "video"}, True),
+        ({"visual_reducer": "random", "tokens_per_frame": 3}, False),
+        ({"visual_reducer": "salient", "tokens_per_frame": 5}, True),
+        ({"visual_reducer": "merge", "tokens_per_frame": 2}, False),
+        ({"visual_reducer": "merge", "tokens_per_frame": 6, "pooling_position": "after_projector"}, False),
     ],
 )
 def test_whole_model_matches_flop_counter(overrides, all_positions):
     """CrossLMMForCausalLM's whole prefill (tower, projector, decoder, DCALs, LM head) on the real config,
-    with a [prefix][video][text] prompt. SDPA everywhere (eager is covered per component above)."""
+    with a [prefix][video][text] prompt. SDPA everywhere (eager is covered per component above). A baseline
+    reducer's own matmuls (salient's and ToMe's similarities) are counted alone and taken out: the analytic
+    count ignores them, as it ignores pooling."""
     torch.manual_seed(0)
     vision_config = SiglipVisionConfig(**_VISION, vision_use_head=False, attn_implementation="sdpa")
     cfg = _tiny_config(vision_config, "sdpa", **overrides)
@@ -234,4 +242,75 @@ def test_whole_model_matches_flop_counter(overrides, all_positions):
         logits_to_keep=0 if all_positions else 1,
     )
     analytic = prefill_flops(cfg, frames, text, prefix_tokens=prefix, lm_head_all_positions=all_positions)
-    assert analytic.total == counted
+    assert analytic.total == counted - _reducer_flops(model, frames)
+
+
+def _reducer_flops(model: CrossLMMForCausalLM, frames: int) -> int:
+    """What FlopCounterMode counts for the model's frame reducer alone (0 for pooling)."""
+    projector = model.model.projector
+    if projector.reducer is None:
+        return 0
+    width = projector[0].in_features if projector.pool_first else projector[-1].out_features
+    tokens = torch.randn(frames, _VISION_PATCHES, width)
+    with flop_counter() as counter:
+        projector.reducer(tokens, torch.arange(frames), False)
+    return counter.get_total_flops()
+
+
+_VISION_PATCHES = (_VISION["image_size"] // _VISION["patch_size"]) ** 2  # 16
+
+
+def test_fastv_counts_the_later_layers_over_the_kept_tokens():
+    """FastV (masking: the counted forward does not shrink) checked by two other routes: (1) its analytic
+    decoder + LM head equal FlopCounterMode on stock Qwen2 decoders, ``fastv_layer`` layers over the full
+    prompt plus the remaining layers over the kept tokens; (2) the masked forward counts exactly the
+    unpruned model plus the ranking (layer L-1's keys for every position, one query row and its scores)."""
+    torch.manual_seed(0)
+    vision_config = SiglipVisionConfig(**_VISION, vision_use_head=False, attn_implementation="sdpa")
+    fields = dict(v2v=False, t2v=False, tokens_per_frame=_VISION_PATCHES)
+    fastv = _tiny_config(vision_config, "sdpa", visual_reducer="fastv", fastv_layer=2, fastv_keep=3, **fields)
+    unpruned_config = _tiny_config(vision_config, "sdpa", **fields)
+    frames, prefix, text = 3, 5, 10
+    seq, kept = prefix + frames * _VISION_PATCHES + text, prefix + frames * 3 + text
+    assert decoder_tokens_per_layer(fastv, frames, text, prefix_tokens=prefix) == [seq] * 2 + [kept] * 3
+    analytic = prefill_flops(fastv, frames, text, prefix_tokens=prefix)
+    unpruned = prefill_flops(unpruned_config, frames, text, prefix_tokens=prefix)
+    assert (analytic.vision, analytic.projector) == (unpruned.vision, unpruned.projector)
+    assert analytic.llm < unpruned.llm
+
+    text_config = fastv.text_config
+    stock = []
+    for layers, tokens in ((2, seq), (3, kept)):
+        decoder = Qwen2Config(**{**text_config.to_dict(), "num_hidden_layers": layers, "layer_types": None})
+        decoder._attn_implementation = "sdpa"
+        input_ids = torch.randint(0, text_config.vocab_size, (1, tokens))
+        stock.append(
+            _counted(Qwen2ForCausalLM(decoder).eval(), input_ids=input_ids, use_cache=False, logits_to_keep=1)
+        )
+    lm_head = linear_flops(1, text_config.hidden_size, text_config.vocab_size)
+    assert analytic.llm + analytic.lm_head == sum(stock) - lm_head
+
+    model = CrossLMMForCausalLM(fastv).eval()
+    input_ids = torch.cat(
+        [
+            torch.randint(10, 500, (1, prefix)),
+            torch.full((1, frames * _VISION_PATCHES), _VIDEO_TOKEN_ID),
+            torch.randint(10, 500, (1, text)),
+        ],
+        dim=1,
+    )
+    counted = _counted(
+        model,
+        input_ids=input_ids,
+        pixel_values_videos=torch.randn(1, frames, 3, vision_config.image_size, vision_config.image_size),
+        video_frame_counts=torch.tensor([frames]),
+        use_cache=False,
+        logits_to_keep=1,
+    )
+    q_dim = text_config.num_attention_heads * (text_config.hidden_size // text_config.num_attention_heads)
+    kv_dim = text_config.num_key_value_heads * q_dim // text_config.num_attention_heads
+    ranking = linear_flops(seq, text_config.hidden_size, kv_dim) + linear_flops(
+        1, text_config.hidden_size, q_dim
+    )
+    ranking += 2 * seq * q_dim  # one query row of scores
+    assert counted == unpruned.total + ranking

@@ -15,6 +15,11 @@ per cross-attention layer. Only use it to compare with the published TFLOPs.
 
 The prompt is assumed to be laid out as ``[prefix text][T x tokens_per_frame pooled video][text]``: T2V
 queries are the text after the video (text before it sees no frames), V2V queries the pooled tokens.
+Token-reduction baselines (``visual_reducer``, docs/baselines.md): random/salient/merge put
+``tokens_per_frame`` tokens per frame in the sequence like pooling, and their own cost (a sort, a few
+similarity matrices) is ignored like pooling's; FastV runs layers < ``fastv_layer`` over every patch and the
+later layers over ``fastv_keep`` visual tokens per frame (``decoder_tokens_per_layer``), as a pruning
+implementation computes (ours masks instead, see ``crosslmm.baselines.fastv``; its one-row ranking is ignored).
 The configs are duck-typed: anything with ``CrossLMMConfig``'s fields and ``resolved_cross_layers()``.
 Layer shapes are read from them in ``shapes.py``; the sweep of ``crosslmm bench flops`` is ``flops_report.py``.
 """
@@ -22,7 +27,7 @@ Layer shapes are read from them in ``shapes.py``; the sweep of ``crosslmm bench 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -135,12 +140,32 @@ def cross_attention_flops(config: Any, num_frames: int, text_tokens: int) -> int
     return len(config.resolved_cross_layers()) * per_layer
 
 
-def _decoder_breakdown(config: Any, seq: int, lm_head_all_positions: bool) -> tuple[int, int, int]:
+def decoder_tokens_per_layer(
+    config: Any, num_frames: int, text_tokens: int, *, prefix_tokens: int = 0
+) -> list[int]:
+    """Positions each decoder layer processes in one sample's prefill (the LLM sequence length; for FastV
+    the later layers' is shorter by the visual tokens it drops)."""
     dec = DecoderShape.from_config(config.text_config)
-    head_positions = seq if lm_head_all_positions else 1
+    seq = prefix_tokens + num_frames * config.tokens_per_frame + text_tokens
+    if getattr(config, "visual_reducer", "pool") != "fastv":
+        return [seq] * dec.layers
+    pruned = seq - num_frames * (config.tokens_per_frame - config.fastv_keep)
+    return [seq] * config.fastv_layer + [pruned] * (dec.layers - config.fastv_layer)
+
+
+def _decoder_dense(config: Any, tokens_per_layer: list[int]) -> int:
+    one_layer = replace(DecoderShape.from_config(config.text_config), layers=1)
+    return sum(one_layer.dense(tokens) for tokens in tokens_per_layer)
+
+
+def _decoder_breakdown(
+    config: Any, tokens_per_layer: list[int], lm_head_all_positions: bool
+) -> tuple[int, int, int]:
+    dec = DecoderShape.from_config(config.text_config)
+    head_positions = tokens_per_layer[-1] if lm_head_all_positions else 1
     return (
-        dec.dense(seq),
-        dec.layers * dec.scores(seq, seq),
+        _decoder_dense(config, tokens_per_layer),
+        sum(dec.scores(tokens, tokens) for tokens in tokens_per_layer),
         linear_flops(head_positions, dec.hidden, dec.vocab),
     )
 
@@ -164,8 +189,8 @@ def prefill_flops(
     """CrossLMM prefill of one sample: T frames pooled to ``tokens_per_frame`` each, ``text_tokens`` after
     the video (the T2V queries) and ``prefix_tokens`` before it. The LM head runs on the last position
     only (generation) unless ``lm_head_all_positions`` (training / scoring)."""
-    seq = prefix_tokens + num_frames * config.tokens_per_frame + text_tokens
-    llm_dense, llm_attention, lm_head = _decoder_breakdown(config, seq, lm_head_all_positions)
+    per_layer = decoder_tokens_per_layer(config, num_frames, text_tokens, prefix_tokens=prefix_tokens)
+    llm_dense, llm_attention, lm_head = _decoder_breakdown(config, per_layer, lm_head_all_positions)
     return FlopsBreakdown(
         vision=vision_tower_flops(config.vision_config, num_frames, config.vision_feature_layer),
         projector=_projector_flops(config, _projected_tokens(config, num_frames)),
@@ -190,7 +215,8 @@ def full_token_baseline_flops(
     LLaVA-OneVision 196). The projector runs on all N patches, which such models pool afterwards."""
     per_frame = grid_tokens(config.vision_config) if tokens_per_frame is None else tokens_per_frame
     seq = prefix_tokens + num_frames * per_frame + text_tokens
-    llm_dense, llm_attention, lm_head = _decoder_breakdown(config, seq, lm_head_all_positions)
+    layers = config.text_config.num_hidden_layers
+    llm_dense, llm_attention, lm_head = _decoder_breakdown(config, [seq] * layers, lm_head_all_positions)
     return FlopsBreakdown(
         vision=vision_tower_flops(config.vision_config, num_frames, config.vision_feature_layer),
         projector=_projector_flops(config, num_frames * grid_tokens(config.vision_config)),
@@ -227,7 +253,7 @@ def paper_convention_flops(
     flops = FlopsBreakdown(
         vision=vision_tower_flops(vision_config, num_frames, config.vision_feature_layer),
         projector=_projector_flops(config, _projected_tokens(config, num_frames)),
-        llm_dense=dec.dense(num_frames * config.tokens_per_frame + text_tokens),
+        llm_dense=_decoder_dense(config, decoder_tokens_per_layer(config, num_frames, text_tokens)),
         llm_attention=0,
         lm_head=0,
         cross_attention=len(config.resolved_cross_layers()) * kv_sets * kv_projection,

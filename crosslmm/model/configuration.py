@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from transformers import AutoConfig, PretrainedConfig
 
+from crosslmm.baselines import FRAME_REDUCERS
 from crosslmm.model.vision import vision_config_from_dict, vision_grid_size
 
 POOLING_MODES = ("avg", "max", "bilinear")
@@ -15,6 +17,7 @@ PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 KV_SOURCES = ("encoder", "projector")
 TEXT_MODEL_TYPES = ("qwen2", "llama")
 DECODE_MEMORY_MODES = ("full", "topk_frames")
+VISUAL_REDUCERS = ("pool", *FRAME_REDUCERS, "fastv")  # docs/baselines.md
 
 
 def _text_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig:
@@ -30,6 +33,19 @@ def _text_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig
 def _choice(name: str, value, options: tuple) -> None:
     if value not in options:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
+def _invalid_budgets(budgets: list, grid: int | None) -> list:
+    """The entries of ``budgets`` that are not pooled grids s*s with s <= ``grid`` (None: any s)."""
+    return [
+        k
+        for k in budgets
+        if isinstance(k, bool)
+        or not isinstance(k, int)
+        or k < 1
+        or math.isqrt(k) ** 2 != k
+        or (grid is not None and math.isqrt(k) > grid)
+    ]
 
 
 def validate_decode_memory(decode_memory: str, decode_frames: int) -> None:
@@ -60,7 +76,16 @@ class CrossLMMConfig(PretrainedConfig):
     ``tokens_per_frame_choices`` (elastic budgets): the pooled-token budgets the model is trained at, each a
     pooled grid ``s x s`` of the tower's patch grid; training draws one per batch and inference may use any of
     them, read from the inputs (video tokens / frames). None: one fixed budget, ``tokens_per_frame``, which is
-    otherwise the default budget (the processor's) and must be one of the choices.
+    otherwise the default budget (the processor's) and must be one of the choices. A budget outside that set is
+    refused unless ``allow_untrained_budgets`` (an explicit override, e.g. ``from_pretrained(dir,
+    allow_untrained_budgets=True)``): then any pooled grid of the tower runs, with a warning.
+
+    ``visual_reducer`` (issue 16's baselines, docs/baselines.md): ``"pool"`` (uniform pooling, the default);
+    ``"random"``, ``"salient"`` or ``"merge"`` reduce each frame to ``tokens_per_frame`` = k tokens, any k up
+    to the patches per frame, where pooling runs (``visual_reducer_seed`` fixes random drop's draws);
+    ``"fastv"`` feeds every patch (``tokens_per_frame`` = patches per frame) and, from decoder layer
+    ``fastv_layer`` on, attends only to the ``fastv_keep`` visual tokens per frame the last prompt token
+    attended to most in layer ``fastv_layer - 1``. Reducers have one fixed budget and FastV no cross-attention.
     """
 
     model_type = "crosslmm"
@@ -89,6 +114,11 @@ class CrossLMMConfig(PretrainedConfig):
         vision_chunk_size: int = 32,
         decode_memory: str = "full",
         decode_frames: int = 16,
+        allow_untrained_budgets: bool = False,
+        visual_reducer: str = "pool",
+        visual_reducer_seed: int = 0,
+        fastv_layer: int | None = None,
+        fastv_keep: int | None = None,
         **kwargs,
     ):
         if isinstance(vision_config, dict):
@@ -118,9 +148,20 @@ class CrossLMMConfig(PretrainedConfig):
         self.vision_chunk_size = vision_chunk_size
         self.decode_memory = decode_memory
         self.decode_frames = decode_frames
+        self.allow_untrained_budgets = allow_untrained_budgets
+        self.visual_reducer = visual_reducer
+        self.visual_reducer_seed = visual_reducer_seed
+        self.fastv_layer = fastv_layer
+        self.fastv_keep = fastv_keep
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_crosslmm()
+
+    def to_dict(self) -> dict:
+        """The saved fields; ``allow_untrained_budgets`` is an override for one load, never written to disk."""
+        values = super().to_dict()
+        values.pop("allow_untrained_budgets", None)
+        return values
 
     @property
     def pooled_grid(self) -> int:
@@ -132,13 +173,24 @@ class CrossLMMConfig(PretrainedConfig):
         return list(self.tokens_per_frame_choices or [self.tokens_per_frame])
 
     def check_budget(self, tokens_per_frame: int, source: str = "the inputs") -> None:
-        """Refuse a budget the model was not trained at, listing the trained ones."""
-        if tokens_per_frame not in self.trained_budgets:
-            raise ValueError(
-                f"{source} use {tokens_per_frame} tokens per frame, which do not match a trained budget: this "
-                f"model was trained at tokens_per_frame in {self.trained_budgets}; build the prompt with "
-                "CrossLMMProcessor(..., tokens_per_frame=K) for one of them"
+        """Refuse a budget the model was not trained at, listing the trained ones; with
+        ``allow_untrained_budgets``, warn instead (the budget must still be a pooled grid of the tower)."""
+        if tokens_per_frame in self.trained_budgets:
+            return
+        grid = vision_grid_size(self.vision_config) if self.vision_config is not None else None
+        if self.allow_untrained_budgets and not _invalid_budgets([tokens_per_frame], grid):
+            warnings.warn(
+                f"{source} use {tokens_per_frame} tokens per frame, a budget this model was not trained at "
+                f"(trained: {self.trained_budgets}); allowed by allow_untrained_budgets, expect lower accuracy",
+                stacklevel=2,
             )
+            return
+        raise ValueError(
+            f"{source} use {tokens_per_frame} tokens per frame, which do not match a trained budget: this "
+            f"model was trained at tokens_per_frame in {self.trained_budgets}; build the prompt with "
+            "CrossLMMProcessor(..., tokens_per_frame=K) for one of them (or load with "
+            "allow_untrained_budgets=True to run a pooled grid it was not trained at)"
+        )
 
     def resolved_cross_layers(self) -> list[int]:
         """Decoder-layer indices after which a dual cross-attention layer runs (empty = none)."""
@@ -151,8 +203,11 @@ class CrossLMMConfig(PretrainedConfig):
 
     def validate_crosslmm(self) -> None:
         """Fail at construction, naming the field, instead of deep inside a forward pass."""
+        _choice("visual_reducer", self.visual_reducer, VISUAL_REDUCERS)
         tpf = self.tokens_per_frame
-        if not isinstance(tpf, int) or tpf < 1 or math.isqrt(tpf) ** 2 != tpf:
+        if self.visual_reducer != "pool":
+            self._validate_reducer()
+        elif not isinstance(tpf, int) or tpf < 1 or math.isqrt(tpf) ** 2 != tpf:
             raise ValueError(f"tokens_per_frame must be a positive square (1, 4, 9, 16, ...), got {tpf!r}")
         _choice("pooling_mode", self.pooling_mode, POOLING_MODES)
         _choice("pooling_position", self.pooling_position, POOLING_POSITIONS)
@@ -185,6 +240,48 @@ class CrossLMMConfig(PretrainedConfig):
             raise ValueError(f"vision_chunk_size must be a positive int, got {self.vision_chunk_size!r}")
         validate_decode_memory(self.decode_memory, self.decode_frames)
 
+    def _validate_reducer(self) -> None:
+        """A baseline reducer (not "pool"): one fixed budget k <= the patches per frame; FastV's fields."""
+        name, tpf = self.visual_reducer, self.tokens_per_frame
+        if self.tokens_per_frame_choices is not None or self.allow_untrained_budgets:
+            raise ValueError(
+                f"visual_reducer={name!r} has one fixed budget (tokens_per_frame): elastic budgets "
+                "(tokens_per_frame_choices, allow_untrained_budgets) work with visual_reducer='pool' only"
+            )
+        patches = vision_grid_size(self.vision_config) ** 2 if self.vision_config is not None else None
+        if isinstance(tpf, bool) or not isinstance(tpf, int) or tpf < 1 or (patches and tpf > patches):
+            raise ValueError(
+                f"tokens_per_frame must be a positive int <= {patches or 'the patches per frame'} for "
+                f"visual_reducer={name!r}, got {tpf!r}"
+            )
+        if isinstance(self.visual_reducer_seed, bool) or not isinstance(self.visual_reducer_seed, int):
+            raise ValueError(f"visual_reducer_seed must be an int, got {self.visual_reducer_seed!r}")
+        if name != "fastv":
+            if self.fastv_layer is not None or self.fastv_keep is not None:
+                raise ValueError(f"fastv_layer/fastv_keep are FastV's; visual_reducer is {name!r}")
+            return
+        if patches is not None and tpf != patches:
+            raise ValueError(
+                f"visual_reducer='fastv' feeds every patch to the LLM: tokens_per_frame must be {patches} "
+                f"(the tower's patches per frame), got {tpf}"
+            )
+        n_layers = self.text_config.num_hidden_layers
+        layer, keep = self.fastv_layer, self.fastv_keep
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer < n_layers:
+            raise ValueError(
+                f"fastv_layer (decoder layers that see every visual token) must be an int in [1, {n_layers}), "
+                f"got {layer!r}"
+            )
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= tpf:
+            raise ValueError(
+                f"fastv_keep (visual tokens kept per frame) must be an int in [1, {tpf}], got {keep!r}"
+            )
+        if self.resolved_cross_layers():
+            raise ValueError(
+                "visual_reducer='fastv' is a baseline without cross-attention: set v2v=False and t2v=False "
+                "(or cross_attention_every=0)"
+            )
+
     def _validate_budget_choices(self) -> None:
         """Each elastic budget must be a pooled grid s x s with s <= the tower's grid (exact block means
         where s divides it, adaptive pooling otherwise, as ``pool_frames`` does for the fixed budget)."""
@@ -193,15 +290,7 @@ class CrossLMMConfig(PretrainedConfig):
             return
         grid = vision_grid_size(self.vision_config) if self.vision_config is not None else None
         valid = f"valid budgets: {[s * s for s in range(1, grid + 1)]}" if grid else "perfect squares"
-        bad = [
-            k
-            for k in choices
-            if isinstance(k, bool)
-            or not isinstance(k, int)
-            or k < 1
-            or math.isqrt(k) ** 2 != k
-            or (grid is not None and math.isqrt(k) > grid)
-        ]
+        bad = _invalid_budgets(choices, grid)
         if bad or not choices or len(set(choices)) != len(choices):
             where = f" of the tower's {grid}x{grid} patch grid" if grid else ""
             raise ValueError(

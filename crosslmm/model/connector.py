@@ -1,8 +1,9 @@
 """The connector between vision tower and LLM: per-frame parameter-free pooling plus the projector.
 
 It owns three choices that only make sense together: how each frame's patch grid is pooled to
-``tokens_per_frame`` tokens, whether pooling runs before or after the projector, and which tensor the
-cross-attention blocks read as memory (the raw encoder tokens or the projected ones).
+``tokens_per_frame`` tokens (or reduced by a baseline of ``crosslmm.baselines``), whether pooling runs
+before or after the projector, and which tensor the cross-attention blocks read as memory (the raw encoder
+tokens or the projected ones).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crosslmm.baselines import build_frame_reducer
 from crosslmm.model.configuration import CrossLMMConfig
 
 
@@ -46,7 +48,7 @@ def pool_frames(tokens: torch.Tensor, out_grid: int, mode: str, antialias: bool 
 
 
 class PoolingProjector(nn.Sequential):
-    """Original patch tokens (F, N, Dv) -> pooled LLM tokens (F, s*s, D) and the cross-attention memory.
+    """Original patch tokens (F, N, Dv) -> pooled LLM tokens (F, k, D) and the cross-attention memory.
 
     The sequence's layers are the projector and its only weights: ``linear_1 -> GELU -> linear_2`` for
     ``mlp2x_gelu`` (transformers' LLaVA names, so converted checkpoints map one-to-one) or one linear map.
@@ -69,16 +71,31 @@ class PoolingProjector(nn.Sequential):
             raise ValueError(
                 f"unknown projector_type {config.projector_type!r}; expected mlp2x_gelu or linear"
             )
-        self.pooled_grid = config.pooled_grid  # s of the default budget; a call may ask for another
+        self.tokens_per_frame = config.tokens_per_frame  # the default budget; a call may ask for another
+        # A baseline reducer instead of pooling (a plain callable, no weights: not one of the layers).
+        self.reducer = build_frame_reducer(
+            config.visual_reducer, config.tokens_per_frame, config.visual_reducer_seed
+        )
         self.pooling_mode = config.pooling_mode
         self.pooling_antialias = config.pooling_antialias
         self.pool_first = config.pooling_position == "before_projector"
         self.memory_source = config.cross_attention_kv_source if config.resolved_cross_layers() else None
         self.memory_dim = vision_dim if self.memory_source == "encoder" else text_dim  # Dm
 
-    def pool(self, tokens: torch.Tensor, pooled_grid: int | None = None) -> torch.Tensor:
-        """(F, N, C) -> (F, s*s, C), s = ``pooled_grid`` (None: the config's)."""
-        grid = pooled_grid or self.pooled_grid
+    def pool(
+        self,
+        tokens: torch.Tensor,
+        tokens_per_frame: int | None = None,
+        frame_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(F, N, C) -> (F, k, C), k = ``tokens_per_frame`` (None: the config's; a pooled grid s*s unless a
+        reducer runs, whose budget is fixed). ``frame_index`` (F,): each frame's position in its video
+        (None: one video), which random drop seeds from."""
+        if self.reducer is not None:
+            if frame_index is None:
+                frame_index = torch.arange(tokens.shape[0])
+            return self.reducer(tokens, frame_index, self.training)
+        grid = math.isqrt(tokens_per_frame or self.tokens_per_frame)
         return pool_frames(tokens, grid, self.pooling_mode, self.pooling_antialias)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -86,17 +103,21 @@ class PoolingProjector(nn.Sequential):
         return super().forward(tokens)
 
     def forward(
-        self, original: torch.Tensor, pooled_grid: int | None = None
+        self,
+        original: torch.Tensor,
+        tokens_per_frame: int | None = None,
+        frame_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """original (F, N, Dv) -> pooled (F, s*s, D), memory (F, N, Dm) or None without cross-attention.
+        """original (F, N, Dv) -> pooled (F, k, D), memory (F, N, Dm) or None without cross-attention.
 
-        ``pooled_grid`` s: this call's budget (an elastic model's inputs choose it; None: the config's)."""
+        ``tokens_per_frame`` k: this call's budget (an elastic model's inputs choose it; None: the config's);
+        ``frame_index`` as for :meth:`pool`."""
         projected = None
         if self.pool_first:
-            pooled = self.project(self.pool(original, pooled_grid))  # (F, s*s, Dv) -> (F, s*s, D)
+            pooled = self.project(self.pool(original, tokens_per_frame, frame_index))  # (F, k, D)
         else:
             projected = self.project(original)  # (F, N, D)
-            pooled = self.pool(projected, pooled_grid)  # (F, s*s, D)
+            pooled = self.pool(projected, tokens_per_frame, frame_index)  # (F, k, D)
         if self.memory_source is None:
             return pooled, None
         if self.memory_source == "encoder":

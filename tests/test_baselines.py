@@ -1,0 +1,307 @@
+"""Token-reduction baselines of issue 16 (crosslmm/baselines, docs/baselines.md): budget, determinism, each
+method's defining property on constructed inputs, cached generation, training and save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import check_cached_generation, coloured_frames, greedy, set_gates, video_prompt
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+from crosslmm.baselines import RandomDrop, SalientSelect, ToMeMerge
+from crosslmm.baselines.fastv import attention_row, keep_mask, query_positions
+from crosslmm.baselines.salient import context_tokens
+from crosslmm.data.dataset import IGNORE_INDEX
+from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.tiny import TinySpec, make_tiny
+
+PATCHES = 64  # TinySpec: 32 px / 4 px patches = an 8x8 grid
+# One budget per reducer, none of them square: equal-FLOPs matching needs any k.
+REDUCERS = {
+    "random": dict(visual_reducer="random", tokens_per_frame=3),
+    "salient": dict(visual_reducer="salient", tokens_per_frame=5),
+    "merge": dict(visual_reducer="merge", tokens_per_frame=2),
+}
+FASTV = dict(
+    visual_reducer="fastv", tokens_per_frame=PATCHES, fastv_layer=2, fastv_keep=3, v2v=False, t2v=False
+)
+ALL = {**REDUCERS, "fastv": FASTV}
+
+
+def _model(fields: dict, gates: float = 3.0):
+    """A tiny model whose answers depend on the video (open gates where there are cross layers)."""
+    cross = {} if fields.get("visual_reducer") == "fastv" else {"v2v": True, "t2v": True}
+    model, processor = make_tiny(TinySpec(), seed=0, **(cross | fields))
+    set_gates(model, gates)
+    return model.eval(), processor
+
+
+def _inputs(processor, videos=((3, 1), (2, 7)), questions=("What colour is it?", "Which frame is red?")):
+    prompts = [video_prompt(processor, q) for q in questions[: len(videos)]]
+    return processor(
+        text=prompts, videos=[coloured_frames(n, seed) for n, seed in videos], padding_side="left"
+    )
+
+
+# --- config -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(visual_reducer="topk"), "visual_reducer must be one of"),
+        (dict(visual_reducer="pool", tokens_per_frame=3), "positive square"),
+        (dict(visual_reducer="random", tokens_per_frame=PATCHES + 1), "positive int <= 64"),
+        (dict(visual_reducer="merge", tokens_per_frame=0), "positive int <= 64"),
+        (dict(visual_reducer="salient", tokens_per_frame=4, tokens_per_frame_choices=[1, 4]), "one fixed"),
+        (dict(visual_reducer="random", tokens_per_frame=4, fastv_keep=2), "FastV's"),
+        (FASTV | dict(tokens_per_frame=16), "must be 64"),
+        (FASTV | dict(fastv_layer=0), "fastv_layer"),
+        (FASTV | dict(fastv_layer=4), "fastv_layer"),  # TinySpec has 4 decoder layers: none left to prune
+        (FASTV | dict(fastv_keep=65), "fastv_keep"),
+        (FASTV | dict(v2v=True), "without cross-attention"),
+    ],
+)
+def test_bad_reducer_configs_raise(fields, match):
+    with pytest.raises(ValueError, match=match):
+        make_tiny(TinySpec(), **fields)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_save_load_round_trip(name, tmp_path):
+    model, processor = _model(ALL[name])
+    save_model_dir(model, processor, tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    for field in ("visual_reducer", "visual_reducer_seed", "tokens_per_frame", "fastv_layer", "fastv_keep"):
+        assert getattr(loaded.config, field) == getattr(model.config, field)
+    inputs = _inputs(AutoProcessor.from_pretrained(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+# --- budget and determinism ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_exactly_k_tokens_per_frame_reach_the_llm(name):
+    """The processor expands <video> to frames x k slots, and each sample's slots hold exactly what its
+    video alone reduces to: frames are reduced per video (random drop seeds from the frame's position in
+    its own video, not in the batch)."""
+    model, processor = _model(ALL[name])
+    k = model.config.tokens_per_frame
+    inputs = _inputs(processor)
+    assert (inputs["input_ids"] == processor.video_token_id).sum(1).tolist() == [3 * k, 2 * k]
+    inner = model.model
+    with torch.no_grad():
+        embeds, layout, _ = inner.embed_video(
+            inputs["input_ids"],
+            inner.get_input_embeddings()(inputs["input_ids"]),
+            inputs["attention_mask"],
+            inputs["pixel_values_videos"],
+            inputs["video_frame_counts"],
+        )
+        in_sequence = embeds.flatten(0, 1)[layout.video_positions].split([3 * k, 2 * k])
+        for b, count in enumerate([3, 2]):
+            alone, _ = inner.encode_video(inputs["pixel_values_videos"][b, :count])
+            assert alone.shape == (count, k, model.config.text_config.hidden_size)
+            torch.testing.assert_close(in_sequence[b], alone.flatten(0, 1), rtol=0, atol=0)
+
+
+def test_random_drop_is_a_fixed_function_of_seed_and_frame_position():
+    tokens = torch.arange(PATCHES, dtype=torch.float32)[None, :, None].expand(4, -1, 2)  # value = patch
+    drop = RandomDrop(5, seed=0)
+    kept = drop(tokens, torch.tensor([0, 1, 2, 0]), training=False)[..., 0]  # (4, 5) patch indices
+    assert kept.shape == (4, 5)
+    for row in kept:
+        assert len(set(row.tolist())) == 5 and torch.equal(row, row.sort().values)  # distinct, grid order
+    assert torch.equal(kept[0], kept[3])  # frame 0 of two videos: same patches
+    assert not torch.equal(kept[0], kept[1])  # the next frame: others, so a video covers every position
+    again = drop(tokens, torch.tensor([2, 0]), training=False)[..., 0]
+    assert torch.equal(again, kept[[2, 0]])
+    assert not torch.equal(RandomDrop(5, seed=1)(tokens, torch.tensor([0]), False)[0, :, 0], kept[0])
+    torch.manual_seed(0)
+    train = [drop(tokens, torch.tensor([0, 0, 0, 0]), training=True)[..., 0] for _ in range(2)]
+    assert not torch.equal(train[0], train[1])  # training redraws
+
+
+@pytest.mark.parametrize("reducer", [SalientSelect(5), ToMeMerge(3)])
+def test_deterministic_reducers_repeat(reducer):
+    tokens = torch.randn(3, PATCHES, 16)
+    first = reducer(tokens, torch.arange(3), False)
+    assert first.shape == (3, reducer.tokens_per_frame, 16)
+    assert torch.equal(first, reducer(tokens.clone(), torch.arange(3), True))
+
+
+# --- defining properties ------------------------------------------------------------------------------------
+
+
+def test_salient_keeps_the_highest_norm_patches_and_merges_the_rest():
+    torch.manual_seed(0)
+    tokens = torch.randn(2, PATCHES, 16)
+    tokens[0, 40] *= 10
+    tokens[1, 7] *= 10
+    tokens[1, 50] *= 8
+    assert context_tokens(3) == 1 and context_tokens(1) == 0 and context_tokens(64) == 10
+    out = SalientSelect(3)(tokens, torch.arange(2), False)  # 2 dominant + 1 context token
+    norms = tokens.norm(dim=-1)
+    for f in range(2):
+        top = norms[f].topk(2).indices.sort().values
+        torch.testing.assert_close(out[f, :2], tokens[f, top], rtol=0, atol=0)  # dominant, in grid order
+        rest = torch.ones(PATCHES, dtype=torch.bool)
+        rest[top] = False
+        torch.testing.assert_close(out[f, 2], tokens[f, rest].mean(0))  # one context token: their mean
+    assert out[0, 0].equal(tokens[0, 40]) or out[0, 1].equal(tokens[0, 40])
+
+
+def test_salient_context_tokens_partition_the_rest():
+    """With several context tokens every non-dominant patch lands in exactly one group."""
+    torch.manual_seed(0)
+    tokens = torch.randn(1, PATCHES, 16)
+    reducer = SalientSelect(20)  # 16 dominant + 4 context
+    out = reducer(tokens, torch.arange(1), False)
+    n_context = context_tokens(20)
+    assert n_context == 4 and out.shape == (1, 20, 16)
+    dominant = tokens[0].norm(dim=-1).topk(16).indices
+    rest = torch.ones(PATCHES, dtype=torch.bool)
+    rest[dominant] = False
+    # each context token is a group mean, so the size-weighted sum of the means can only equal the sum of
+    # the remaining patches if the groups partition them; recover the sizes from the assignment
+    unit = torch.nn.functional.normalize(tokens[0, rest], dim=-1)
+    targets = torch.arange(n_context) * (int(rest.sum()) // n_context)
+    assign = (unit @ unit[targets].T).argmax(-1)
+    assign[targets] = torch.arange(n_context)
+    sizes = torch.bincount(assign, minlength=n_context).float()
+    torch.testing.assert_close((out[0, 16:] * sizes[:, None]).sum(0), tokens[0, rest].sum(0))
+
+
+def test_tome_merges_the_most_similar_pair_first():
+    torch.manual_seed(0)
+    tokens = torch.randn(1, 16, 64)
+    tokens[0, 5] = tokens[0, 2] + 0.01 * torch.randn(64)  # 2 is in set A (even), 5 in set B (odd)
+    out = ToMeMerge(15)(tokens, torch.arange(1), False)
+    others = [i for i in range(16) if i not in (2, 5)]
+    expected = torch.cat(
+        [tokens[0, others[:4]], tokens[0, [2, 5]].mean(0, keepdim=True), tokens[0, others[4:]]]
+    )
+    torch.testing.assert_close(out[0], expected)  # grid order: the merged pair sits at B's position 5
+
+
+def test_tome_averages_by_size_down_to_k():
+    """Repeated steps merge similar tokens only: two interleaved clusters of identical tokens reduce to their
+    two values at k=2 (with r = n/2 per step the last step would average the clusters together)."""
+    a, b = torch.randn(8), torch.randn(8)
+    tokens = torch.stack([a if i % 4 < 2 else b for i in range(16)])[None]
+    out = ToMeMerge(2)(tokens, torch.arange(1), False)[0]
+    assert any(torch.allclose(row, a) for row in out) and any(torch.allclose(row, b) for row in out)
+
+
+def test_fastv_ranking_equals_eager_attention_and_keeps_the_top_attended():
+    model, processor = _model(FASTV)
+    lm = model.model.language_model
+    lm.config._attn_implementation = "eager"  # materialise the attention map to compare against
+    rank_layer = lm.layers[FASTV["fastv_layer"] - 1]
+    seen = {}
+    rank_layer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(hidden=args[0], rope=kwargs["position_embeddings"]),
+        with_kwargs=True,
+    )
+    rank_layer.self_attn.register_forward_hook(lambda m, args, out: seen.update(weights=out[1]))
+    inputs = _inputs(processor, videos=((2, 3),))
+    with torch.no_grad():
+        model(**inputs, use_cache=True)
+        length = inputs["input_ids"].shape[1]
+        last = query_positions(torch.ones(1, length, dtype=torch.bool))
+        assert last.tolist() == [length - 1]
+        mask = torch.ones(1, length, dtype=torch.bool)
+        row = attention_row(rank_layer, seen["hidden"], seen["rope"], last, mask)
+    eager = seen["weights"][0, :, -1].mean(0)  # (L,) last token's attention, head mean
+    torch.testing.assert_close(row[0], eager, rtol=1e-5, atol=1e-6)
+    video = torch.nonzero(inputs["input_ids"][0] == processor.video_token_id).squeeze(1)
+    keep = keep_mask(row, video, PATCHES, FASTV["fastv_keep"])
+    for frame in video.view(2, PATCHES):
+        kept = frame[keep[0, frame]]
+        assert len(kept) == FASTV["fastv_keep"]
+        assert set(kept.tolist()) == set(frame[eager[frame].topk(3).indices].tolist())
+    assert keep[0, inputs["input_ids"][0] != processor.video_token_id].all()  # text is never dropped
+
+
+def test_fastv_query_is_the_token_before_the_first_answer_token():
+    valid = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    shift = torch.full((2, 6), IGNORE_INDEX)
+    shift[0, 2:4] = 5  # position 2 predicts the first answer token
+    assert query_positions(valid).tolist() == [4, 5]
+    assert query_positions(valid, shift).tolist() == [2, 5]  # sample 1 has no answer: its last token
+
+
+def test_fastv_pruning_is_exact_masking():
+    """Keeping every token is the unpruned model; pruning changes the answer; and layers from fastv_layer on
+    ignore the dropped tokens exactly: noise on them there moves nothing, noise on a kept one does."""
+    model, processor = _model(FASTV)
+    pool = dict(visual_reducer="pool", fastv_layer=None, fastv_keep=None)
+    unpruned = make_tiny(TinySpec(), seed=0, **(FASTV | pool))[0].eval()
+    keep_all = make_tiny(TinySpec(), seed=0, **(FASTV | dict(fastv_keep=PATCHES)))[0].eval()
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        pruned, keep = out.logits[:, -1], out.cache.fastv_keep
+        full = unpruned(**inputs).logits[:, -1]
+        torch.testing.assert_close(keep_all(**inputs).logits[:, -1], full, rtol=0, atol=0)
+        assert (pruned - full).abs().max() > 1e-3
+        video = inputs["input_ids"] == processor.video_token_id
+        assert (keep == ~video | keep).all() and int((video & keep).sum()) == 5 * FASTV["fastv_keep"]
+
+        def with_noise(where: torch.Tensor) -> torch.Tensor:
+            def hook(module, args):
+                return (args[0] + 10 * where[..., None] * torch.randn_like(args[0]), *args[1:])
+
+            handle = model.model.language_model.layers[FASTV["fastv_layer"]].register_forward_pre_hook(hook)
+            try:
+                return model(**inputs).logits[:, -1]
+            finally:
+                handle.remove()
+
+        torch.testing.assert_close(with_noise(video & ~keep), pruned, rtol=1e-5, atol=1e-5)
+        assert (with_noise(video & keep) - pruned).abs().max() > 1e-3
+
+
+# --- the model paths -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", REDUCERS)
+def test_cached_generation_equals_full_forward(name):
+    model, processor = _model(REDUCERS[name])
+    step_logits = check_cached_generation(model, _inputs(processor))
+    assert (step_logits[0] - step_logits[1]).abs().max() > 1e-3  # the answer depends on the video
+
+
+def test_fastv_cached_generation_equals_full_forward():
+    """The full forward over prompt + generated tokens must rank by the same query, the last prompt token."""
+    model, processor = _model(FASTV)
+    inputs = _inputs(processor)
+    tokens, step_logits = greedy(model, inputs, steps=4)
+    prompt = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        full = model(
+            input_ids=torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1),
+            attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(tokens[:, :-1])], dim=1),
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_frame_counts=inputs["video_frame_counts"],
+            fastv_query_positions=torch.full((2,), prompt - 1),
+            use_cache=False,
+        ).logits
+    torch.testing.assert_close(step_logits, full[:, -4:], rtol=1e-4, atol=1e-4)
+    assert (step_logits[0] - step_logits[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_training_step_reaches_the_projector(name):
+    model, processor = _model(ALL[name])
+    model.train()
+    inputs = _inputs(processor)
+    labels = inputs["input_ids"].clone()
+    labels[:, : labels.shape[1] - 3] = IGNORE_INDEX  # the last three tokens are the "answer"
+    loss = model(**inputs, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grad = model.model.projector.linear_1.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
