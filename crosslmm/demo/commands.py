@@ -41,7 +41,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _sized(settings, args: argparse.Namespace):
-    """``settings`` (DemoSettings) with the --seeds / --steps the user gave."""
+    """``settings`` (DemoSettings) with the --seeds / --steps / --questions the user gave."""
+    if args.questions is not None:
+        data = dataclasses.replace(settings.data, questions=tuple(args.questions.split(",")))
+        settings = dataclasses.replace(settings, data=data)
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
     if args.steps is not None:
@@ -73,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--questions",
         default="colour",
-        help="comma-separated question types: colour, quarter (default: colour)",
+        help="comma-separated question types: colour, quarter, motion (default: colour)",
     )
     p.set_defaults(func=_synth)
 
@@ -97,5 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--steps", type=int, default=None, help="optimiser steps per variant (default: the preset's)"
+    )
+    p.add_argument(
+        "--questions",
+        default=None,
+        help="comma-separated question types of the data (default: colour; see crosslmm synth)",
     )
     p.set_defaults(func=_demo)

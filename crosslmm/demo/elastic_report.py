@@ -34,6 +34,10 @@ def summarise(scores: list[dict], compared: list[Variant], settings) -> dict:
                     accuracy=statistics.fmean(accs),
                     accuracy_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                     accuracy_per_seed=accs,
+                    accuracy_by_type={
+                        k: statistics.fmean(s["accuracy_by_type"][k] for s in mine)
+                        for k in sorted(mine[0]["accuracy_by_type"])
+                    },
                     seq_len=mine[0]["seq_len"],
                     prefill_flops=mine[0]["prefill_flops"],
                     train_seconds=statistics.fmean(s["train_seconds"] for s in mine),
@@ -78,8 +82,10 @@ def claims(rows: list[dict], budgets: tuple[int, ...]) -> dict:
 def markdown_table(report: dict) -> str:
     """The table printed by ``crosslmm demo --elastic`` and pasted into docs/elastic.md."""
     seeds = report["settings"]["demo"]["seeds"]
+    kinds = sorted(report["rows"][0]["accuracy_by_type"])
+    kinds = kinds if len(kinds) > 1 else []  # one question type: its column would repeat the accuracy
     head = ["model", "tokens/frame", "LLM seq len", "prefill MFLOPs", f"accuracy (mean of {seeds} seed(s))"]
-    head += ["train s"]
+    head += [f"{k} acc" for k in kinds] + ["train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["rows"]:
         spread = f" ± {row['accuracy_std']:.3f}" if seeds > 1 else ""
@@ -89,6 +95,7 @@ def markdown_table(report: dict) -> str:
             f"{row['seq_len']:.0f}",
             f"{row['prefill_flops'] / 1e6:.1f}",
             f"{row['accuracy']:.3f}{spread}",
+            *(f"{row['accuracy_by_type'][k]:.3f}" for k in kinds),
             f"{row['train_seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
