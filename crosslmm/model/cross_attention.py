@@ -8,6 +8,9 @@ Gates are ``tanh(gate)`` with ``gate = 0`` at init, so a fresh layer is the iden
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +37,7 @@ class CrossAttention(nn.Module):
         self.v_proj = nn.Linear(memory_dim, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.gate = nn.Parameter(torch.zeros(1))
+        self.captured: list[torch.Tensor] | None = None  # set only inside capture_attention()
 
     def project_memory(
         self, memory: torch.Tensor, vision_chunk_size: int
@@ -64,19 +68,34 @@ class CrossAttention(nn.Module):
         The gate is read here, inside the module's ``forward``, so ZeRO-3's pre-forward hook gathers it."""
         groups, length, _ = queries.shape
         q = self.q_proj(self.query_norm(queries)).view(groups, length, self.num_heads, self.head_dim)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, enable_gqa=True)
+        q = q.transpose(1, 2)
+        if self.captured is None:  # the fast path, untouched by capture
+            out = F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+        else:
+            weights = self.attention_weights(q, keys)
+            self.captured.append(weights)
+            out = weights.to(values.dtype) @ self._per_head(values)
         out = self.o_proj(out.transpose(1, 2).reshape(groups, length, -1))
         return torch.tanh(self.gate).to(out.dtype) * out
+
+    def _per_head(self, kv: torch.Tensor) -> torch.Tensor:
+        """(G, KVH, M, hd) -> (G, H, M, hd): each key/value head repeated for its query heads, as SDPA's GQA."""
+        return kv.repeat_interleave(self.num_heads // self.num_kv_heads, 1)
+
+    def attention_weights(self, q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Projected queries (G, H, Lq, hd) over keys (G, KVH, M, hd) -> fp32 softmax weights (G, H, Lq, M),
+        what SDPA computes without materialising."""
+        scores = (q @ self._per_head(keys).transpose(2, 3)).float() * self.head_dim**-0.5
+        return scores.softmax(-1)
 
     def frame_attention_mass(
         self, queries: torch.Tensor, keys: torch.Tensor, patches_per_frame: int
     ) -> torch.Tensor:
         """queries (Lq, D) over keys (1, KVH, F * N, hd) -> (F,) softmax attention mass per frame, averaged
         over heads and queries: scores (H, Lq, F * N), so give it a few queries (bounded decode gives one)."""
-        q = self.q_proj(self.query_norm(queries)).view(-1, self.num_heads, self.head_dim).transpose(0, 1)
-        k = keys[0].repeat_interleave(self.num_heads // self.num_kv_heads, 0)  # (H, M, hd), GQA as SDPA's
-        scores = (q @ k.transpose(1, 2)).float() * self.head_dim**-0.5
-        return scores.softmax(-1).unflatten(-1, (-1, patches_per_frame)).sum(-1).mean((0, 1))
+        q = self.q_proj(self.query_norm(queries)).view(1, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        weights = self.attention_weights(q, keys)[0]  # (H, Lq, F * N)
+        return weights.unflatten(-1, (-1, patches_per_frame)).sum(-1).mean((0, 1))
 
 
 class GatedMLP(nn.Module):
@@ -95,6 +114,30 @@ class GatedMLP(nn.Module):
         """hidden (n, D) -> gated update (n, D), to be added to the residual stream by the caller."""
         x = self.norm(hidden)
         return torch.tanh(self.gate).to(x.dtype) * self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+@contextmanager
+def capture_attention(model: nn.Module) -> Iterator[dict[tuple[str, int], list[torch.Tensor]]]:
+    """Record the cross-attention weights of ``model``'s forward passes inside the ``with`` block.
+
+    Yields ``{("v2v" | "t2v", layer): [weights (G, H, Lq, M), one per call in call order]}``; inside the
+    block those calls compute the softmax in eager form (same output up to rounding), outside it they stay
+    on SDPA. The record lives on this model's blocks only while the block runs: no global state."""
+    records: dict[tuple[str, int], list[torch.Tensor]] = {}
+    blocks = [
+        (kind, layer.layer_idx, block)
+        for layer in model.modules()
+        if isinstance(layer, DualCrossAttentionLayer)
+        for kind, block in (("v2v", layer.v2v), ("t2v", layer.t2v))
+        if block is not None
+    ]
+    try:
+        for kind, layer_idx, block in blocks:
+            block.captured = records.setdefault((kind, layer_idx), [])
+        yield records
+    finally:
+        for _, _, block in blocks:
+            block.captured = None
 
 
 def _per_sample(kv: torch.Tensor, layout: VisualLayout) -> list[torch.Tensor]:

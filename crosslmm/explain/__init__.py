@@ -1,0 +1,1 @@
+"""Attention maps of a CrossLMM answer (``crosslmm explain``, docs/explain.md)."""

@@ -1,0 +1,1 @@
+"""``crosslmm web``: a gradio page over one CrossLMM (docs/explain.md)."""

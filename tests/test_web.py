@@ -1,0 +1,160 @@
+"""``crosslmm web`` driven in headless Chromium (Debian's ``chromium``; playwright never downloads a browser).
+
+One server on a free local port serves a tiny random model whose answers differ between sample videos, so
+the page is checked against :func:`crosslmm.inference.generate` on the same video: a sample gives its answer
+and heatmap, a corrupt upload gives an error in the page, and the server answers again afterwards.
+Locally a missing browser, playwright or gradio skips; under CI (``CI=true``) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from helpers import set_gates
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+QUESTION = "What colour is the marker?"
+WAIT_MS = 90_000  # per page step: two CPU cores shared by the whole suite
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what} is missing: .ci/run installs it (the web extra, apt-get chromium)")
+        pytest.skip(f"{what} is not installed")
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model_dir(path) -> str:
+    """A tiny random model, gates open; seed 2 answers differently for sample 1 and sample 3."""
+    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.tiny import TinySpec, make_tiny
+
+    model, processor = make_tiny(TinySpec(), seed=2, v2v=True, t2v=True)
+    set_gates(model, 3.0)
+    save_model_dir(model, processor, path)
+    return str(path)
+
+
+def _expected(model_dir: str, videos: list[str]) -> list[str]:
+    """What ``crosslmm chat`` answers about each video, at the page's settings (20 frames, 32 tokens)."""
+    from crosslmm.data.video import load_video
+    from crosslmm.inference import build_prompt, generate, load
+
+    model, processor = load(model_dir)
+    prompt = build_prompt(processor, QUESTION)
+    return [
+        generate(model, processor, [prompt], [[load_video(v, num_frames=20).frames]], 32)[0] for v in videos
+    ]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(url, model dir) of ``crosslmm web`` running in a subprocess; stopped after the test."""
+    _require(_importable("gradio"), "gradio")
+    model_dir = _model_dir(tmp_path / "model")
+    port = _free_port()
+    log = open(tmp_path / "web.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crosslmm.cli", "web", "--model", model_dir, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.close()
+                    pytest.fail(f"crosslmm web did not start:\n{(tmp_path / 'web.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url, model_dir
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _choose(page, label: str) -> None:
+    page.locator("#sample input").click()
+    page.get_by_role("option", name=label).click()
+
+
+@pytest.mark.slow
+def test_web_page_in_chromium(server, tmp_path):
+    _require(os.path.exists(CHROMIUM), "chromium")
+    _require(_importable("playwright"), "playwright")
+    from playwright.sync_api import expect, sync_playwright
+
+    from crosslmm.web.app import write_samples
+
+    url, model_dir = server
+    samples = write_samples(tmp_path / "samples")  # the server's samples: the same seed, the same videos
+    labels = list(samples)
+    first, third = _expected(model_dir, [samples[labels[0]], samples[labels[2]]])
+    assert first and third and first != third, "the test model must answer differently for the two samples"
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.set_default_timeout(WAIT_MS)
+        expect.set_options(timeout=WAIT_MS)
+        page.goto(url)
+        answer, status = page.locator("#answer textarea"), page.locator("#status")
+
+        _choose(page, labels[2])
+        page.click("#ask")
+        expect(answer).to_have_value(third)
+        expect(page.locator("#t2v img")).to_be_visible()
+        expect(page.locator("#v2v img")).to_be_visible()
+        expect(status).to_contain_text("Gates")
+
+        page.locator("#upload input[type=file]").set_input_files(str(corrupt))
+        expect(page.locator('#upload a[download="corrupt.mp4"]')).to_be_visible()  # on the server
+        page.click("#ask")
+        expect(status).to_contain_text("Cannot use this video")
+        expect(status).to_contain_text("corrupt.mp4")
+        expect(answer).to_have_value("")
+
+        page.locator("#upload button[aria-label=Clear]").click()
+        _choose(page, labels[0])
+        page.click("#ask")
+        expect(answer).to_have_value(first)
+        expect(page.locator("#t2v img")).to_be_visible()
+        browser.close()
+
+
+def test_without_model_a_random_model_says_so(tmp_path, monkeypatch):
+    _require(_importable("gradio"), "gradio")
+    from crosslmm.web.app import RANDOM_NOTICE, load_web_model
+
+    monkeypatch.chdir(tmp_path)  # no runs/demo here
+    web = load_web_model(None)
+    assert web.notice == RANDOM_NOTICE and "meaningless" in web.notice
