@@ -11,9 +11,12 @@ from crosslmm.bench import commands as bench_commands
 from crosslmm.convert import commands as convert_commands
 from crosslmm.data import commands as data_commands
 from crosslmm.demo import commands as demo_commands
+from crosslmm.demo import compare_commands
 from crosslmm.eval import commands as eval_commands
+from crosslmm.explain import commands as explain_commands
 from crosslmm.model import commands as model_commands
 from crosslmm.training import commands as training_commands
+from crosslmm.web import commands as web_commands
 
 # Modules exposing ``register(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
 # The order is the order of ``crosslmm --help``.
@@ -25,6 +28,9 @@ COMMAND_MODULES = (
     data_commands,
     convert_commands,
     demo_commands,
+    compare_commands,
+    explain_commands,
+    web_commands,
 )
 
 

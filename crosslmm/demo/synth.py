@@ -3,7 +3,10 @@
 Each video is T frames of mid-range noise with a few dimmed squares in the answer colours, redrawn every
 frame. For a few consecutive frames inside one quarter of the video, one patch-sized square is fully
 saturated (the only pixels at 0 or 255): the marker. Questions ask for the marker's colour (the default)
-or the quarter of the video it appears in.
+or the quarter of the video it appears in. The opt-in ``motion`` question asks where a light, unsaturated
+block of 2x2 patches moves (left, right, up or down, one cell per stage): evidence spread over four patches
+and every frame, which a frame pooled to one token also loses (the block is cell-aligned, so its share of
+the frame average does not depend on where it is), but which no single saturated patch gives away.
 
 A marked frame keeps the per-channel mean it had without the marker (the pixels around the marker are
 shifted to cancel its colour cast), so the marker's colour cancels out of any average over a frame: a frame
@@ -30,8 +33,11 @@ QUARTERS = ("first", "second", "third", "last")
 QUESTIONS = {
     "colour": "What colour is the marker?",
     "quarter": "Which quarter of the video shows the marker?",
+    "motion": "Which way does the block move?",
 }
-ANSWERS = {"colour": tuple(COLOURS), "quarter": QUARTERS}
+DIRECTIONS = ("left", "right", "up", "down")
+ANSWERS = {"colour": tuple(COLOURS), "quarter": QUARTERS, "motion": DIRECTIONS}
+BLOCK_VALUE = 215.0  # the moving block's grey: above the noise (80..175), below saturation
 TASK_NAME = "crosslmm_synth"
 
 
@@ -99,6 +105,8 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
     length = min(spec.marker_frames, end - first)
     start = int(rng.integers(first, end - length + 1))
     r, c = divmod(int(rng.integers(cells * cells)), cells)
+    # Drawn after everything else and only when asked, so the default spec's videos stay as they were.
+    motion = _draw_block(frames, spec, rng) if "motion" in spec.questions else {}
     marker = np.zeros(frames.shape[:3], dtype=bool)
     marker[(slice(start, start + length), *_square(r, c, spec.cell))] = True
     unmarked_mean = frames.mean((1, 2))  # (T, 3): each frame's colour cast from noise and distractors
@@ -110,10 +118,36 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
         for t in range(start, start + length):
             rest = ~marker[t]
             frames[t][rest] -= (frames[t].mean((0, 1)) - unmarked_mean[t]) * marker[t].size / rest.sum()
-    truth = dict(
-        colour=names[colour], quarter=QUARTERS[quarter], cell=[r, c], marker_frames=[start, start + length]
+    truth = (
+        dict(
+            colour=names[colour],
+            quarter=QUARTERS[quarter],
+            cell=[r, c],
+            marker_frames=[start, start + length],
+        )
+        | motion
     )
     return np.rint(frames).astype(np.uint8), truth
+
+
+def block_cell(direction: str, stage: int, across: int, cells: int) -> tuple[int, int]:
+    """Top-left grid cell (row, col) of the 2x2-cell block at ``stage`` (0 .. cells - 2) of its path."""
+    along = stage if direction in ("right", "down") else cells - 2 - stage
+    return (across, along) if direction in ("left", "right") else (along, across)
+
+
+def _draw_block(frames: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -> dict:
+    """Paint the ``motion`` question's block onto ``frames`` (T, H, W, 3) in place; returns its truth.
+
+    The block covers 2x2 cells and steps one cell at a time across the frame, spending an equal share of the
+    video at each of the ``cells - 1`` positions of its path; the other coordinate stays fixed."""
+    cells = spec.size // spec.cell
+    direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+    across = int(rng.integers(cells - 1))
+    for t in range(spec.frames):
+        r, c = block_cell(direction, t * (cells - 1) // spec.frames, across, cells)
+        frames[t, r * spec.cell : (r + 2) * spec.cell, c * spec.cell : (c + 2) * spec.cell] = BLOCK_VALUE
+    return dict(motion=direction, block_across=across)
 
 
 def _record(vid: str, video: str, kind: str, truth: dict) -> dict:

@@ -1,0 +1,90 @@
+"""``crosslmm compare``: CrossLMM against other visual-token reducers at equal prefill FLOPs, and more frames for
+the same compute (issue 16), through the demo's own training and evaluation.
+
+Every model is a tiny CrossLMM that differs only in its visual path (:mod:`~crosslmm.demo.compare_plan` says
+which paths and why those settings), trained by :func:`crosslmm.demo.run.train_variant` (the real entry point,
+``configs/train/demo.yaml``) and scored by :func:`crosslmm.demo.evaluate.evaluate` (``crosslmm.inference``).
+Two studies, each on its own synthetic data: ``equal`` (colour and motion questions on 8-frame videos) and
+``frames`` (a marker in 2 of 16 frames, the model sampling 4 to 16 of them). The report is
+:mod:`~crosslmm.demo.compare_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from crosslmm.demo.compare_plan import CompareSettings, Coster, Planned, equal_compute_plan, frames_plan
+from crosslmm.demo.compare_report import summarise, write_report
+from crosslmm.demo.evaluate import evaluate
+from crosslmm.demo.report import RunResult
+from crosslmm.demo.run import _final_loss, train_variant, write_mixture
+from crosslmm.demo.synth import SynthSpec, write_dataset
+
+
+def plan(settings: CompareSettings, equal_questions: list[str], long_questions: list[str]) -> list[Planned]:
+    """Every model of both studies, costed at the mean over each study's test questions (a type per question)."""
+    equal = equal_compute_plan(settings, Coster(settings, equal_questions))
+    return equal + frames_plan(settings, Coster(settings, long_questions))
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study's data as written: where, its mixture file, its test records and how long to train on it."""
+
+    data_dir: Path
+    mixture: Path
+    test: list[dict]
+    spec: SynthSpec
+    steps: int
+
+    @classmethod
+    def write(cls, data_dir: Path, spec: SynthSpec, steps: int) -> Study:
+        paths = write_dataset(data_dir, spec)
+        return cls(data_dir, write_mixture(data_dir), json.loads(paths["test"].read_text()), spec, steps)
+
+    def questions(self) -> list[str]:
+        return [record["question_type"] for record in self.test]
+
+
+def run_compare(out: str | os.PathLike, settings: CompareSettings) -> dict:
+    """Generate both datasets, train and score every planned model for every seed, write the report."""
+    settings.validate()
+    root = Path(out)
+    studies = {
+        "equal": Study.write(root / "data" / "equal", settings.equal, settings.steps),
+        "frames": Study.write(root / "data" / "frames", settings.long, settings.long_steps),
+    }
+    planned = plan(settings, studies["equal"].questions(), studies["frames"].questions())
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    runs: list[RunResult] = []
+    unique = {p.name: p for p in planned}.values()  # a setting nearest two budgets trains once
+    todo = [(seed, p) for seed in range(settings.seeds) for p in unique]
+    for seed, p in tqdm(todo, desc="compare models", unit="model"):
+        study = studies[p.study]
+        run_dir = root / "runs" / f"{p.name}-seed{seed}"
+        start = time.perf_counter()
+        demo = settings.demo(study.spec, p.frames, study.steps)
+        seconds = train_variant(p.variant(), seed, demo, study.mixture, run_dir)
+        scores = evaluate(
+            run_dir / "final",
+            study.test,
+            study.data_dir,
+            p.frames,
+            settings.eval_batch_size,
+            run_dir / "predictions.jsonl",
+        )
+        runs.append(RunResult(p.name, seed, train_seconds=seconds, final_loss=_final_loss(run_dir), **scores))
+        tqdm.write(
+            f"{p.name} seed {seed}: accuracy {scores['accuracy']:.3f}, "
+            f"{scores['prefill_flops'] / 1e6:.1f} MFLOPs ({time.perf_counter() - start:.0f} s)"
+        )
+    report = summarise(runs, planned, settings)
+    write_report(root, report)
+    return report

@@ -1,0 +1,260 @@
+"""What ``crosslmm compare`` trains: every visual-token reducer at budgets matched to CrossLMM's analytic prefill
+FLOPs, and the full-token, pooled and CrossLMM models at several frame counts of one long video.
+
+A method's knob (k tokens per frame; for FastV the pruning layer L and the visual tokens it keeps) is not
+chosen by hand: every setting the method allows is costed with :func:`crosslmm.bench.flops.prefill_flops` on
+the real prompt and the one nearest CrossLMM's FLOPs (log ratio) wins. A method whose nearest setting is
+outside the band (uniform pooling only has square budgets; FastV runs every token through its first L
+layers) runs at that nearest setting and the table says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from crosslmm.demo.synth import SynthSpec
+from crosslmm.demo.variants import DemoSettings, Variant
+
+# Every method of issue 16, in table order: the two ends (all tokens, CrossLMM) and the reducers between.
+METHODS = ("full", "pool", "random", "salient", "merge", "fastv", "crosslmm")
+LABELS = {
+    "full": "full tokens",
+    "pool": "uniform pooling",
+    "random": "random drop",
+    "salient": "salient (VisionZip-style)",
+    "merge": "merging (ToMe-style)",
+    "fastv": "in-LLM pruning (FastV-style)",
+    "crosslmm": "CrossLMM (pool + V2V + T2V)",
+}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One model to train: its method, config fields, the frames it sees and how its cost was chosen."""
+
+    name: str  # run directory stem, e.g. "eq-salient-k3"
+    study: str  # "equal" (equal-compute table) or "frames" (more frames for the same compute)
+    method: str
+    knob: str  # the method's setting as shown in the table, e.g. "k=3" or "L=1, keep=2"
+    fields: dict
+    frames: int
+    flops: float  # analytic prefill FLOPs per sample, mean over the study's test prompts
+    budget: str = ""  # the CrossLMM point it was matched to ("" for reference points)
+    target_flops: float = 0.0
+    in_band: bool = True
+
+    @property
+    def ratio(self) -> float:
+        return self.flops / self.target_flops if self.target_flops else float("nan")
+
+    def variant(self) -> Variant:
+        return Variant(self.name, f"{LABELS[self.method]} ({self.knob})", self.fields)
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """Everything that sizes ``crosslmm compare``; ``quick()`` is the test's smoke version."""
+
+    # Equal compute: colour (one saturated patch) and motion (a 2x2-patch block) questions on the same videos.
+    equal: SynthSpec = field(
+        default_factory=lambda: SynthSpec(
+            videos=1200, frames=8, test_fraction=0.15, questions=("colour", "motion")
+        )
+    )
+    # More frames: a marker in 2 of 16 frames, shifting its frame's mean as a real object would (2 in 32 was
+    # not learned in 800 steps: docs/comparisons.md).
+    long: SynthSpec = field(
+        default_factory=lambda: SynthSpec(
+            videos=800, frames=16, seed=1, test_fraction=0.15, marker_frames=2, constant_mean=False
+        )
+    )
+    steps: int = 600  # optimiser steps per model, the same for every model of a study (docs/comparisons.md)
+    long_steps: int = 800  # the frames study's evidence is sparser (2 frames in 16): it learns later
+    batch_size: int = 8
+    seeds: int = 1
+    llm_layers: int = 2
+    crosslmm_budgets: tuple[int, ...] = (1, 4)  # CrossLMM's tokens per frame; every method is matched to each
+    band: float = 0.10  # |FLOPs / CrossLMM's - 1| allowed
+    methods: tuple[str, ...] = METHODS
+    full_frames: tuple[int, ...] = (4, 8)  # the full-token model on the long videos
+    long_frames: tuple[int, ...] = (8, 16)  # pooling and CrossLMM on the long videos
+    patch_size: int = 8
+    eval_batch_size: int = 25
+
+    @classmethod
+    def quick(cls) -> CompareSettings:
+        return cls(
+            equal=SynthSpec(videos=8, frames=4, test_fraction=0.25, questions=("colour", "motion")),
+            long=SynthSpec(
+                videos=6, frames=16, seed=1, test_fraction=0.34, marker_frames=2, constant_mean=False
+            ),
+            steps=2,
+            long_steps=2,
+            batch_size=2,
+            crosslmm_budgets=(1,),
+            full_frames=(4,),
+            long_frames=(8,),
+        )
+
+    def validate(self) -> None:
+        for spec in (self.equal, self.long):
+            self.demo(spec, spec.frames, self.steps).validate()
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or "crosslmm" not in self.methods:
+            raise ValueError(f"methods must include crosslmm and be among {METHODS}, got {self.methods}")
+        if self.long_steps < 1:
+            raise ValueError(f"long_steps must be >= 1, got {self.long_steps}")
+        too_many = [f for f in (*self.full_frames, *self.long_frames) if f > self.long.frames]
+        if too_many:
+            raise ValueError(f"frame counts {too_many} exceed the long videos' {self.long.frames} frames")
+        grid = self.equal.size // self.patch_size
+        if any(b > grid * grid or math.isqrt(b) ** 2 != b for b in self.crosslmm_budgets):
+            raise ValueError(
+                f"crosslmm_budgets must be squares <= {grid * grid}, got {self.crosslmm_budgets}"
+            )
+
+    def demo(self, data: SynthSpec, frames: int, steps: int) -> DemoSettings:
+        """The demo's settings for one model: ``train_variant`` reads the frames it samples from ``data``."""
+        return DemoSettings(
+            data=replace(data, frames=frames),
+            steps=steps,
+            batch_size=self.batch_size,
+            seeds=self.seeds,
+            llm_layers=self.llm_layers,
+            patch_size=self.patch_size,
+            eval_batch_size=self.eval_batch_size,
+        )
+
+
+def candidates(method: str, grid: int, layers: int, budget: int) -> list[tuple[str, dict]]:
+    """(knob, config fields) of every setting ``method`` allows on a ``grid x grid`` patch grid."""
+    n = grid * grid
+    none = dict(cross_attention_every=0, v2v=False, t2v=False)
+    if method == "full":
+        return [(f"k={n}", dict(tokens_per_frame=n) | none)]
+    if method == "pool":
+        return [(f"k={s * s}", dict(tokens_per_frame=s * s) | none) for s in range(1, grid + 1)]
+    if method in ("random", "salient", "merge"):
+        return [(f"k={k}", dict(visual_reducer=method, tokens_per_frame=k) | none) for k in range(1, n)]
+    if method == "fastv":
+        return [
+            (
+                f"L={L}, keep={k}",
+                dict(visual_reducer="fastv", tokens_per_frame=n, fastv_layer=L, fastv_keep=k) | none,
+            )
+            for L in range(1, layers)
+            for k in range(1, n)
+        ]
+    if method == "crosslmm":
+        return [
+            (f"k={budget}", dict(tokens_per_frame=budget, cross_attention_layers=[0], v2v=True, t2v=True))
+        ]
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+class Coster:
+    """Analytic prefill FLOPs of any visual path of the tiny model on a task's prompts.
+
+    Builds one tiny model to read its config and processor, then costs each candidate's config (the base
+    config with the candidate's fields) at the mean over ``questions`` (a question type per prompt, e.g. the
+    test split's, so the cost is the mean the evaluation measures) of the real prompt shape."""
+
+    def __init__(self, settings: CompareSettings, questions: Sequence[str]):
+        from crosslmm.demo.synth import QUESTIONS
+        from crosslmm.inference import build_prompt
+        from crosslmm.model.tiny import TinySpec, make_tiny
+
+        spec = TinySpec(
+            layers=settings.llm_layers, image_size=settings.equal.size, patch_size=settings.patch_size
+        )
+        model, processor = make_tiny(
+            spec, vision_feature_layer=0, tokens_per_frame=1, cross_attention_every=0
+        )
+        self.base = model.config.to_dict()
+        self.shapes = Counter()  # (prefix, text after the video) tokens of a prompt -> prompts of that shape
+        for kind, count in Counter(questions).items():
+            ids = processor.tokenizer(build_prompt(processor, QUESTIONS[kind]))["input_ids"]
+            prefix = ids.index(processor.video_token_id)
+            self.shapes[prefix, len(ids) - prefix - 1] += count
+
+    def config(self, fields: dict):
+        from crosslmm.model.configuration import CrossLMMConfig
+
+        return CrossLMMConfig.from_dict(self.base | fields)
+
+    def __call__(self, fields: dict, frames: int) -> float:
+        from crosslmm.bench.flops import prefill_flops
+
+        config = self.config(fields)
+        total = sum(
+            count * prefill_flops(config, frames, text, prefix_tokens=prefix).total
+            for (prefix, text), count in self.shapes.items()
+        )
+        return total / self.shapes.total()
+
+
+def equal_compute_plan(settings: CompareSettings, cost: Coster) -> list[Planned]:
+    """One row per (method, CrossLMM budget): the method's setting nearest that budget's FLOPs (two budgets
+    may pick the same setting: one run, two rows); as references, full tokens and uniform pooling at
+    CrossLMM's own tokens per frame (CrossLMM without its cross-attention)."""
+    grid, frames, layers = (
+        settings.equal.size // settings.patch_size,
+        settings.equal.frames,
+        settings.llm_layers,
+    )
+    plan = []
+    for method in settings.methods:
+        if method == "full":
+            ((knob, fields),) = candidates(method, grid, layers, 0)
+            plan.append(
+                Planned(f"eq-full-{frames}f", "equal", method, knob, fields, frames, cost(fields, frames))
+            )
+            continue
+        costed = None  # (knob, fields, flops) of every setting, the same for every budget but CrossLMM's
+        for budget in settings.crosslmm_budgets:
+            target = cost(candidates("crosslmm", grid, layers, budget)[0][1], frames)
+            if costed is None or method == "crosslmm":
+                costed = [(k, f, cost(f, frames)) for k, f in candidates(method, grid, layers, budget)]
+            knob, fields, flops = min(costed, key=lambda c: abs(math.log(c[2] / target)))
+            plan.append(
+                Planned(
+                    f"eq-{method}-{knob.replace(', ', '-').replace('=', '')}",
+                    "equal",
+                    method,
+                    knob,
+                    fields,
+                    frames,
+                    flops,
+                    budget=f"CrossLMM k={budget}",
+                    target_flops=target,
+                    in_band=abs(flops / target - 1) <= settings.band,
+                )
+            )
+    if "pool" in settings.methods:  # CrossLMM without its V2V/T2V at each budget: what the DCALs add
+        for budget in settings.crosslmm_budgets:
+            knob, fields = candidates("pool", grid, layers, budget)[math.isqrt(budget) - 1]
+            if f"eq-pool-k{budget}" not in {p.name for p in plan}:
+                plan.append(
+                    Planned(f"eq-pool-k{budget}", "equal", "pool", knob, fields, frames, cost(fields, frames))
+                )
+    return plan
+
+
+def frames_plan(settings: CompareSettings, cost: Coster) -> list[Planned]:
+    """Full tokens at few frames against pooling and CrossLMM (1 token per frame) at many, on the long videos."""
+    grid, layers = settings.long.size // settings.patch_size, settings.llm_layers
+    ((full_knob, full),) = candidates("full", grid, layers, 0)
+    pool = candidates("pool", grid, layers, 1)[0][1]  # the first pooling setting: k = 1
+    cross = candidates("crosslmm", grid, layers, 1)[0][1]
+    runs = [("full", full_knob, full, f) for f in settings.full_frames]
+    runs += [
+        (m, "k=1", fields, f)
+        for m, fields in (("pool", pool), ("crosslmm", cross))
+        for f in settings.long_frames
+    ]
+    return [
+        Planned(f"fr-{m}-{f}f", "frames", m, knob, fields, f, cost(fields, f)) for m, knob, fields, f in runs
+    ]

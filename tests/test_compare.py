@@ -1,0 +1,140 @@
+"""``crosslmm compare`` (issue 16): the motion question's videos, the equal-FLOPs budget matching, and the
+``--quick`` comparison end to end through the real training and evaluation paths for every method."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from crosslmm.cli import main as cli
+from crosslmm.demo.compare_plan import METHODS, CompareSettings, Coster, candidates, equal_compute_plan
+from crosslmm.demo.compare_report import BEGIN, END, PLOTS, split_docs, update_docs
+from crosslmm.demo.synth import BLOCK_VALUE, DIRECTIONS, SynthSpec, block_cell, make_video
+
+
+@pytest.mark.parametrize("frames", [8, 20])
+def test_motion_block_moves_the_way_the_answer_says(frames):
+    spec = SynthSpec(frames=frames, questions=("colour", "motion"), constant_mean=False)
+    cells = spec.size // spec.cell
+    seen = set()
+    for seed in range(12):
+        video, truth = make_video(spec, np.random.default_rng(seed))
+        seen.add(truth["motion"])
+        path = [
+            block_cell(truth["motion"], t * (cells - 1) // frames, truth["block_across"], cells)
+            for t in range(frames)
+        ]
+        step = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}[truth["motion"]]
+        assert np.subtract(path[-1], path[0]).tolist() == [(cells - 2) * d for d in step]  # edge to edge
+        for t, (r, c) in enumerate(path):  # the 2x2 cells there hold the block, unless the marker covers them
+            region = video[t, r * spec.cell : (r + 2) * spec.cell, c * spec.cell : (c + 2) * spec.cell]
+            marker = ((region == 0) | (region == 255)).any(-1)
+            assert (region[~marker] == BLOCK_VALUE).all()
+            assert (video[t] == BLOCK_VALUE).all(-1).sum() == (~marker).sum()  # and nothing else does
+    assert seen == set(DIRECTIONS)
+
+
+def test_motion_leaves_the_colour_question_as_it_was():
+    """The block is drawn after every other random draw: the marker's truth does not change with it."""
+    for seed in range(5):
+        _, plain = make_video(SynthSpec(frames=8), np.random.default_rng(seed))
+        _, both = make_video(SynthSpec(frames=8, questions=("colour", "motion")), np.random.default_rng(seed))
+        assert {k: both[k] for k in plain} == plain and both["motion"] in DIRECTIONS
+
+
+def test_budgets_are_matched_to_crosslmm_flops():
+    """Every reducer with a free k lands in the band at each CrossLMM budget, at the nearest setting; pooling
+    (square budgets) and FastV (every token through layer 0 of 2) are flagged when they cannot."""
+    settings = CompareSettings()
+    cost = Coster(settings, settings.equal.questions)
+    plan = equal_compute_plan(settings, cost)
+    grid = settings.equal.size // settings.patch_size
+    assert {p.method for p in plan} == set(METHODS)
+    for p in plan:
+        if not p.budget:
+            continue
+        budget = int(p.budget.rsplit("=", 1)[1])
+        target = cost(candidates("crosslmm", grid, settings.llm_layers, budget)[0][1], settings.equal.frames)
+        assert p.target_flops == pytest.approx(target)
+        assert p.in_band == (abs(p.flops / target - 1) <= settings.band)
+        if p.method in ("random", "salient", "merge", "crosslmm"):
+            assert p.in_band, p
+        allowed = candidates(p.method, grid, settings.llm_layers, budget)
+        best = min(abs(math.log(cost(f, p.frames) / target)) for _, f in allowed)
+        assert abs(math.log(p.flops / target)) == pytest.approx(best)  # the nearest setting
+    for method in ("pool", "random", "salient", "merge", "crosslmm"):  # a curve each
+        assert len({p.flops for p in plan if p.method == method}) >= 2, method
+    # FastV's cheapest setting still runs every token through decoder layer 0 (half the full LLM)
+    fastv = [p for p in plan if p.method == "fastv"]
+    assert fastv and not any(p.in_band for p in fastv)
+    assert all(p.fields["fastv_layer"] == 1 and p.fields["fastv_keep"] == 1 for p in fastv)
+
+
+def test_invalid_settings_fail_clearly(tmp_path, capsys):
+    assert cli(["compare", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="exceed the long videos"):
+        replace(CompareSettings(), long_frames=(128,)).validate()
+    with pytest.raises(ValueError, match="methods must include crosslmm"):
+        replace(CompareSettings(), methods=("pool",)).validate()
+
+
+def test_docs_get_the_runs_tables_and_plots(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.md").write_text("| table |\n")
+    for name in PLOTS:
+        (run / name).write_bytes(b"png " + name.encode())
+    doc = tmp_path / "docs" / "comparisons.md"
+    doc.parent.mkdir()
+    doc.write_text(f"intro\n\n{BEGIN}\nold\n{END}\n\nafter\n")
+    update_docs(run, doc, "crosslmm compare --seeds 3")
+    text = doc.read_text()
+    assert text.startswith("intro\n\n") and text.endswith(f"{END}\n\nafter\n") and "old" not in text
+    assert "`crosslmm compare --seeds 3`" in text and "| table |" in text
+    for name in PLOTS:
+        assert f"]({name})" in text and (doc.parent / name).read_bytes() == b"png " + name.encode()
+    update_docs(run, doc, "crosslmm compare --seeds 3")  # idempotent: the block is replaced, not appended
+    assert doc.read_text() == text
+    doc.write_text("no markers\n")
+    with pytest.raises(ValueError, match="needs one"):
+        split_docs(doc)
+
+
+@pytest.mark.slow
+def test_quick_compare_runs_every_method_end_to_end(tmp_path):
+    out = tmp_path / "compare"
+    assert cli(["compare", "--quick", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    rows = report["rows"]
+    assert {r["method"] for r in rows if r["study"] == "equal"} == set(METHODS)
+    assert {r["method"] for r in rows if r["study"] == "frames"} == {"full", "pool", "crosslmm"}
+    settings = CompareSettings.quick()
+    test = json.loads((out / "data" / "equal" / "test.json").read_text())
+    for r in rows:
+        run = out / "runs" / f"{r['name']}-seed0"
+        config = json.loads((run / "final" / "config.json").read_text())
+        for field, value in r["fields"].items():  # the trained model is the planned visual path
+            assert config[field] == value, (r["name"], field)
+        last = [json.loads(line) for line in (run / "metrics.jsonl").open()][-1]
+        assert last["step"] == settings.steps and np.isfinite(last["train_loss"])
+        if r["study"] == "equal":
+            predictions = [json.loads(line) for line in (run / "predictions.jsonl").open()]
+            assert [p["id"] for p in predictions] == [t["id"] for t in test]
+        assert r["prefill_flops"] == pytest.approx(r["flops"])  # the plan costed the prompt evaluated
+    # the LLM sequence of a frame reducer holds k tokens per frame; FastV's holds every patch
+    by_name = {r["name"]: r for r in rows}
+    pool1 = by_name["eq-pool-k1"]["seq_len"]
+    frames, patches = settings.equal.frames, (settings.equal.size // settings.patch_size) ** 2
+    for r in rows:
+        if r["study"] == "equal" and r["method"] != "crosslmm":
+            assert r["seq_len"] - pool1 == frames * (r["fields"]["tokens_per_frame"] - 1), r["name"]
+    assert any(r["method"] == "fastv" and r["seq_len"] - pool1 == frames * (patches - 1) for r in rows)
+    markdown = (out / "results.md").read_text()
+    assert "### Equal compute" in markdown and "### More frames" in markdown
+    for name in ("comparisons_equal.png", "comparisons_frames.png"):
+        assert (out / name).stat().st_size > 0
