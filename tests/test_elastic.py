@@ -348,7 +348,7 @@ def test_quick_elastic_demo_scores_every_model_at_each_of_its_budgets(tmp_path):
     out = tmp_path / "elastic"
     assert main(["demo", "--elastic", "--quick", "--out", str(out)]) == 0
     report = json.loads((out / "results.json").read_text())
-    scored = {(r["variant"], r["budget"]) for r in report["rows"]}
+    scored = {(r["variant"], r["tokens_per_frame"]) for r in report["rows"]}
     assert scored == {
         ("elastic_crosslmm", 1),
         ("elastic_crosslmm", 4),
@@ -361,7 +361,7 @@ def test_quick_elastic_demo_scores_every_model_at_each_of_its_budgets(tmp_path):
         run = out / "runs" / f"{name}-seed0"
         assert CrossLMMConfig.from_pretrained(run / "final").trained_budgets == [1, 4]
         assert (run / "predictions-1.jsonl").is_file() and (run / "predictions-4.jsonl").is_file()
-        seq = {r["budget"]: r["seq_len"] for r in report["rows"] if r["variant"] == name}
+        seq = {r["tokens_per_frame"]: r["seq_len"] for r in report["rows"] if r["variant"] == name}
         frames = DemoSettings.quick().data.frames
         assert seq[4] - seq[1] == 3 * frames  # 3 more tokens for each of the video's frames
     assert set(report["claims"]) >= {

@@ -24,7 +24,7 @@ from crosslmm.demo.compare_plan import CompareSettings, Coster, Planned, equal_c
 from crosslmm.demo.compare_report import summarise, write_report
 from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.report import RunResult
-from crosslmm.demo.run import _final_loss, train_variant, write_mixture
+from crosslmm.demo.run import final_loss_of, train_variant, write_mixture
 from crosslmm.demo.synth import SynthSpec, write_dataset
 
 
@@ -80,7 +80,9 @@ def run_compare(out: str | os.PathLike, settings: CompareSettings) -> dict:
             settings.eval_batch_size,
             run_dir / "predictions.jsonl",
         )
-        runs.append(RunResult(p.name, seed, train_seconds=seconds, final_loss=_final_loss(run_dir), **scores))
+        runs.append(
+            RunResult(p.name, seed, train_seconds=seconds, final_loss=final_loss_of(run_dir), **scores)
+        )
         tqdm.write(
             f"{p.name} seed {seed}: accuracy {scores['accuracy']:.3f}, "
             f"{scores['prefill_flops'] / 1e6:.1f} MFLOPs ({time.perf_counter() - start:.0f} s)"

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from crosslmm.demo.report import CHANCE
+from crosslmm.demo.report import CHANCE, accuracy_table
 from crosslmm.demo.variants import Variant
 
 TOLERANCE_POINTS = (
@@ -30,7 +30,7 @@ def summarise(scores: list[dict], compared: list[Variant], settings) -> dict:
                     variant=variant.name,
                     label=variant.label,
                     elastic=bool(variant.fields.get("tokens_per_frame_choices")),
-                    budget=budget,
+                    tokens_per_frame=budget,
                     accuracy=statistics.fmean(accs),
                     accuracy_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                     accuracy_per_seed=accs,
@@ -54,7 +54,7 @@ def summarise(scores: list[dict], compared: list[Variant], settings) -> dict:
 def claims(rows: list[dict], budgets: tuple[int, ...]) -> dict:
     """The issue's three targets, each with the numbers it is decided on."""
     low, high = min(budgets), max(budgets)
-    acc = {(r["variant"], r["budget"]): r["accuracy"] for r in rows}
+    acc = {(r["variant"], r["tokens_per_frame"]): r["accuracy"] for r in rows}
     seconds = {r["variant"]: r["train_seconds"] for r in rows}
     pool = [acc["elastic_pool", b] for b in sorted(budgets)]
     gaps = {b: 100 * (acc[f"fixed_crosslmm_{b}", b] - acc["elastic_crosslmm", b]) for b in (low, high)}
@@ -81,24 +81,7 @@ def claims(rows: list[dict], budgets: tuple[int, ...]) -> dict:
 
 def markdown_table(report: dict) -> str:
     """The table printed by ``crosslmm demo --elastic`` and pasted into docs/elastic.md."""
-    seeds = report["settings"]["demo"]["seeds"]
-    kinds = sorted(report["rows"][0]["accuracy_by_type"])
-    kinds = kinds if len(kinds) > 1 else []  # one question type: its column would repeat the accuracy
-    head = ["model", "tokens/frame", "LLM seq len", "prefill MFLOPs", f"accuracy (mean of {seeds} seed(s))"]
-    head += [f"{k} acc" for k in kinds] + ["train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in report["rows"]:
-        spread = f" ± {row['accuracy_std']:.3f}" if seeds > 1 else ""
-        cells = [
-            row["label"],
-            str(row["budget"]),
-            f"{row['seq_len']:.0f}",
-            f"{row['prefill_flops'] / 1e6:.1f}",
-            f"{row['accuracy']:.3f}{spread}",
-            *(f"{row['accuracy_by_type'][k]:.3f}" for k in kinds),
-            f"{row['train_seconds']:.0f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = accuracy_table(report["rows"], report["settings"]["demo"]["seeds"], "model")
     c = report["claims"]
     budgets = report["settings"]["budgets"]
     low, high = min(budgets), max(budgets)
@@ -137,7 +120,7 @@ def plot(report: dict, path: Path) -> None:
         rows = [r for r in report["rows"] if r["variant"] == name]
         colour, fmt = style.get(name, ("#1f77b4", "D"))
         for axis, x in (
-            (by_budget, [r["budget"] for r in rows]),
+            (by_budget, [r["tokens_per_frame"] for r in rows]),
             (by_flops, [r["prefill_flops"] / 1e6 for r in rows]),
         ):
             axis.errorbar(

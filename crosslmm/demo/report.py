@@ -71,15 +71,15 @@ def summarise(runs: list[RunResult], compared: list[Variant], settings: DemoSett
     return dict(rows=rows, claims=claims, settings=settings_dict, runs=[asdict(r) for r in runs])
 
 
-def markdown_table(report: dict) -> str:
-    """The table printed by ``crosslmm demo`` and pasted into docs/demo.md."""
-    seeds = report["settings"]["seeds"]
-    kinds = sorted(report["rows"][0]["accuracy_by_type"])
+def accuracy_table(rows: list[dict], seeds: int, name: str) -> list[str]:
+    """Markdown lines of one row per scored model (``label``, ``tokens_per_frame``, ``seq_len``,
+    ``prefill_flops``, ``accuracy`` (± ``accuracy_std``), ``accuracy_by_type``, ``train_seconds``)."""
+    kinds = sorted(rows[0]["accuracy_by_type"])
     kinds = kinds if len(kinds) > 1 else []  # one question type: its column would repeat the accuracy
-    head = ["variant", "tokens/frame", "LLM seq len", "prefill MFLOPs", f"accuracy (mean of {seeds} seed(s))"]
+    head = [name, "tokens/frame", "LLM seq len", "prefill MFLOPs", f"accuracy (mean of {seeds} seed(s))"]
     head += [f"{k} acc" for k in kinds] + ["train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in report["rows"]:
+    for row in rows:
         spread = f" ± {row['accuracy_std']:.3f}" if seeds > 1 else ""
         cells = [
             row["label"],
@@ -91,6 +91,12 @@ def markdown_table(report: dict) -> str:
             f"{row['train_seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_table(report: dict) -> str:
+    """The table printed by ``crosslmm demo`` and pasted into docs/demo.md."""
+    lines = accuracy_table(report["rows"], report["settings"]["seeds"], "variant")
     c = report["claims"]
     lines += [
         "",

@@ -39,7 +39,7 @@ def write_mixture(data_dir: Path) -> Path:
     return path
 
 
-def _final_loss(run_dir: Path) -> float | None:
+def final_loss_of(run_dir: Path) -> float | None:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         return None
@@ -100,7 +100,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
             predictions=run_dir / "predictions.jsonl",
         )
         runs.append(
-            RunResult(variant.name, seed, train_seconds=seconds, final_loss=_final_loss(run_dir), **scores)
+            RunResult(variant.name, seed, train_seconds=seconds, final_loss=final_loss_of(run_dir), **scores)
         )
         tqdm.write(
             f"{variant.name} seed {seed}: accuracy {scores['accuracy']:.3f} ({seconds:.0f} s training)"

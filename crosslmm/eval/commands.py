@@ -27,9 +27,7 @@ def _chat(args: argparse.Namespace) -> int:
     # Decode the video before loading the model: a bad path fails in a second, naming the file.
     sampling = FrameSampling.resolve(args.frames, args.fps, args.max_frames, args.min_frames)
     frames = load_frames(args.video, sampling)
-    model, processor = _load(args)
-    if args.tokens_per_frame is not None:
-        model.config.check_budget(args.tokens_per_frame, source="--tokens-per-frame")
+    model, processor = load_for(args)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
     def ask(question: str) -> None:
@@ -75,7 +73,7 @@ def _chat_stream(args: argparse.Namespace) -> int:
     sampling = FrameSampling.resolve(args.frames, fps, args.max_frames, args.min_frames)
     clip = load_video(args.video, **dataclasses.asdict(sampling))
     times = clip.indices / clip.fps if clip.fps > 0 else clip.indices * 0.0  # an image: one frame at 0 s
-    model, processor = _load(args)
+    model, processor = load_for(args)
     # refuses a model that cannot stream, or a budget it was not trained at, saying why
     session = StreamingSession(model, processor, args.tokens_per_frame)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -101,10 +99,16 @@ def _chat_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def load_for(args: argparse.Namespace):
+    """The model and processor of :func:`add_model_arguments`' flags, the budget checked before any work."""
     from crosslmm.inference import load
 
-    return load(args.model, device=args.device, allow_untrained_budgets=args.allow_untrained_budget)
+    model, processor = load(
+        args.model, device=args.device, allow_untrained_budgets=args.allow_untrained_budget
+    )
+    if args.tokens_per_frame is not None:
+        model.config.check_budget(args.tokens_per_frame, source="--tokens-per-frame")
+    return model, processor
 
 
 def _ask_at(text: str) -> tuple[float, str]:
@@ -133,31 +137,30 @@ def _paper_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("chat", help="ask a CrossLMM about a video; answers are streamed")
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every command that answers about one video shares (chat, explain): model, video, frame
+    sampling, token budget, device."""
     p.add_argument("--model", required=True, help="CrossLMM model dir")
     p.add_argument("--video", required=True, help="video (or image) file")
-    p.add_argument("--question", help="ask once and exit; without it, questions are read from stdin")
     sampling = p.add_mutually_exclusive_group()
     sampling.add_argument(
         "--frames",
-        type=_positive_int,
+        type=positive_int,
         help="uniformly sampled frames (default: 1 fps clamped to [64, 512], as stage-2 training)",
     )
     sampling.add_argument("--fps", type=float, help="frames per second to sample instead")
-    p.add_argument("--min-frames", type=_positive_int, help="floor for fps sampling (short clips)")
-    p.add_argument("--max-frames", type=_positive_int, help="cap on the sampled frames")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--min-frames", type=positive_int, help="floor for fps sampling (short clips)")
+    p.add_argument("--max-frames", type=positive_int, help="cap on the sampled frames")
     p.add_argument(
         "--tokens-per-frame",
-        type=_positive_int,
+        type=positive_int,
         help="pooled tokens per frame (elastic models: a trained budget; also with --stream)",
     )
     p.add_argument(
@@ -166,6 +169,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a --tokens-per-frame the model was not trained at (a pooled grid of the tower), with a warning",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("chat", help="ask a CrossLMM about a video; answers are streamed")
+    add_model_arguments(p)
+    p.add_argument("--question", help="ask once and exit; without it, questions are read from stdin")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
     live = p.add_argument_group("live stream (docs/streaming.md)")
     live.add_argument(
         "--stream",
