@@ -51,9 +51,10 @@ def greedy(model, inputs, steps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return out.sequences[:, -steps:], torch.stack(out.logits, dim=1)
 
 
-def check_cached_generation(model, inputs, steps: int = 4) -> torch.Tensor:
+def check_cached_generation(model, inputs, steps: int = 4, **forward_kwargs) -> torch.Tensor:
     """Greedy generation with the cache (T2V keys/values cached at prefill) gives the step logits of one
-    full forward over prompt + generated tokens; returns the step logits (B, steps, V)."""
+    full forward over prompt + generated tokens (``forward_kwargs`` go to that forward only); returns the
+    step logits (B, steps, V)."""
     tokens, step_logits = greedy(model, inputs, steps)
     with torch.no_grad():
         full = model(
@@ -62,6 +63,7 @@ def check_cached_generation(model, inputs, steps: int = 4) -> torch.Tensor:
             pixel_values_videos=inputs["pixel_values_videos"],
             video_frame_counts=inputs["video_frame_counts"],
             use_cache=False,
+            **forward_kwargs,
         ).logits
     torch.testing.assert_close(step_logits, full[:, -steps:], rtol=1e-4, atol=1e-4)
     return step_logits
