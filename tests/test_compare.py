@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -138,3 +139,12 @@ def test_quick_compare_runs_every_method_end_to_end(tmp_path):
     assert "### Equal compute" in markdown and "### More frames" in markdown
     for name in ("comparisons_equal.png", "comparisons_frames.png"):
         assert (out / name).stat().st_size > 0
+    # --reuse with one more seed trains only the new seed's models; the finished ones are scored again
+    trained, written = [], (out / "data" / "equal" / "test.json").stat().st_mtime_ns
+    with mock.patch(
+        "crosslmm.demo.compare.train_variant", side_effect=lambda *a: trained.append(a[1]) or 0.0
+    ):
+        # the mock trains nothing, so seed 1's first model has no final dir to score: a clear error, exit 2
+        assert cli(["compare", "--quick", "--seeds", "2", "--reuse", "--out", str(out)]) == 2
+    assert trained == [1]
+    assert (out / "data" / "equal" / "test.json").stat().st_mtime_ns == written  # same spec: data kept

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from crosslmm.demo.compare_plan import CompareSettings, Coster, Planned, equal_c
 from crosslmm.demo.compare_report import summarise, write_report
 from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.report import RunResult
-from crosslmm.demo.run import final_loss_of, train_variant, write_mixture
+from crosslmm.demo.run import final_loss_of, finished_training, train_variant, write_mixture
 from crosslmm.demo.synth import SynthSpec, write_dataset
 
 
@@ -45,21 +45,35 @@ class Study:
     steps: int
 
     @classmethod
-    def write(cls, data_dir: Path, spec: SynthSpec, steps: int) -> Study:
-        paths = write_dataset(data_dir, spec)
-        return cls(data_dir, write_mixture(data_dir), json.loads(paths["test"].read_text()), spec, steps)
+    def write(cls, data_dir: Path, spec: SynthSpec, steps: int, reuse: bool = False) -> Study:
+        """Generate the data, or with ``reuse`` keep what ``data_dir`` holds when it was written from ``spec``
+        (the mp4 encoder is not byte-reproducible, so models already trained keep their exact test videos)."""
+        spec_file = data_dir / "spec.json"
+        if (
+            reuse
+            and spec_file.is_file()
+            and json.loads(spec_file.read_text()) == json.loads(json.dumps(asdict(spec)))
+        ):
+            test = data_dir / "test.json"
+        else:
+            test = write_dataset(data_dir, spec)["test"]
+        return cls(data_dir, write_mixture(data_dir), json.loads(test.read_text()), spec, steps)
 
     def questions(self) -> list[str]:
         return [record["question_type"] for record in self.test]
 
 
-def run_compare(out: str | os.PathLike, settings: CompareSettings) -> dict:
-    """Generate both datasets, train and score every planned model for every seed, write the report."""
+def run_compare(out: str | os.PathLike, settings: CompareSettings, reuse: bool = False) -> dict:
+    """Generate both datasets, train and score every planned model for every seed, write the report.
+
+    ``reuse``: keep ``out``'s data when its spec is unchanged and each model that already finished its steps
+    there (it is scored again; its train seconds are the trainer's own), so an interrupted run, or one with
+    more seeds, trains only what is missing."""
     settings.validate()
     root = Path(out)
     studies = {
-        "equal": Study.write(root / "data" / "equal", settings.equal, settings.steps),
-        "frames": Study.write(root / "data" / "frames", settings.long, settings.long_steps),
+        "equal": Study.write(root / "data" / "equal", settings.equal, settings.steps, reuse),
+        "frames": Study.write(root / "data" / "frames", settings.long, settings.long_steps, reuse),
     }
     planned = plan(settings, studies["equal"].questions(), studies["frames"].questions())
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
@@ -71,7 +85,9 @@ def run_compare(out: str | os.PathLike, settings: CompareSettings) -> dict:
         run_dir = root / "runs" / f"{p.name}-seed{seed}"
         start = time.perf_counter()
         demo = settings.demo(study.spec, p.frames, study.steps)
-        seconds = train_variant(p.variant(), seed, demo, study.mixture, run_dir)
+        seconds = finished_training(run_dir, study.steps) if reuse else None
+        if seconds is None:
+            seconds = train_variant(p.variant(), seed, demo, study.mixture, run_dir)
         scores = evaluate(
             run_dir / "final",
             study.test,

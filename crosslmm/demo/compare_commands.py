@@ -22,7 +22,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.steps is not None:
         settings = dataclasses.replace(settings, steps=args.steps, long_steps=args.steps)
     start = time.perf_counter()
-    report = run_compare(args.out, settings)
+    report = run_compare(args.out, settings, reuse=args.reuse)
     print()
     print(markdown(report))
     print(f"compare finished in {time.perf_counter() - start:.0f} s; tables, JSON and plots in {args.out}")
@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="optimiser steps per model, both studies (default: the preset's)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep --out's data and the models that already finished there (resume, or add seeds)",
     )
     p.add_argument(
         "--docs",

@@ -47,6 +47,16 @@ def final_loss_of(run_dir: Path) -> float | None:
     return losses[-1] if losses else None
 
 
+def finished_training(run_dir: Path, steps: int) -> float | None:
+    """The trainer's own seconds (``train_runtime``) of a run in ``run_dir`` that completed ``steps`` steps and
+    wrote its ``final/`` dir (renamed into place whole, so it exists only complete); None otherwise."""
+    metrics = run_dir / "metrics.jsonl"
+    if not (run_dir / "final").is_dir() or not metrics.is_file():
+        return None
+    rows = [row for row in map(json.loads, metrics.read_text().splitlines()) if "train_runtime" in row]
+    return float(rows[-1]["train_runtime"]) if rows and rows[-1].get("step") == steps else None
+
+
 def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: Path, run_dir: Path) -> float:
     """Build the variant's tiny model and train it with the real entry point; returns wall seconds."""
     from crosslmm.model.checkpoints import save_model_dir
