@@ -128,6 +128,27 @@ def _counted(module: torch.nn.Module, **inputs) -> int:
     return counter.get_total_flops()
 
 
+def _counted_prompt(model, frames: int, per_frame: int, prefix: int, text: int, logits_to_keep: int) -> int:
+    """Counted FLOPs of one ``[prefix][frames x per_frame video][text]`` prompt's forward."""
+    input_ids = torch.cat(
+        [
+            torch.randint(10, 500, (1, prefix)),
+            torch.full((1, frames * per_frame), _VIDEO_TOKEN_ID),
+            torch.randint(10, 500, (1, text)),
+        ],
+        dim=1,
+    )
+    size = model.config.vision_config.image_size
+    return _counted(
+        model,
+        input_ids=input_ids,
+        pixel_values_videos=torch.randn(1, frames, 3, size, size),
+        video_frame_counts=torch.tensor([frames]),
+        use_cache=False,
+        logits_to_keep=logits_to_keep,
+    )
+
+
 def _tiny_config(vision_config, attn_implementation: str = "eager", **overrides) -> CrossLMMConfig:
     """The 2B preset's CrossLMM fields around a 5-layer Qwen2 and the given tiny vision tower. With K=3 the
     real rule puts DCALs after layers 0 and 3; the off-by-one rule (after K-1, 2K-1) would give one DCAL."""
@@ -225,22 +246,7 @@ def test_whole_model_matches_flop_counter(overrides, all_positions):
     assert cfg.resolved_cross_layers() == [0, 3]
     model = CrossLMMForCausalLM(cfg).eval()
     frames, prefix, text = 3, 5, 10
-    input_ids = torch.cat(
-        [
-            torch.randint(10, 500, (1, prefix)),
-            torch.full((1, frames * cfg.tokens_per_frame), _VIDEO_TOKEN_ID),
-            torch.randint(10, 500, (1, text)),
-        ],
-        dim=1,
-    )
-    counted = _counted(
-        model,
-        input_ids=input_ids,
-        pixel_values_videos=torch.randn(1, frames, 3, vision_config.image_size, vision_config.image_size),
-        video_frame_counts=torch.tensor([frames]),
-        use_cache=False,
-        logits_to_keep=0 if all_positions else 1,
-    )
+    counted = _counted_prompt(model, frames, cfg.tokens_per_frame, prefix, text, 0 if all_positions else 1)
     analytic = prefill_flops(cfg, frames, text, prefix_tokens=prefix, lm_head_all_positions=all_positions)
     assert analytic.total == counted - _reducer_flops(model, frames)
 
@@ -291,22 +297,7 @@ def test_fastv_counts_the_later_layers_over_the_kept_tokens():
     assert analytic.llm + analytic.lm_head == sum(stock) - lm_head
 
     model = CrossLMMForCausalLM(fastv).eval()
-    input_ids = torch.cat(
-        [
-            torch.randint(10, 500, (1, prefix)),
-            torch.full((1, frames * _VISION_PATCHES), _VIDEO_TOKEN_ID),
-            torch.randint(10, 500, (1, text)),
-        ],
-        dim=1,
-    )
-    counted = _counted(
-        model,
-        input_ids=input_ids,
-        pixel_values_videos=torch.randn(1, frames, 3, vision_config.image_size, vision_config.image_size),
-        video_frame_counts=torch.tensor([frames]),
-        use_cache=False,
-        logits_to_keep=1,
-    )
+    counted = _counted_prompt(model, frames, _VISION_PATCHES, prefix, text, 1)
     q_dim = text_config.num_attention_heads * (text_config.hidden_size // text_config.num_attention_heads)
     kv_dim = text_config.num_key_value_heads * q_dim // text_config.num_attention_heads
     ranking = linear_flops(seq, text_config.hidden_size, kv_dim) + linear_flops(
