@@ -31,12 +31,16 @@ def _demo(args: argparse.Namespace) -> int:
     if args.elastic:
         return _elastic(args)
     settings = _sized(DemoSettings.quick() if args.quick else DemoSettings(), args)
-    out = args.out or "runs/demo"
+    return _run("demo", run_demo, markdown_table, args.out or "runs/demo", settings)
+
+
+def _run(name: str, run, table, out: str, settings) -> int:
+    """``run(out, settings)``, then its report's ``table`` and how long it took."""
     start = time.perf_counter()
-    report = run_demo(out, settings)
+    report = run(out, settings)
     print()
-    print(markdown_table(report))
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; table, JSON and plot in {out}")
+    print(table(report))
+    print(f"{name} finished in {time.perf_counter() - start:.0f} s; table, JSON and plot in {out}")
     return 0
 
 
@@ -58,13 +62,7 @@ def _elastic(args: argparse.Namespace) -> int:
 
     settings = ElasticSettings.quick() if args.quick else ElasticSettings()
     settings = dataclasses.replace(settings, demo=_sized(settings.demo, args))
-    out = args.out or "runs/demo-elastic"
-    start = time.perf_counter()
-    report = run_elastic(out, settings)
-    print()
-    print(markdown_table(report))
-    print(f"elastic demo finished in {time.perf_counter() - start:.0f} s; table, JSON and plot in {out}")
-    return 0
+    return _run("elastic demo", run_elastic, markdown_table, args.out or "runs/demo-elastic", settings)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

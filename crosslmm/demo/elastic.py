@@ -24,6 +24,7 @@ from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.run import train_variant, write_mixture
 from crosslmm.demo.synth import write_dataset
 from crosslmm.demo.variants import DemoSettings, Variant
+from crosslmm.model.configuration import invalid_budgets
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ElasticSettings:
                 f"budgets must be at least two distinct tokens-per-frame values, got {self.budgets}"
             )
         # The model config refuses budgets that are not s*s pooled grids of the patch grid; say it up front.
-        bad = [b for b in self.budgets if round(b**0.5) ** 2 != b or round(b**0.5) > grid]
+        bad = invalid_budgets(list(self.budgets), grid)
         if bad:
             raise ValueError(f"budgets {bad} are not s*s pooled grids of the demo's {grid}x{grid} patch grid")
 

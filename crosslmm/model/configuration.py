@@ -35,7 +35,7 @@ def _choice(name: str, value, options: tuple) -> None:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
 
 
-def _invalid_budgets(budgets: list, grid: int | None) -> list:
+def invalid_budgets(budgets: list, grid: int | None) -> list:
     """The entries of ``budgets`` that are not pooled grids s*s with s <= ``grid`` (None: any s)."""
     return [
         k
@@ -178,7 +178,7 @@ class CrossLMMConfig(PretrainedConfig):
         if tokens_per_frame in self.trained_budgets:
             return
         grid = vision_grid_size(self.vision_config) if self.vision_config is not None else None
-        if self.allow_untrained_budgets and not _invalid_budgets([tokens_per_frame], grid):
+        if self.allow_untrained_budgets and not invalid_budgets([tokens_per_frame], grid):
             warnings.warn(
                 f"{source} use {tokens_per_frame} tokens per frame, a budget this model was not trained at "
                 f"(trained: {self.trained_budgets}); allowed by allow_untrained_budgets, expect lower accuracy",
@@ -290,7 +290,7 @@ class CrossLMMConfig(PretrainedConfig):
             return
         grid = vision_grid_size(self.vision_config) if self.vision_config is not None else None
         valid = f"valid budgets: {[s * s for s in range(1, grid + 1)]}" if grid else "perfect squares"
-        bad = _invalid_budgets(choices, grid)
+        bad = invalid_budgets(choices, grid)
         if bad or not choices or len(set(choices)) != len(choices):
             where = f" of the tower's {grid}x{grid} patch grid" if grid else ""
             raise ValueError(
