@@ -61,14 +61,20 @@ class CompareSettings:
     # Equal compute: colour (one saturated patch) and motion (a 2x2-patch block) questions on the same videos.
     equal: SynthSpec = field(
         default_factory=lambda: SynthSpec(
-            videos=1200, frames=8, test_fraction=0.15, questions=("colour", "motion")
+            videos=1200, frames=8, test_fraction=0.15, questions=("colour", "motion"), design="marker"
         )
     )
     # More frames: a marker in 2 of 16 frames, shifting its frame's mean as a real object would (2 in 32 was
     # not learned in 800 steps: docs/comparisons.md).
     long: SynthSpec = field(
         default_factory=lambda: SynthSpec(
-            videos=800, frames=16, seed=1, test_fraction=0.15, marker_frames=2, constant_mean=False
+            videos=800,
+            frames=16,
+            seed=1,
+            test_fraction=0.15,
+            marker_frames=2,
+            design="marker",
+            constant_mean=False,
         )
     )
     steps: int = 600  # optimiser steps per model, the same for every model of a study (docs/comparisons.md)
@@ -87,9 +93,17 @@ class CompareSettings:
     @classmethod
     def quick(cls) -> CompareSettings:
         return cls(
-            equal=SynthSpec(videos=8, frames=4, test_fraction=0.25, questions=("colour", "motion")),
+            equal=SynthSpec(
+                videos=8, frames=4, test_fraction=0.25, questions=("colour", "motion"), design="marker"
+            ),
             long=SynthSpec(
-                videos=6, frames=16, seed=1, test_fraction=0.34, marker_frames=2, constant_mean=False
+                videos=6,
+                frames=16,
+                seed=1,
+                test_fraction=0.34,
+                marker_frames=2,
+                design="marker",
+                constant_mean=False,
             ),
             steps=2,
             long_steps=2,
@@ -163,7 +177,7 @@ class Coster:
     test split's, so the cost is the mean the evaluation measures) of the real prompt shape."""
 
     def __init__(self, settings: CompareSettings, questions: Sequence[str]):
-        from crosslmm.demo.synth import QUESTIONS
+        from crosslmm.demo.synth import questions_of
         from crosslmm.inference import build_prompt
         from crosslmm.model.tiny import TinySpec, make_tiny
 
@@ -176,7 +190,9 @@ class Coster:
         self.base = model.config.to_dict()
         self.shapes = Counter()  # (prefix, text after the video) tokens of a prompt -> prompts of that shape
         for kind, count in Counter(questions).items():
-            ids = processor.tokenizer(build_prompt(processor, QUESTIONS[kind]))["input_ids"]
+            ids = processor.tokenizer(build_prompt(processor, questions_of(settings.equal.design)[kind]))[
+                "input_ids"
+            ]
             prefix = ids.index(processor.video_token_id)
             self.shapes[prefix, len(ids) - prefix - 1] += count
 
