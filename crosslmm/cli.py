@@ -11,7 +11,7 @@ from crosslmm.bench import commands as bench_commands
 from crosslmm.convert import commands as convert_commands
 from crosslmm.data import commands as data_commands
 from crosslmm.demo import commands as demo_commands
-from crosslmm.demo import compare_commands
+from crosslmm.demo.compare import commands as compare_commands
 from crosslmm.eval import commands as eval_commands
 from crosslmm.explain import commands as explain_commands
 from crosslmm.model import commands as model_commands

@@ -93,18 +93,18 @@ def _speed_preset(tmp_path, *extra: str) -> dict:
 def test_bench_speed_preset_records_every_cell_and_survives_an_oom(tmp_path, monkeypatch, capsys):
     """The real-size path on CPU with the bench's tiny shapes (27x27 patches like SigLIP @ 384/14): every
     (variant, frames) cell, one of them out of memory, the training step, and the files."""
-    from crosslmm.bench import scale
-    from crosslmm.bench.scale_setup import VARIANTS
+    from crosslmm.bench.preset import run
+    from crosslmm.bench.preset.setup import VARIANTS
     from crosslmm.bench.variants import CROSSLMM, FULL, POOLED, TOWER
 
-    measure = scale.measure_cell
+    measure = run.measure_cell
 
     def full_token_at_2_frames_ooms(models, variant, frames, *args):
         if (variant, frames) == (FULL, 2):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return measure(models, variant, frames, *args)
 
-    monkeypatch.setattr(scale, "measure_cell", full_token_at_2_frames_ooms)
+    monkeypatch.setattr(run, "measure_cell", full_token_at_2_frames_ooms)
     result = _speed_preset(tmp_path)
     cells = result["cells"]
     assert set(cells) == set(VARIANTS) and all(set(c) == {"1", "2"} for c in cells.values())
@@ -139,7 +139,7 @@ def test_bench_speed_preset_records_every_cell_and_survives_an_oom(tmp_path, mon
 
 
 def test_oom_is_recorded_and_other_errors_raise():
-    from crosslmm.bench.device import OOM, guarded, is_oom
+    from crosslmm.bench.preset.device import OOM, guarded, is_oom
 
     cpu = torch.device("cpu")
     for message in (
@@ -159,7 +159,7 @@ def test_oom_is_recorded_and_other_errors_raise():
 
 def test_variants_share_weights_and_match_a_copy():
     """The pooled and full-token cells run CrossLMM's own tensors, and give what a copy of the weights gives."""
-    from crosslmm.bench.scale_setup import build_variants, load_preset, variant_configs
+    from crosslmm.bench.preset.setup import build_variants, load_preset, variant_configs
     from crosslmm.bench.variants import FULL, POOLED, make_inputs
     from crosslmm.model.modeling import CrossLMMForCausalLM
 
@@ -179,7 +179,7 @@ def test_full_token_variant_of_the_7b_preset_is_llava_onevision():
     """196 tokens per frame from the projector's output, bilinear without antialias; the analytic count of
     that variant is the full-token baseline's of ``bench flops``."""
     from crosslmm.bench.flops import full_token_baseline_flops
-    from crosslmm.bench.scale_setup import load_preset, variant_configs
+    from crosslmm.bench.preset.setup import load_preset, variant_configs
     from crosslmm.bench.variants import FULL, POOLED
 
     config = load_preset("crosslmm-7b-9tok")
@@ -191,8 +191,8 @@ def test_full_token_variant_of_the_7b_preset_is_llava_onevision():
     assert prefill_flops(full, 64, 60, prefix_tokens=10) == analytic
 
 
-def test_scale_targets_need_a_measured_value():
-    from crosslmm.bench.scale_targets import scale_targets
+def test_preset_targets_need_a_measured_value():
+    from crosslmm.bench.preset.targets import preset_targets
     from crosslmm.bench.variants import CROSSLMM, FULL, TOWER
 
     cells = {
@@ -200,7 +200,7 @@ def test_scale_targets_need_a_measured_value():
         CROSSLMM: {128: {"prefill_ms": 120.0}, 256: {"prefill_ms": 300.0, "peak_mb": 2000.0}},
         FULL: {128: "OOM", 256: "OOM"},
     }
-    targets = {t.name: t for t in scale_targets(cells, [128, 256])}
+    targets = {t.name: t for t in preset_targets(cells, [128, 256])}
     assert targets["prefill CrossLMM / vision tower at 128 frames"].met
     assert not targets["prefill CrossLMM / vision tower at 256 frames"].met  # 1.5 > 1.3
     assert targets["prefill ms CrossLMM at 256 frames (paper: 2019)"].met

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from crosslmm.cli import main as cli
-from crosslmm.demo.compare_plan import METHODS, CompareSettings, Coster, candidates, equal_compute_plan
-from crosslmm.demo.compare_report import BEGIN, END, PLOTS, split_docs, update_docs
+from crosslmm.demo.compare.plan import METHODS, CompareSettings, Coster, candidates, equal_compute_plan
+from crosslmm.demo.compare.report import BEGIN, END, PLOTS, split_docs, update_docs
 from crosslmm.demo.synth import BLOCK_VALUE, DIRECTIONS, SynthSpec, block_cell, make_video
 
 
@@ -142,7 +142,7 @@ def test_quick_compare_runs_every_method_end_to_end(tmp_path):
     # --reuse with one more seed trains only the new seed's models; the finished ones are scored again
     trained, written = [], (out / "data" / "equal" / "test.json").stat().st_mtime_ns
     with mock.patch(
-        "crosslmm.demo.compare.train_variant", side_effect=lambda *a: trained.append(a[1]) or 0.0
+        "crosslmm.demo.compare.run.train_variant", side_effect=lambda *a: trained.append(a[1]) or 0.0
     ):
         # the mock trains nothing, so seed 1's first model has no final dir to score: a clear error, exit 2
         assert cli(["compare", "--quick", "--seeds", "2", "--reuse", "--out", str(out)]) == 2

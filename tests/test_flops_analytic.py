@@ -24,7 +24,7 @@ from crosslmm.bench.flops import (
     prefill_flops,
     vision_tower_flops,
 )
-from crosslmm.bench.shapes import linear_flops
+from crosslmm.bench.flops.shapes import linear_flops
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.presets import available_presets, load_config_yaml

@@ -18,8 +18,8 @@ from PIL import Image
 from crosslmm.cli import main
 from crosslmm.data.sampling import FrameSampling
 from crosslmm.data.video import load_frames, write_video
-from crosslmm.eval.paper_numbers import BENCHMARKS, PAPER_ROWS
 from crosslmm.eval.paper_table import collect, render
+from crosslmm.paper import BENCHMARKS, PAPER_ROWS
 
 pytest.importorskip("lmms_eval")
 

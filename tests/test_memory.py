@@ -10,7 +10,7 @@ import torch
 from helpers import random_frames, set_gates
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from crosslmm.bench.memory import AFTER, BEFORE, MODES, MemorySpec, build, synthetic_batch, train_step
+from crosslmm.bench.memory.measure import AFTER, BEFORE, MODES, MemorySpec, build, synthetic_batch, train_step
 from crosslmm.cli import main
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, encode_conversation
 from crosslmm.model.tiny import TinySpec, make_tiny

@@ -1,6 +1,6 @@
 """``crosslmm bench flops|speed|memory``: the argument parsers, and dispatch to the module that runs each
-benchmark and writes its table, JSON and plot into --out (``flops_report``, ``speed_report``,
-``scale_report`` for ``speed --preset``, ``memory_report``). Standard library only at module level:
+benchmark and writes its table, JSON and plot into --out (``flops/report.py``, ``speed/report.py``,
+``preset/report.py`` for ``speed --preset``, ``memory/report.py``). Standard library only at module level:
 ``crosslmm --help`` builds every parser."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 DEFAULT_FLOPS_FRAMES = "8,16,32,64,128,256,512"
 DEFAULT_SPEED_FRAMES = "16,32,64,128,256"
-DEFAULT_SCALE_FRAMES = "32,64,128,256"  # the paper's Fig. 4
+DEFAULT_PRESET_FRAMES = "32,64,128,256"  # the paper's Fig. 4
 DEFAULT_DECODE_FRAMES = "8,16"  # bounded decode (decode_memory="topk_frames"): frames kept per layer
 # Options of ``bench speed --preset`` only; the mini benchmark has its own fixed shapes.
 PRESET_ONLY = ("device", "dtype", "warmup", "text_tokens", "text_before", "train_frames", "no_train")
@@ -34,7 +34,7 @@ def _csv(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def _flops(args: argparse.Namespace) -> int:
-    from crosslmm.bench.flops_report import bench_flops
+    from crosslmm.bench.flops.report import bench_flops
 
     bench_flops(args.config, _frames(args.frames), args.text_tokens, args.paper_column, Path(args.out))
     return 0
@@ -48,9 +48,9 @@ def _speed(args: argparse.Namespace) -> int:
     preset_only = [f"--{k.replace('_', '-')}" for k in PRESET_ONLY if getattr(args, k) not in (None, False)]
     if preset_only:
         raise ValueError(f"{', '.join(preset_only)} only apply with --preset (a real-size model on a device)")
-    from crosslmm.bench.bounded_decode import bench_bounded_decode
     from crosslmm.bench.mini import MiniSpec
-    from crosslmm.bench.speed_report import bench_speed
+    from crosslmm.bench.speed.bounded_decode import bench_bounded_decode
+    from crosslmm.bench.speed.report import bench_speed
 
     spec = MiniSpec.quick() if args.quick else MiniSpec()
     frames = _frames(args.frames or ("2,4" if args.quick else DEFAULT_SPEED_FRAMES))
@@ -81,15 +81,15 @@ def _speed(args: argparse.Namespace) -> int:
 
 
 def _speed_preset(args: argparse.Namespace) -> int:
-    """``bench speed --preset``: a preset at its real size on a device (crosslmm.bench.scale)."""
+    """``bench speed --preset``: a preset at its real size on a device (crosslmm.bench.preset)."""
     if args.quick:
         raise ValueError("--quick picks the mini shapes; with --preset use --preset mini-quick")
-    from crosslmm.bench.scale_report import bench_scale
-    from crosslmm.bench.scale_setup import ScaleSettings
+    from crosslmm.bench.preset.report import bench_preset
+    from crosslmm.bench.preset.setup import PresetSettings
 
-    defaults = ScaleSettings(frames=[])
-    settings = ScaleSettings(
-        frames=_frames(args.frames or DEFAULT_SCALE_FRAMES),
+    defaults = PresetSettings(frames=[])
+    settings = PresetSettings(
+        frames=_frames(args.frames or DEFAULT_PRESET_FRAMES),
         device=args.device or "cpu",
         dtype=args.dtype or defaults.dtype,
         repeats=args.repeats or defaults.repeats,
@@ -101,15 +101,15 @@ def _speed_preset(args: argparse.Namespace) -> int:
         baseline_max_frames=args.baseline_max_frames,
         memory=not args.no_memory,
     )
-    bench_scale(args.preset, settings, args.threads, Path(args.out), args.stem)
+    bench_preset(args.preset, settings, args.threads, Path(args.out), args.stem)
     return 0
 
 
 def _memory(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from crosslmm.bench.memory import DTYPES, MemorySpec
-    from crosslmm.bench.memory_report import bench_memory
+    from crosslmm.bench.memory.measure import DTYPES, MemorySpec
+    from crosslmm.bench.memory.report import bench_memory
 
     dtypes = _csv(args.dtypes, tuple(DTYPES), "--dtypes")
     visions = _csv(args.vision, ("frozen", "trained"), "--vision")
@@ -154,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--frames",
         default=None,
-        help=f"default {DEFAULT_SPEED_FRAMES} (2,4 with --quick; {DEFAULT_SCALE_FRAMES} with --preset)",
+        help=f"default {DEFAULT_SPEED_FRAMES} (2,4 with --quick; {DEFAULT_PRESET_FRAMES} with --preset)",
     )
     p.add_argument(
         "--repeats", type=int, default=None, help="timed runs per cell: default 3 (5 with --preset)"
@@ -178,25 +178,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stem", default="speed", help="file names written into --out: STEM.json, STEM.png (STEM.md)"
     )
-    scale = p.add_argument_group("real-size model on a device (crosslmm.bench.scale)")
-    scale.add_argument(
+    preset = p.add_argument_group("real-size model on a device (crosslmm.bench.preset)")
+    preset.add_argument(
         "--preset",
         default=None,
         help="configs/model/<name>.yaml, a path, or mini / mini-quick (the bench's own CPU shapes)",
     )
-    scale.add_argument("--device", default=None, help="cpu or cuda[:N] (default cpu)")
-    scale.add_argument(
+    preset.add_argument("--device", default=None, help="cpu or cuda[:N] (default cpu)")
+    preset.add_argument(
         "--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default bfloat16"
     )
-    scale.add_argument("--warmup", type=int, default=None, help="untimed prefills per cell (default 1)")
-    scale.add_argument(
+    preset.add_argument("--warmup", type=int, default=None, help="untimed prefills per cell (default 1)")
+    preset.add_argument(
         "--text-tokens", type=int, default=None, help="text tokens around the video (default 70)"
     )
-    scale.add_argument(
+    preset.add_argument(
         "--text-before", type=int, default=None, help="of those, before the video (default 10)"
     )
-    scale.add_argument(
+    preset.add_argument(
         "--train-frames", type=int, default=None, help="frames of the stage-1 training step (default 32)"
     )
-    scale.add_argument("--no-train", action="store_true", help="skip the stage-1 training step")
+    preset.add_argument("--no-train", action="store_true", help="skip the stage-1 training step")
     p.set_defaults(func=_speed)

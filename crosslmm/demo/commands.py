@@ -57,8 +57,8 @@ def _sized(settings, args: argparse.Namespace):
 
 
 def _elastic(args: argparse.Namespace) -> int:
-    from crosslmm.demo.elastic import ElasticSettings, run_elastic
-    from crosslmm.demo.elastic_report import markdown_table
+    from crosslmm.demo.elastic.report import markdown_table
+    from crosslmm.demo.elastic.run import ElasticSettings, run_elastic
 
     settings = ElasticSettings.quick() if args.quick else ElasticSettings()
     settings = dataclasses.replace(settings, demo=_sized(settings.demo, args))

@@ -1,4 +1,4 @@
-"""Evaluation: the lmms-eval plugin, the ``chat``/``paper-table`` commands and the paper's numbers.
+"""Evaluation: the lmms-eval plugin and the ``chat``/``paper-table`` commands (the paper's numbers: crosslmm.paper).
 
 This module stays import-light: lmms-eval imports it through the ``lmms_eval.models`` entry point every
 time its model registry is built, before it knows which model is wanted.

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from crosslmm.eval.paper_numbers import BENCHMARKS, PAPER_ROWS, Benchmark
+from crosslmm.paper import BENCHMARKS, PAPER_ROWS, Benchmark
 
 MISSING = "–"
 

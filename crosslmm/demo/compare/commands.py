@@ -9,9 +9,9 @@ from pathlib import Path
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from crosslmm.demo.compare import run_compare
-    from crosslmm.demo.compare_plan import CompareSettings
-    from crosslmm.demo.compare_report import markdown, split_docs, update_docs
+    from crosslmm.demo.compare.plan import CompareSettings
+    from crosslmm.demo.compare.report import markdown, split_docs, update_docs
+    from crosslmm.demo.compare.run import run_compare
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")

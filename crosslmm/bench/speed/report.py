@@ -1,4 +1,4 @@
-"""``crosslmm bench speed`` without ``--preset``: the CPU mini benchmark of ``speed.py`` as tables,
+"""``crosslmm bench speed`` without ``--preset``: the CPU mini benchmark of ``measure.py`` as tables,
 ``STEM.json`` and a log-log plot ``STEM.png``."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from crosslmm.bench.mini import MiniSpec
 from crosslmm.bench.report import format_table, loglog_panels, write_json
-from crosslmm.bench.speed import run_speed
-from crosslmm.bench.streaming import INGEST_HEADER, ingest_rows, ingest_target, run_streaming_ingest
+from crosslmm.bench.speed.measure import run_speed
+from crosslmm.bench.speed.streaming import INGEST_HEADER, ingest_rows, ingest_target, run_streaming_ingest
 from crosslmm.bench.targets import print_targets
 from crosslmm.bench.variants import CROSSLMM, FULL, POOLED, TOWER
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from crosslmm.bench.device import Clock, PeakMemory, release
-from crosslmm.bench.scale_setup import ScaleSettings
+from crosslmm.bench.preset.device import Clock, PeakMemory, release
+from crosslmm.bench.preset.setup import PresetSettings
 from crosslmm.bench.variants import make_inputs
 from crosslmm.data.dataset import IGNORE_INDEX
 from crosslmm.model.modeling import CrossLMMForCausalLM
@@ -19,7 +19,7 @@ STAGE1_TRAINABLE = ["projector", "v2v"]  # configs/train/crosslmm-7b-stage1.yaml
 
 
 def measure_train_step(
-    model: CrossLMMForCausalLM, settings: ScaleSettings, clock: Clock, memory: PeakMemory
+    model: CrossLMMForCausalLM, settings: PresetSettings, clock: Clock, memory: PeakMemory
 ) -> dict[str, Any]:
     """One stage-1 step on one sample: projector + V2V trainable, captions (the text after the video)
     labelled, AdamW; ``warmup`` steps first (they allocate the optimizer state), then ``repeats`` timed."""

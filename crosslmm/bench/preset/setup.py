@@ -1,5 +1,5 @@
 """What a ``crosslmm bench speed --preset`` run is made of: its settings, the preset's config, and the
-variant models sharing the preset's random weights (see ``scale.py``)."""
+variant models sharing the preset's random weights (see ``run.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from crosslmm.bench.flops.shapes import grid_tokens
 from crosslmm.bench.mini import MiniSpec
-from crosslmm.bench.shapes import grid_tokens
 from crosslmm.bench.variants import CROSSLMM, FULL, POOLED, TOWER, share_weights
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.modeling import CrossLMMForCausalLM
@@ -24,7 +24,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 @dataclass(frozen=True)
-class ScaleSettings:
+class PresetSettings:
     frames: list[int]
     device: str = "cuda"
     dtype: str = "bfloat16"

@@ -5,7 +5,7 @@ Per seed, four tiny models train on the same data for the same number of steps t
 cross-attention), each drawing one budget per batch from ``budgets`` (1/4/9/16 pooled tokens per frame of
 the demo's 5x5 patch grid), and fixed-budget CrossLMMs trained at the smallest and the largest budget. Each
 elastic model is then scored at every budget, each fixed one at its own, through :mod:`crosslmm.inference`
-(:func:`crosslmm.demo.evaluate.evaluate`). The report (:mod:`crosslmm.demo.elastic_report`) states the
+(:func:`crosslmm.demo.evaluate.evaluate`). The report (:mod:`crosslmm.demo.elastic.report`) states the
 targets: elastic within 2 points of fixed at both ends, pool-only rising with the budget (the pooling loss
 made visible), CrossLMM at the smallest budget at least as accurate as pool-only at the largest.
 """
@@ -66,7 +66,7 @@ def elastic_variants(budgets: tuple[int, ...], cross_layers: list[int]) -> list[
 
 def run_elastic(out: str | os.PathLike, settings: ElasticSettings) -> dict:
     """Generate the data, train and score every model of every seed at its budgets; write the report."""
-    from crosslmm.demo.elastic_report import summarise, write_report
+    from crosslmm.demo.elastic.report import summarise, write_report
 
     settings.validate()
     demo = settings.demo

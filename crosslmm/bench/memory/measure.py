@@ -13,7 +13,7 @@ Each (case, mode) runs in a fresh process (``rss.in_fresh_process``). It builds 
 runs one warm-up step (AdamW state, thread pools), then reports the peak resident memory of the measured
 step above what was resident before it (``rss.peak_rss``): weights, optimizer state and the decoded frames
 excluded; preprocessed frames, the batch, activations, logits, loss, gradients included. Linux only.
-The command's table and plot are in ``memory_report.py``.
+The command's table and plot are in ``report.py``.
 """
 
 from __future__ import annotations

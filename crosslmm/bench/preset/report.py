@@ -1,4 +1,4 @@
-"""``crosslmm bench speed --preset``: the cells of ``scale.py`` as tables (ours, and the paper's Fig. 4 beside
+"""``crosslmm bench speed --preset``: the cells of ``run.py`` as tables (ours, and the paper's Fig. 4 beside
 them), ``STEM.json``, ``STEM.md`` and a log-log plot ``STEM.png``."""
 
 from __future__ import annotations
@@ -8,22 +8,22 @@ from typing import Any
 
 import torch
 
-from crosslmm.bench.paper import FIG4_CROSSLMM, FIG4_LLAVA_OV
+from crosslmm.bench.preset.run import run_preset
+from crosslmm.bench.preset.setup import VARIANTS, PresetSettings, load_preset
 from crosslmm.bench.report import format_table, loglog_panels, markdown_table, write_json
-from crosslmm.bench.scale import run_scale
-from crosslmm.bench.scale_setup import VARIANTS, ScaleSettings, load_preset
 from crosslmm.bench.targets import TARGET_HEADER, print_targets, target_rows
 from crosslmm.bench.variants import CROSSLMM, FULL, TOWER
+from crosslmm.paper import FIG4_CROSSLMM, FIG4_LLAVA_OV
 
 
-def bench_scale(preset: str, settings: ScaleSettings, threads: int, out: Path, stem: str) -> None:
+def bench_preset(preset: str, settings: PresetSettings, threads: int, out: Path, stem: str) -> None:
     """Run ``preset`` at its real size with ``settings``; print the tables and the targets; write
     ``out/STEM.json``, ``.md`` and ``.png``."""
     if settings.device.startswith("cpu"):
         torch.set_num_threads(threads)
-    result = run_scale(load_preset(preset), settings)
+    result = run_preset(load_preset(preset), settings)
     result["preset"] = preset
-    tables = _scale_tables(result)
+    tables = _preset_tables(result)
     title = (
         f"{preset} on {result['device_name']} ({settings.dtype}, torch {result['torch']}, transformers "
         f"{result['transformers']}): one sample, {settings.text_tokens} text tokens "
@@ -36,7 +36,7 @@ def bench_scale(preset: str, settings: ScaleSettings, threads: int, out: Path, s
         print("\n(the targets are for the 7B preset on an H100/H200-class GPU: a CPU run checks the command)")
     print_targets(result["targets"])
     write_json(out / f"{stem}.json", result)
-    _scale_plot(result, out / f"{stem}.png", f"{preset}, {result['device_name']}, {settings.dtype}")
+    _preset_plot(result, out / f"{stem}.png", f"{preset}, {result['device_name']}, {settings.dtype}")
     command = (
         f"crosslmm bench speed --preset {preset} --device {settings.device} --dtype {settings.dtype} "
         f"--frames {','.join(map(str, settings.frames))} --repeats {settings.repeats} "
@@ -51,7 +51,7 @@ def bench_scale(preset: str, settings: ScaleSettings, threads: int, out: Path, s
     print(f"\nwrote {out / stem}.json, .md and .png")
 
 
-def _scale_tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+def _preset_tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
     """(heading, header, rows) of the measured cells, the paper's Fig. 4 beside ours, and the training step."""
     cells = result["cells"]
     rows = []
@@ -109,7 +109,7 @@ def _scale_tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[lis
     return tables
 
 
-def _scale_plot(result: dict[str, Any], path: Path, title: str) -> None:
+def _preset_plot(result: dict[str, Any], path: Path, title: str) -> None:
     """Prefill, decode step and peak memory against frames; the paper's Fig. 4 curves where we measured
     at its frame counts."""
 

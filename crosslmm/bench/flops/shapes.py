@@ -1,4 +1,4 @@
-"""Layer shapes that the analytic FLOP counts (``flops.py``) read from HF configs: a Qwen2/Llama decoder
+"""Layer shapes that the analytic FLOP counts (``analytic.py``) read from HF configs: a Qwen2/Llama decoder
 and a ViT tower (HF SigLIP/CLIP or open_clip), plus the FLOPs of one linear layer (2 per multiply-add)."""
 
 from __future__ import annotations

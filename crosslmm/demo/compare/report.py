@@ -8,7 +8,7 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from crosslmm.demo.compare_plan import LABELS, METHODS, CompareSettings, Planned
+from crosslmm.demo.compare.plan import LABELS, METHODS, CompareSettings, Planned
 from crosslmm.demo.report import CHANCE, RunResult
 
 COLOURS = {

@@ -21,7 +21,7 @@ similarity matrices) is ignored like pooling's; FastV runs layers < ``fastv_laye
 later layers over ``fastv_keep`` visual tokens per frame (``decoder_tokens_per_layer``), as a pruning
 implementation computes (ours masks instead, see ``crosslmm.baselines.fastv``; its one-row ranking is ignored).
 The configs are duck-typed: anything with ``CrossLMMConfig``'s fields and ``resolved_cross_layers()``.
-Layer shapes are read from them in ``shapes.py``; the sweep of ``crosslmm bench flops`` is ``flops_report.py``.
+Layer shapes are read from them in ``shapes.py``; the sweep of ``crosslmm bench flops`` is ``report.py``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from crosslmm.bench.paper import FIG4_CROSSLMM, TABLE6_CROSSLMM_2B
-from crosslmm.bench.shapes import DecoderShape, ViTShape, grid_tokens, linear_flops
+from crosslmm.bench.flops.shapes import DecoderShape, ViTShape, grid_tokens, linear_flops
+from crosslmm.paper import FIG4_CROSSLMM, TABLE6_CROSSLMM_2B
 
 # Published TFLOPs at 32/64/128/256 frames. 7B: Fig. 4 (tokens per frame not stated; 9 fits).
 # 2B: Table 6 (tokens per frame not stated; only 1 fits, see paper_convention_flops).

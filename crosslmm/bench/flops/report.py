@@ -1,4 +1,4 @@
-"""``crosslmm bench flops``: the analytic counts of ``flops.py`` swept over frame counts for CrossLMM and the
+"""``crosslmm bench flops``: the analytic counts of ``analytic.py`` swept over frame counts for CrossLMM and the
 full-token baselines, printed as tables and written to ``flops.json`` and ``flops.png``."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from crosslmm.bench.flops import (
     paper_convention_flops,
     prefill_flops,
 )
+from crosslmm.bench.flops.shapes import grid_tokens
 from crosslmm.bench.report import format_table, loglog_panels, write_json
-from crosslmm.bench.shapes import grid_tokens
 from crosslmm.bench.targets import Target, print_targets
 
 # Full-token baselines of the efficiency comparison: all patches, LLaVA-Video, LLaVA-OneVision.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from crosslmm.bench.paper import FIG4_CROSSLMM
 from crosslmm.bench.targets import Target
 from crosslmm.bench.variants import CROSSLMM, FULL, TOWER
+from crosslmm.paper import FIG4_CROSSLMM
 
 
 def _value(cells: dict[str, dict[int, Any]], variant: str, frames: int, key: str) -> float | None:
@@ -14,7 +14,7 @@ def _value(cells: dict[str, dict[int, Any]], variant: str, frames: int, key: str
     return cell.get(key) if isinstance(cell, dict) else None
 
 
-def scale_targets(cells: dict[str, dict[int, Any]], frames: list[int]) -> list[Target]:
+def preset_targets(cells: dict[str, dict[int, Any]], frames: list[int]) -> list[Target]:
     """docs/efficiency.md's targets for the 7B preset on an H100/H200-class GPU, each at the frame count it names
     (left out where that frame count was not asked for). A cell that did not run (OOM) gives no value."""
 

@@ -1,4 +1,4 @@
-"""``crosslmm bench memory``: every (dtype, vision frozen/trained) case of ``memory.py`` in each mode, as a
+"""``crosslmm bench memory``: every (dtype, vision frozen/trained) case of ``measure.py`` in each mode, as a
 table, ``memory.json`` and a bar chart ``memory.png``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crosslmm.bench.memory import AFTER, BEFORE, LABELLED, MODES, UINT8, MemorySpec, run_memory
+from crosslmm.bench.memory.measure import AFTER, BEFORE, LABELLED, MODES, UINT8, MemorySpec, run_memory
 from crosslmm.bench.report import format_table, write_json
 
 

@@ -1,6 +1,6 @@
 """``crosslmm bench speed``'s bounded-decode rows: a generated token's cost and the cross-attention cache
 with ``decode_memory="topk_frames"`` (docs/streaming.md, "Bounded decode") against exact decoding and the
-pooled-only model, on the CPU mini of ``speed.py``.
+pooled-only model, on the CPU mini of ``measure.py``.
 
 One set of weights (``mini.build_models``); the bounded mode is a generate-time setting of the cache
 (``CrossLMMCache(decode_memory=..., decode_frames=m)``), so every row runs the same model. Per frame count
@@ -18,7 +18,7 @@ import torch
 
 from crosslmm.bench.mini import MiniSpec, build_models
 from crosslmm.bench.report import format_table, write_json
-from crosslmm.bench.speed import _seconds
+from crosslmm.bench.speed.measure import _seconds
 from crosslmm.bench.targets import Target, print_targets
 from crosslmm.bench.variants import CROSSLMM, POOLED, make_inputs
 from crosslmm.model.cache import CrossLMMCache

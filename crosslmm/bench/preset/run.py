@@ -17,12 +17,12 @@ median of ``decode_steps`` one-token steps on that cache, the cached K/V in MB, 
 prefill without a cache above the weights. Times come from CUDA events on a GPU and ``perf_counter`` on a
 CPU. Peak memory is ``torch.cuda.max_memory_allocated`` minus the weights' allocation (inputs, activations,
 and anything the forward allocates count); on a CPU it is not measured (null): the RSS method of
-``speed.py`` needs a fresh process per model, see the mini benchmark. A cell that runs out of
+``bench/speed/measure.py`` needs a fresh process per model, see the mini benchmark. A cell that runs out of
 memory is recorded as ``"OOM"`` and the run goes on. Last, one stage-1 training step (projector + V2V
 trainable, AdamW, batch 1): milliseconds and peak memory above the weights.
 
-Settings and variant models: ``scale_setup.py``; the training step: ``scale_train.py``; the targets:
-``scale_targets.py``; the clock, peak memory and OOM guard: ``device.py``; tables and plot: ``scale_report.py``.
+Settings and variant models: ``setup.py``; the training step: ``train.py``; the targets: ``targets.py``;
+the clock, peak memory and OOM guard: ``device.py``; tables and plot: ``report.py`` (all in ``bench/preset/``).
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from typing import Any
 
 import torch
 
-from crosslmm.bench.device import Clock, PeakMemory, guarded, log, release
 from crosslmm.bench.flops import prefill_flops, vision_tower_flops
-from crosslmm.bench.paper import FIG4_CROSSLMM, FIG4_LLAVA_OV
-from crosslmm.bench.scale_setup import DTYPES, VARIANTS, ScaleSettings, build_variants
-from crosslmm.bench.scale_targets import scale_targets
-from crosslmm.bench.scale_train import measure_train_step
+from crosslmm.bench.preset.device import Clock, PeakMemory, guarded, log, release
+from crosslmm.bench.preset.setup import DTYPES, VARIANTS, PresetSettings, build_variants
+from crosslmm.bench.preset.targets import preset_targets
+from crosslmm.bench.preset.train import measure_train_step
 from crosslmm.bench.variants import CROSSLMM, FULL, TOWER, cross_kv_mb, kv_cache_mb, make_inputs, run_variant
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.modeling import CrossLMMForCausalLM
+from crosslmm.paper import FIG4_CROSSLMM, FIG4_LLAVA_OV
 
 SKIPPED = "skipped"
 
@@ -56,7 +56,7 @@ def measure_cell(
     models: dict[str, CrossLMMForCausalLM],
     variant: str,
     frames: int,
-    settings: ScaleSettings,
+    settings: PresetSettings,
     clock: Clock,
     memory: PeakMemory,
 ) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def measure_cell(
     return cell
 
 
-def run_scale(config: CrossLMMConfig, settings: ScaleSettings) -> dict[str, Any]:
+def run_preset(config: CrossLMMConfig, settings: PresetSettings) -> dict[str, Any]:
     """All cells of the benchmark, then the training step; a line per cell on stderr."""
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -173,7 +173,7 @@ def run_scale(config: CrossLMMConfig, settings: ScaleSettings) -> dict[str, Any]
         "paper_fig4": {m.model: asdict(m) for m in (FIG4_CROSSLMM, FIG4_LLAVA_OV)},
         "seconds": time.perf_counter() - started,
     }
-    result["targets"] = [t.as_dict() for t in scale_targets(cells, settings.frames)]
+    result["targets"] = [t.as_dict() for t in preset_targets(cells, settings.frames)]
     return result
 
 

@@ -1,12 +1,12 @@
 """``crosslmm compare``: CrossLMM against other visual-token reducers at equal prefill FLOPs, and more frames for
 the same compute (issue 16), through the demo's own training and evaluation.
 
-Every model is a tiny CrossLMM that differs only in its visual path (:mod:`~crosslmm.demo.compare_plan` says
+Every model is a tiny CrossLMM that differs only in its visual path (:mod:`~crosslmm.demo.compare.plan` says
 which paths and why those settings), trained by :func:`crosslmm.demo.run.train_variant` (the real entry point,
 ``configs/train/demo.yaml``) and scored by :func:`crosslmm.demo.evaluate.evaluate` (``crosslmm.inference``).
 Two studies, each on its own synthetic data: ``equal`` (colour and motion questions on 8-frame videos) and
 ``frames`` (a marker in 2 of 16 frames, the model sampling 4 to 16 of them). The report is
-:mod:`~crosslmm.demo.compare_report`.
+:mod:`~crosslmm.demo.compare.report`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from crosslmm.demo.compare_plan import CompareSettings, Coster, Planned, equal_compute_plan, frames_plan
-from crosslmm.demo.compare_report import summarise, write_report
+from crosslmm.demo.compare.plan import CompareSettings, Coster, Planned, equal_compute_plan, frames_plan
+from crosslmm.demo.compare.report import summarise, write_report
 from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.report import RunResult
 from crosslmm.demo.run import final_loss_of, finished_training, train_variant, write_mixture

@@ -7,7 +7,7 @@ them alike; each number is a median over repeats. Absolute times mean little on 
 
 Peak memory: in a fresh worker process (``rss.in_fresh_process``), the peak resident memory of each forward
 above what was resident before it (``rss.peak_rss``; weights and the input pixels excluded). Linux only.
-The command's tables and plot are in ``speed_report.py``; the model in ``mini.py``.
+The command's tables and plot are in ``report.py``; the model in ``bench/mini.py``.
 """
 
 from __future__ import annotations

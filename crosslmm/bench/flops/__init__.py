@@ -1,0 +1,32 @@
+"""Analytic prefill FLOPs (``crosslmm bench flops``): ``analytic.py`` counts them from the HF configs (layer
+shapes in ``shapes.py``), ``report.py`` sweeps frame counts into tables, JSON and a plot.
+
+The counts are the package's interface (the demo, ``compare`` and ``bench speed`` cost their models with
+them), so they are importable from here: ``from crosslmm.bench.flops import prefill_flops``.
+"""
+
+from crosslmm.bench.flops.analytic import (
+    PAPER_TFLOPS,
+    FlopsBreakdown,
+    at_budget,
+    cross_attention_flops,
+    decoder_tokens_per_layer,
+    flop_counter,
+    full_token_baseline_flops,
+    paper_convention_flops,
+    prefill_flops,
+    vision_tower_flops,
+)
+
+__all__ = [
+    "PAPER_TFLOPS",
+    "FlopsBreakdown",
+    "at_budget",
+    "cross_attention_flops",
+    "decoder_tokens_per_layer",
+    "flop_counter",
+    "full_token_baseline_flops",
+    "paper_convention_flops",
+    "prefill_flops",
+    "vision_tower_flops",
+]

@@ -1,0 +1,1 @@
+"""``crosslmm bench memory``: ``measure.py`` (peak memory of one training step) and ``report.py``."""
