@@ -84,6 +84,61 @@ def test_batched_padded_generation_equals_one_at_a_time(tiny):
     assert answers[0] != answers[2]  # same prompt, different videos
 
 
+def _two_padded_prompts(processor):
+    """Two chat prompts of different lengths (questions and frame counts) with different videos."""
+    prompts = [_prompt(processor, LAYOUTS["video first"]), _prompt(processor, "<video>\nColour?")]
+    return prompts, [coloured_frames(3, seed=1), coloured_frames(2, seed=2)]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@torch.no_grad()
+def test_padded_batch_answers_each_video_as_alone(tiny, side):
+    """Left- and right-padded batches give each prompt its unbatched answer and answer-position logits.
+    Right padding once answered the shorter row from its padding ("green" for a blue video): generate
+    continues every row after the batch's last position, so the model moves right padding to the left."""
+    model, processor = tiny
+    prompts, videos = _two_padded_prompts(processor)
+    batch = processor(text=prompts, videos=videos, padding_side=side)
+    edge = 0 if side == "left" else -1
+    assert batch["attention_mask"][:, edge].tolist() == [1, 0]  # the second row is padded on that side
+    tokens, step_logits = greedy(model, batch)
+    last = batch["attention_mask"].sum(1) - 1 if side == "right" else torch.full((2,), -1)
+    forward_logits = model(**batch).logits[torch.arange(2), last]  # (2, V) at each row's last prompt token
+    for row, (prompt, video) in enumerate(zip(prompts, videos)):
+        alone_tokens, alone_logits = greedy(model, processor(text=[prompt], videos=[video]))
+        assert tokens[row].tolist() == alone_tokens[0].tolist()
+        torch.testing.assert_close(step_logits[row], alone_logits[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(forward_logits[row], alone_logits[0, 0], rtol=1e-4, atol=1e-4)
+    assert tokens[0].tolist() != tokens[1].tolist()  # the two videos get different answers
+
+
+def test_the_processor_pads_on_the_left_by_default(tiny):
+    """A batch from the processor or its chat template is left-padded whatever the tokenizer's own side, as
+    transformers' video-LLM checkpoints ship their tokenizers (generation continues after the last position)."""
+    model, processor = tiny
+    assert processor.tokenizer.padding_side == "right"  # the default does not come from the tokenizer
+    prompts, videos = _two_padded_prompts(processor)
+    assert processor(text=prompts, videos=videos)["attention_mask"][:, 0].tolist() == [1, 0]
+    conversations = [
+        [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": q}]}]
+        for video, q in zip(videos, ["What colour is the marker?", "Colour?"])
+    ]
+    inputs = processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, num_frames=2
+    )
+    assert inputs["attention_mask"][:, 0].tolist() == [1, 0]
+
+
+def test_right_padding_with_explicit_positions_is_refused(tiny):
+    """Per-position inputs cannot be moved with the padding by guesswork: refused with the fix."""
+    model, processor = tiny
+    prompts, videos = _two_padded_prompts(processor)
+    batch = processor(text=prompts, videos=videos, padding_side="right")
+    positions = torch.arange(batch["input_ids"].shape[1])[None].expand(2, -1)
+    with pytest.raises(ValueError, match=r"right-padded batch with position_ids: pad on the left"):
+        model.generate(**batch, position_ids=positions, max_new_tokens=2)
+
+
 def test_typed_chat_messages_render_like_placeholders(tiny):
     """HF's multimodal message format renders as the ``<video>`` placeholder form, in the order given."""
     _, processor = tiny

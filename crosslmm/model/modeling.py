@@ -34,6 +34,15 @@ def _valid_keys(attention_mask, batch: int, length: int, device) -> torch.Tensor
     return torch.ones((batch, length), dtype=torch.bool, device=device)
 
 
+def _left_padding_order(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a (B, L) mask: the index (B, L) that rotates each row so its trailing padding comes first (for
+    ``gather(1, index)``), and each row's shift (B,), its trailing padded positions (0: row unchanged)."""
+    length = attention_mask.shape[1]
+    shift = (attention_mask.flip(1).cumsum(1) == 0).sum(1) % length  # an all-padding row stays as it is
+    index = (torch.arange(length, device=shift.device)[None] - shift[:, None]) % length
+    return index, shift
+
+
 class CrossLMMPreTrainedModel(PreTrainedModel):
     config: CrossLMMConfig
     config_class = CrossLMMConfig
@@ -402,6 +411,35 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """transformers' ``generate``, with right-padded prompts moved to the left first.
+
+        ``generate`` appends every row's next token after the batch's last position, so a right-padded row
+        would be continued from its padding: a wrong answer, about which transformers only warns. Each such
+        row is rotated so its padding comes first (same tokens, same mask), as the processor pads by default.
+        The returned sequences hold the prompts left-padded, still ``input_ids.shape[1]`` long, so
+        ``out[:, prompt_length:]`` is the answer. Per-position inputs other than the mask are refused with
+        right padding rather than guessed at."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        mask = kwargs.get("attention_mask")
+        if isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor) and ids.dim() == mask.dim() == 2:
+            index, shift = _left_padding_order(mask.to(ids.device))
+            if bool(shift.any()):
+                positional = [
+                    k for k in ("position_ids", "fastv_query_positions") if kwargs.get(k) is not None
+                ]
+                if positional:
+                    raise ValueError(
+                        f"a right-padded batch with {', '.join(positional)}: pad on the left (the processor's "
+                        "default) so these positions are the ones generation continues from"
+                    )
+                ids, kwargs["attention_mask"] = ids.gather(1, index), mask.gather(1, index.to(mask.device))
+                if inputs is not None:
+                    inputs = ids
+                else:
+                    kwargs["input_ids"] = ids
+        return super().generate(inputs, *args, **kwargs)
 
     def prepare_inputs_for_generation(
         self,

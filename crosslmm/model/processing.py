@@ -223,10 +223,16 @@ class CrossLMMProcessor(ProcessorMixin):
         return_tensors: str = "pt",
         padding: bool | str = True,
         tokens_per_frame: int | None = None,
+        padding_side: str = "left",
         **kwargs,
     ) -> BatchFeature:
         """``tokens_per_frame``: this call's budget (None: the processor's); an elastic model reads it back
-        from the expanded prompts, so one model answers at any budget it was trained at."""
+        from the expanded prompts, so one model answers at any budget it was trained at.
+
+        ``padding_side``: a batch is padded on the left by default, whatever the tokenizer's own side, as
+        transformers' video-LLM checkpoints ship their tokenizers: ``generate`` continues every row after the
+        batch's last position, so a right-padded row would be continued from its padding
+        (``CrossLMMForCausalLM.generate`` moves such rows to the left; training collates its own batches)."""
         texts = [text] if isinstance(text, str) else list(text)
         videos = list(videos or [])
         placeholders = [t.count(self.video_token) for t in texts]
@@ -242,7 +248,11 @@ class CrossLMMProcessor(ProcessorMixin):
             start += n
             expanded.append(self.expand_video_tokens(t, [p.shape[0] for p in mine], tokens_per_frame))
             per_sample.append(torch.cat(mine) if mine else None)
-        data = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
+        data = dict(
+            self.tokenizer(
+                expanded, padding=padding, padding_side=padding_side, return_tensors=return_tensors, **kwargs
+            )
+        )
         if pixel:
             counts = torch.tensor([0 if p is None else p.shape[0] for p in per_sample])
             batch = torch.zeros((len(texts), int(counts.max()), *pixel[0].shape[1:]), dtype=pixel[0].dtype)
