@@ -20,6 +20,7 @@ from crosslmm.data.dataset import assistant_spans
 from crosslmm.data.sampling import FrameSampling
 from crosslmm.data.video import VideoLike, load_frames
 from crosslmm.model import CrossLMMForCausalLM, CrossLMMProcessor  # importing registers the Auto classes
+from crosslmm.model.modeling import IGNORE_INDEX
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -177,16 +178,13 @@ def continuation_nll(
     for text in continuations:
         cont = torch.tensor([_answer_ids(processor, prompt, text)], device=model.device)  # (1, n)
         ids = torch.cat([inputs["input_ids"], cont], dim=1)
+        # The answer is the labelled part: the model returns the logits that predict it, and knows where the
+        # prompt ends (FastV ranks visual tokens by the prompt's last token, not the answer's).
+        labels = torch.cat([torch.full_like(inputs["input_ids"], IGNORE_INDEX), cont], dim=1)
         logits = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            use_cache=False,
-            logits_to_keep=cont.shape[1] + 1,
-            # FastV baselines rank visual tokens by the prompt's last token, not the answer's (others ignore it)
-            fastv_query_positions=torch.tensor([inputs["input_ids"].shape[1] - 1], device=model.device),
-            **visual,
-        ).logits
-        logprobs = logits[:, :-1].float().log_softmax(-1)  # (1, n, V): position j predicts cont[j]
+            input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, use_cache=False, **visual
+        ).logits[None]  # (1, n, V): row j predicts cont[j]
+        logprobs = logits.float().log_softmax(-1)
         token_logprobs = logprobs.gather(-1, cont[..., None]).squeeze(-1)
         scores.append((-float(token_logprobs.sum()), bool((logprobs.argmax(-1) == cont).all())))
     return scores

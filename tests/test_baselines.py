@@ -8,11 +8,14 @@ import torch
 from helpers import check_cached_generation, coloured_frames, set_gates, video_prompt
 from transformers import AutoModelForCausalLM, AutoProcessor
 
+from crosslmm.baselines import REDUCERS as REGISTRY
 from crosslmm.baselines import RandomDrop, SalientSelect, ToMeMerge
-from crosslmm.baselines.fastv import attention_row, keep_mask, query_positions
+from crosslmm.baselines.fastv import FastVModel, attention_row, keep_mask, query_positions
 from crosslmm.baselines.salient import context_tokens
 from crosslmm.data.dataset import IGNORE_INDEX
 from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.configuration import VISUAL_REDUCERS
+from crosslmm.model.modeling import CrossLMMModel
 from crosslmm.model.tiny import TinySpec, make_tiny
 
 PATCHES = 64  # TinySpec: 32 px / 4 px patches = an 8x8 grid
@@ -67,11 +70,26 @@ def test_bad_reducer_configs_raise(fields, match):
         make_tiny(TinySpec(), **fields)
 
 
+def test_config_names_every_reducer_of_the_registry():
+    """The config spells the reducer names as a Literal (it does not import the baselines): the same names."""
+    assert VISUAL_REDUCERS == REGISTRY
+
+
+def test_fastv_config_builds_the_fastv_model_and_only_it():
+    model, _ = _model(FASTV)
+    assert type(model.model) is FastVModel and isinstance(model.model, CrossLMMModel)
+    assert type(_model(REDUCERS["random"])[0].model) is CrossLMMModel
+    with pytest.raises(TypeError, match="FastVModel"):  # the plain model would silently not prune
+        CrossLMMModel(model.config)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_save_load_round_trip(name, tmp_path):
     model, processor = _model(ALL[name])
     save_model_dir(model, processor, tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded.model) is type(model.model)  # FastVModel for FastV, from the config alone
+    assert loaded.state_dict().keys() == model.state_dict().keys()
     for field in ("visual_reducer", "visual_reducer_seed", "tokens_per_frame", "fastv_layer", "fastv_keep"):
         assert getattr(loaded.config, field) == getattr(model.config, field)
     inputs = _inputs(AutoProcessor.from_pretrained(tmp_path))
@@ -243,7 +261,7 @@ def test_fastv_pruning_is_exact_masking():
     inputs = _inputs(processor)
     with torch.no_grad():
         out = model(**inputs, use_cache=True)
-        pruned, keep = out.logits[:, -1], out.cache.fastv_keep
+        pruned, keep = out.logits[:, -1], out.cache.visible_prompt
         full = unpruned(**inputs).logits[:, -1]
         torch.testing.assert_close(keep_all(**inputs).logits[:, -1], full, rtol=0, atol=0)
         assert (pruned - full).abs().max() > 1e-3

@@ -8,7 +8,9 @@ Each is a small, parameter-free module kept out of the model core; docs/baseline
 * ``"fastv"`` (:mod:`.fastv`): every patch enters the LLM; decoder layers from ``fastv_layer`` on see only
   the ``fastv_keep`` visual tokens per frame that the last prompt token attended to most.
 
-This package depends on torch and transformers only, so the model's config and connector can import it.
+The frame reducers depend on torch only, so the model's connector imports them. FastV changes the decoder
+loop: it is a subclass of the model (``FastVModel``), imported only when a config asks for it, since it
+imports the model core itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from crosslmm.baselines.random_drop import RandomDrop
 from crosslmm.baselines.salient import SalientSelect
 
 FRAME_REDUCERS = {"random": RandomDrop, "salient": SalientSelect, "merge": ToMeMerge}
+DECODER_REDUCERS = ("fastv",)  # reducers inside the LLM: a CrossLMMModel subclass with its own decoder loop
+# Every visual_reducer; CrossLMMConfig spells them as a Literal (tests/test_baselines.py keeps the two equal).
+REDUCERS = ("pool", *FRAME_REDUCERS, *DECODER_REDUCERS)
+
+
+def decoder_model_class(name: str) -> type | None:
+    """The model class of a reducer that changes the decoder loop (None: CrossLMM's own loop)."""
+    if name == "fastv":
+        from crosslmm.baselines.fastv import FastVModel  # imports the model core, which imports this package
+
+        return FastVModel
+    return None
 
 
 def build_frame_reducer(

@@ -20,6 +20,11 @@ for the one query row per sample from its q/k projections, never an eager attent
 "Last prompt token": the last non-padded position at inference; in training (labels given) the position
 before the first labelled token, so answers never choose what the model sees; a caller scoring prompt +
 continuation passes ``fastv_query_positions`` itself.
+
+The model core knows none of this: ``FastVModel`` subclasses ``CrossLMMModel`` with its own decoder loop and
+``FastVCache`` (which prompt positions survive, for later generation steps), and ``CrossLMMForCausalLM``
+builds it when ``visual_reducer="fastv"`` (``crosslmm.baselines.decoder_model_class``). Weights and their
+names are CrossLMM's.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2 shares the formula
+
+from crosslmm.model.cache import CrossLMMCache
+from crosslmm.model.modeling import IGNORE_INDEX, CrossLMMModel
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def query_positions(valid: torch.Tensor, shift_labels: torch.Tensor | None = Non
     last = (valid.long() * position).argmax(1)
     if shift_labels is None:
         return last
-    labelled = shift_labels.to(valid.device) != -100
+    labelled = shift_labels.to(valid.device) != IGNORE_INDEX
     first = torch.where(labelled, position, valid.shape[1]).min(1).values
     return torch.where(labelled.any(1), first, last)
 
@@ -94,3 +102,133 @@ def keep_mask(
     flat[video_positions] = False
     flat[per_frame.gather(1, top).flatten()] = True
     return flat.view_as(attention)
+
+
+def valid_keys(attention_mask, batch: int, length: int, device) -> torch.Tensor:
+    """(B, length) bool, the last ``length`` positions not padded, from a 2D ``attention_mask`` (None: all)."""
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        return attention_mask[:, -length:].bool().to(device).clone()
+    return torch.ones((batch, length), dtype=torch.bool, device=device)
+
+
+class FastVCache(CrossLMMCache):
+    """A ``CrossLMMCache`` that also keeps ``visible_prompt`` (B, S_prompt) bool: the prompt positions that
+    decoder layers from ``fastv_layer`` on may attend to (False at the dropped visual tokens)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.visible_prompt: torch.Tensor | None = None
+
+    def _map_cross(self, fn) -> None:
+        super()._map_cross(fn)
+        if self.visible_prompt is not None:
+            self.visible_prompt = fn(self.visible_prompt)
+
+    def reset(self) -> None:
+        super().reset()
+        self.visible_prompt = None
+
+
+class FastVModel(CrossLMMModel):
+    """CrossLMM's model (same modules and weight names, no cross-attention) whose decoder layers from
+    ``fastv_layer`` on see only the visual tokens ranked highest by layer ``fastv_layer - 1``.
+
+    Extra forward input: ``fastv_query_positions`` (B,), the ranking query, each sample's last prompt token
+    (None: its last unpadded position; with labels, ``CrossLMMForCausalLM`` passes the position before the
+    first labelled token)."""
+
+    cache_class = FastVCache
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.pruning = FastVPruning(config.fastv_layer, config.fastv_keep)
+
+    def inputs_from_labels(self, shift_labels: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
+        valid = valid_keys(attention_mask, *shift_labels.shape, shift_labels.device)
+        return {"fastv_query_positions": query_positions(valid, shift_labels)}
+
+    def _frames_before(self, cache, past: int, batch: int) -> int:
+        if past:
+            raise ValueError("visual_reducer='fastv' cannot take videos after a cached prefix (streaming)")
+        return 0
+
+    def _run_decoder(
+        self,
+        inputs_embeds,
+        attention_mask,
+        position_ids,
+        cache,
+        use_cache,
+        layout,
+        memory,
+        past,
+        fastv_query_positions=None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The stock decoder loop; layers from ``fastv_layer`` on get a mask without the dropped visual tokens,
+        ranked here at a prompt with videos (and kept in the cache), else read from the cache."""
+        if isinstance(attention_mask, dict):
+            raise ValueError(
+                "visual_reducer='fastv' builds its own masks: pass a 2D attention_mask, not a dict"
+            )
+        if cache is not None and not isinstance(cache, FastVCache):
+            raise TypeError(
+                f"visual_reducer='fastv' keeps its kept tokens in a FastVCache, got {type(cache)}"
+            )
+        lm = self.language_model
+        if position_ids is None:
+            length = inputs_embeds.shape[1]
+            position_ids = torch.arange(past, past + length, device=inputs_embeds.device)[None]  # (1, L)
+        full_masks = self._mask_map(inputs_embeds, attention_mask, cache, position_ids)
+        rank_here = layout is not None and layout.tokens_per_frame > 0
+        pruned_masks = None
+        if not rank_here and cache is not None and cache.visible_prompt is not None:
+            pruned_masks = self._pruned_mask_map(
+                inputs_embeds, attention_mask, cache.visible_prompt, cache, position_ids
+            )
+        hidden = inputs_embeds
+        position_embeddings = lm.rotary_emb(hidden, position_ids)
+        for i, decoder_layer in enumerate(lm.layers[: lm.config.num_hidden_layers]):
+            if rank_here and i == self.pruning.rank_layer:
+                visible = self._rank(
+                    decoder_layer, hidden, position_embeddings, attention_mask, layout, fastv_query_positions
+                )
+                if cache is not None:
+                    cache.visible_prompt = visible
+                # The prompt starts the cache (no videos after a cached prefix), so no cache is needed for the
+                # mask sizes; layer 0 has already cached this prompt's keys.
+                pruned_masks = self._pruned_mask_map(
+                    inputs_embeds, attention_mask, visible, None, position_ids
+                )
+            masks = pruned_masks if pruned_masks is not None and i >= self.pruning.layer else full_masks
+            hidden = decoder_layer(
+                hidden,
+                attention_mask=masks[self.layer_types[i]],
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        return lm.norm(hidden)
+
+    def _rank(
+        self, decoder_layer, hidden, position_embeddings, attention_mask, layout, queries
+    ) -> torch.Tensor:
+        """(B, L) bool, False at the visual tokens FastV drops: per frame all but the ``fastv_keep`` that the
+        last prompt token attends to most in ``decoder_layer`` (the last unpruned one), given its input."""
+        batch, length = hidden.shape[:2]
+        valid = valid_keys(attention_mask, batch, length, hidden.device)
+        queries = (query_positions(valid) if queries is None else queries).to(hidden.device)
+        causal = torch.arange(length, device=hidden.device)[None] <= queries[:, None]
+        attention = attention_row(decoder_layer, hidden, position_embeddings, queries, causal & valid)
+        return keep_mask(attention, layout.video_positions, layout.tokens_per_frame, self.pruning.keep)
+
+    def _pruned_mask_map(self, inputs_embeds, attention_mask, visible, cache, position_ids) -> dict:
+        """Masks for the layers after FastV's: the dropped visual tokens of the prompt (``visible``
+        (B, S_prompt) False) treated as padding; positions after the prompt are all kept."""
+        batch, length = inputs_embeds.shape[:2]
+        total = (cache.get_seq_length() if cache is not None else 0) + length
+        valid = valid_keys(attention_mask, batch, total, inputs_embeds.device)
+        valid[:, : visible.shape[1]] &= visible.to(valid.device)
+        return self._mask_map(inputs_embeds, valid, cache, position_ids)

@@ -27,10 +27,10 @@ from torch.utils.data import Dataset
 from crosslmm.data.records import Record, RecordError
 from crosslmm.data.sampling import FrameSampling
 from crosslmm.data.video import VideoError, load_frames
+from crosslmm.model.modeling import IGNORE_INDEX  # the one definition, next to the loss that reads it
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 OVERLENGTH_POLICIES = ("truncate", "drop")
 
 

@@ -23,8 +23,6 @@ class CrossLMMCache(DynamicCache):
     full ``cross_kv`` of that layer is dropped, unless ``keep_full_memory`` (streaming: frames and
     questions still to come need every frame, and each question re-ranks). ``decode_memory`` /
     ``decode_frames`` given here override the model config's for this cache (a generate-time setting).
-    ``fastv_keep`` (visual_reducer="fastv"): the prompt positions that decoder layers from ``fastv_layer`` on
-    may attend to (docs/baselines.md).
     """
 
     def __init__(
@@ -45,7 +43,6 @@ class CrossLMMCache(DynamicCache):
         self._capacity: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # streaming: storage of cross_kv
         self.frame_counts: torch.Tensor | None = None
         self.patches_per_frame = 0
-        self.fastv_keep: torch.Tensor | None = None  # FastV: (B, S_prompt) False at dropped visual tokens
 
     def set_visual_memory(self, frame_counts: torch.Tensor, patches_per_frame: int) -> None:
         self.frame_counts = frame_counts
@@ -107,8 +104,6 @@ class CrossLMMCache(DynamicCache):
         self._capacity = {}
         if self.frame_counts is not None:
             self.frame_counts = fn(self.frame_counts)
-        if self.fastv_keep is not None:
-            self.fastv_keep = fn(self.fastv_keep)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -128,4 +123,3 @@ class CrossLMMCache(DynamicCache):
         self.selected_kv = {}
         self._capacity = {}
         self.frame_counts = None
-        self.fastv_keep = None

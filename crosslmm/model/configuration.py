@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
+from collections.abc import Mapping
+from typing import Literal, get_args
 
 from transformers import AutoConfig, PretrainedConfig
 
-from crosslmm.baselines import FRAME_REDUCERS
 from crosslmm.model.vision import vision_config_from_dict, vision_grid_size
 
 POOLING_MODES = ("avg", "max", "bilinear")
@@ -17,7 +19,9 @@ PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 KV_SOURCES = ("encoder", "projector")
 TEXT_MODEL_TYPES = ("qwen2", "llama")
 DECODE_MEMORY_MODES = ("full", "topk_frames")
-VISUAL_REDUCERS = ("pool", *FRAME_REDUCERS, "fastv")  # docs/baselines.md
+# docs/baselines.md; the same names as crosslmm.baselines.REDUCERS (tests/test_baselines.py checks it)
+VisualReducer = Literal["pool", "random", "salient", "merge", "fastv"]
+VISUAL_REDUCERS = get_args(VisualReducer)
 
 
 def _text_config_from(value: dict | PretrainedConfig | None) -> PretrainedConfig:
@@ -115,7 +119,7 @@ class CrossLMMConfig(PretrainedConfig):
         decode_memory: str = "full",
         decode_frames: int = 16,
         allow_untrained_budgets: bool = False,
-        visual_reducer: str = "pool",
+        visual_reducer: VisualReducer = "pool",
         visual_reducer_seed: int = 0,
         fastv_layer: int | None = None,
         fastv_keep: int | None = None,
@@ -303,3 +307,25 @@ class CrossLMMConfig(PretrainedConfig):
                 f"tokens_per_frame_choices {choices}"
             )
         self.tokens_per_frame_choices = sorted(choices)
+
+
+# Fields a config built in Python may set: CrossLMMConfig's own, PretrainedConfig's, and the token ids that
+# the LLM's generation reads. Anything else would be stored by PretrainedConfig as an unused attribute.
+_GENERATION_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+
+
+def known_fields() -> set[str]:
+    """The keyword arguments ``CrossLMMConfig`` reads (its own fields, PretrainedConfig's, the token ids)."""
+    own = set(inspect.signature(CrossLMMConfig.__init__).parameters)
+    base = set(inspect.signature(PretrainedConfig.__init__).parameters)
+    return (own | base | set(_GENERATION_TOKEN_IDS)) - {"self", "kwargs"}
+
+
+def check_fields(fields: Mapping, source: str = "CrossLMMConfig") -> None:
+    """Refuse a misspelt field (``cross_layers=`` for ``cross_attention_layers=``), naming it, as the YAML
+    configs do: ``CrossLMMConfig(**fields)`` itself keeps unknown kwargs, as every HF config does (a saved
+    config.json may hold keys of other transformers versions), so each path that builds a config from its
+    own fields (``make_tiny``, ``build_from_pretrained``, ``load_config_yaml``, the bench presets) calls this."""
+    known = known_fields()
+    if unknown := sorted(set(fields) - known):
+        raise ValueError(f"{source}: unknown CrossLMMConfig field(s) {unknown}; known: {sorted(known)}")

@@ -15,7 +15,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-from crosslmm.baselines.fastv import FastVPruning, attention_row, keep_mask, query_positions
+from crosslmm.baselines import decoder_model_class
 from crosslmm.model.cache import CrossLMMCache
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.connector import PoolingProjector
@@ -25,13 +25,6 @@ from crosslmm.model.layout import VisualLayout, decode_layout, prefill_layout, t
 from crosslmm.model.vision import build_vision_tower
 
 IGNORE_INDEX = -100  # label of positions without a target, as in transformers' losses
-
-
-def _valid_keys(attention_mask, batch: int, length: int, device) -> torch.Tensor:
-    """(B, length) bool, the last ``length`` positions not padded, from a 2D ``attention_mask`` (None: all)."""
-    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
-        return attention_mask[:, -length:].bool().to(device).clone()
-    return torch.ones((batch, length), dtype=torch.bool, device=device)
 
 
 def _left_padding_order(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +61,16 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
 
 
 class CrossLMMModel(CrossLMMPreTrainedModel):
+    cache_class = CrossLMMCache  # what generation and ``use_cache`` start; a subclass may extend it
+
     def __init__(self, config: CrossLMMConfig):
         super().__init__(config)
+        variant = decoder_model_class(config.visual_reducer)
+        if variant is not None and not isinstance(self, variant):
+            raise TypeError(
+                f"visual_reducer={config.visual_reducer!r} changes the decoder loop: build {variant.__name__} "
+                "(CrossLMMForCausalLM picks it from the config)"
+            )
         if config.vision_config is None:
             raise ValueError("CrossLMMConfig.vision_config is required to build a model")
         if config.video_token_id is None:
@@ -86,9 +87,6 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         # it trains with the connector while the embeddings stay frozen.
         self.video_end_embedding = (
             nn.Parameter(torch.empty(text_dim)) if config.video_end_token_id is not None else None
-        )
-        self.fastv = (
-            FastVPruning(config.fastv_layer, config.fastv_keep) if config.visual_reducer == "fastv" else None
         )
         self.post_init()
 
@@ -159,25 +157,17 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         pixel_values_videos: torch.Tensor | None = None,
         video_frame_counts: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        fastv_query_positions: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """``fastv_query_positions`` (B,): FastV's ranking query, each sample's last prompt token (None: its
-        last unpadded position); only read by ``visual_reducer="fastv"`` at a prompt with videos."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if use_cache and cache is None:
-            cache = CrossLMMCache(config=self.config.text_config)
-        if (
-            (self.cross_layers or self.fastv is not None)
-            and cache is not None
-            and not isinstance(cache, CrossLMMCache)
-        ):
+            cache = self.cache_class(config=self.config.text_config)
+        if self.cross_layers and cache is not None and not isinstance(cache, CrossLMMCache):
             raise TypeError(
-                "CrossLMM needs a CrossLMMCache to keep cross-attention keys/values (or FastV's kept tokens), "
-                f"got {type(cache)}"
+                f"CrossLMM needs a CrossLMMCache to keep cross-attention keys/values, got {type(cache)}"
             )
         past = cache.get_seq_length() if cache is not None else 0
         mask_2d = (
@@ -200,25 +190,19 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
             layout = decode_layout(inputs_embeds.shape[:2], mask_2d, cache.frame_counts)
 
         hidden = self._run_decoder(
-            inputs_embeds,
-            attention_mask,
-            position_ids,
-            cache,
-            use_cache,
-            layout,
-            memory,
-            past,
-            fastv_query_positions=fastv_query_positions,
-            **kwargs,
+            inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
         )
         return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache if use_cache else None)
+
+    def inputs_from_labels(self, shift_labels: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
+        """Forward kwargs that a decoder variant derives from the labels, ``shift_labels`` (B, L) already
+        shifted (position t predicts shift_labels[t]); none for CrossLMM (FastV: its ranking query)."""
+        return {}
 
     def _frames_before(self, cache: CrossLMMCache | None, past: int, batch: int) -> int:
         """Frames already cached when videos come with a continuation of a cached prefix (streaming)."""
         if not past:
             return 0
-        if self.fastv is not None:
-            raise ValueError("visual_reducer='fastv' cannot take videos after a cached prefix (streaming)")
         if not isinstance(cache, CrossLMMCache) or batch != 1:
             raise ValueError(
                 "videos after the prompt (a streamed continuation) need a CrossLMMCache and a batch of one"
@@ -228,23 +212,12 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         return int(cache.frame_counts[0]) if cache.has_visual_memory else 0
 
     def _run_decoder(
-        self,
-        inputs_embeds,
-        attention_mask,
-        position_ids,
-        cache,
-        use_cache,
-        layout,
-        memory,
-        past,
-        fastv_query_positions=None,
-        **kwargs,
-    ):
+        self, inputs_embeds, attention_mask, position_ids, cache, use_cache, layout, memory, past, **kwargs
+    ) -> torch.Tensor:
         """The stock decoder loop of Qwen2Model/LlamaModel with a cross-attention layer after chosen layers.
 
         Runs the prompt (prefill, ``memory`` given) and each generation step (``memory`` None, T2V keys and
-        values from ``cache``) alike. FastV: layers from ``fastv_layer`` on get a mask without the dropped
-        visual tokens, ranked here at a prompt with videos, else read from the cache."""
+        values from ``cache``) alike."""
         lm = self.language_model
         if position_ids is None:
             length = inputs_embeds.shape[1]
@@ -252,35 +225,12 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         mask_map = attention_mask
         if not isinstance(mask_map, dict):
             mask_map = self._mask_map(inputs_embeds, attention_mask, cache, position_ids)
-        elif self.fastv is not None:
-            raise ValueError(
-                "visual_reducer='fastv' builds its own masks: pass a 2D attention_mask, not a dict"
-            )
-        layer_types = (
-            getattr(lm.config, "layer_types", None) or ["full_attention"] * lm.config.num_hidden_layers
-        )
-        rank_here = self.fastv is not None and layout is not None and layout.tokens_per_frame > 0
-        pruned_map = None
-        if self.fastv is not None and not rank_here and cache is not None and cache.fastv_keep is not None:
-            pruned_map = self._fastv_mask_map(
-                inputs_embeds, attention_mask, cache.fastv_keep, cache, position_ids
-            )
         hidden = inputs_embeds
         position_embeddings = lm.rotary_emb(hidden, position_ids)
         for i, decoder_layer in enumerate(lm.layers[: lm.config.num_hidden_layers]):
-            if rank_here and i == self.fastv.rank_layer:
-                keep = self._fastv_keep(
-                    decoder_layer, hidden, position_embeddings, attention_mask, layout, fastv_query_positions
-                )
-                if cache is not None:
-                    cache.fastv_keep = keep
-                # The prompt starts the cache (FastV refuses a continuation with videos), so no cache is
-                # needed for the mask sizes; layer 0 has already cached this prompt's keys.
-                pruned_map = self._fastv_mask_map(inputs_embeds, attention_mask, keep, None, position_ids)
-            masks = pruned_map if pruned_map is not None and i >= self.fastv.layer else mask_map
             hidden = decoder_layer(
                 hidden,
-                attention_mask=masks[layer_types[i]],
+                attention_mask=mask_map[self.layer_types[i]],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
                 cache=cache,
@@ -290,6 +240,12 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
             if str(i) in self.cross_layers and layout is not None:
                 hidden = self.cross_layers[str(i)](hidden, layout, memory, cache)
         return lm.norm(hidden)
+
+    @property
+    def layer_types(self) -> list[str]:
+        """Each decoder layer's attention type, the key of its mask in ``_mask_map``."""
+        config = self.language_model.config
+        return getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
 
     def _mask_map(self, inputs_embeds, attention_mask, cache, position_ids) -> dict:
         """The decoder's masks per layer type, as Qwen2Model/LlamaModel build them."""
@@ -306,34 +262,14 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
             mask_map["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
         return mask_map
 
-    def _fastv_keep(
-        self, decoder_layer, hidden, position_embeddings, attention_mask, layout, queries
-    ) -> torch.Tensor:
-        """(B, L) bool, False at the visual tokens FastV drops: per frame all but the ``fastv_keep`` that the
-        last prompt token attends to most in this (the last unpruned) layer."""
-        batch, length = hidden.shape[:2]
-        valid = _valid_keys(attention_mask, batch, length, hidden.device)
-        queries = (query_positions(valid) if queries is None else queries).to(hidden.device)
-        causal = torch.arange(length, device=hidden.device)[None] <= queries[:, None]
-        attention = attention_row(decoder_layer, hidden, position_embeddings, queries, causal & valid)
-        return keep_mask(attention, layout.video_positions, layout.tokens_per_frame, self.fastv.keep)
-
-    def _fastv_mask_map(self, inputs_embeds, attention_mask, keep, cache, position_ids) -> dict:
-        """Masks for the layers after FastV's: the dropped visual tokens of the prompt (``keep`` (B, S_prompt)
-        False) treated as padding; positions after the prompt are all kept."""
-        batch, length = inputs_embeds.shape[:2]
-        total = (cache.get_seq_length() if cache is not None else 0) + length
-        valid = _valid_keys(attention_mask, batch, total, inputs_embeds.device)
-        valid[:, : keep.shape[1]] &= keep.to(valid.device)
-        return self._mask_map(inputs_embeds, valid, cache, position_ids)
-
 
 class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
     def __init__(self, config: CrossLMMConfig):
         super().__init__(config)
-        self.model = CrossLMMModel(config)
+        # CrossLMM's model, or the subclass of a baseline that changes the decoder loop (FastV)
+        self.model = (decoder_model_class(config.visual_reducer) or CrossLMMModel)(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
@@ -361,7 +297,6 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        fastv_query_positions: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``pixel_values_videos`` (B, F_max, 3, H, W) with ``video_frame_counts`` (B,) real frames per
@@ -375,16 +310,15 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         while most positions are video or prompt. The loss is unchanged: ``loss_function`` (transformers'
         ``ForCausalLMLoss``) over the labelled tokens, a mean, or a sum divided by ``num_items_in_batch`` when
         the Trainer passes it. Without labels, logits are (B, L', V) for the last ``logits_to_keep``
-        positions (0: all). FastV ranks by each sample's last prompt token: ``fastv_query_positions`` (B,), or
-        with labels the position before the first labelled token, else the last unpadded one."""
+        positions (0: all). ``kwargs`` go to the model (a baseline's own inputs, e.g. FastV's
+        ``fastv_query_positions``) and to the loss."""
         if use_cache is None:
             use_cache = self.config.text_config.use_cache and not self.training
         shift_labels = kwargs.pop("shift_labels", None)  # (B, L) already shifted, as HF collators may give
         if labels is not None and shift_labels is None:
             shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-        if self.model.fastv is not None and labels is not None and fastv_query_positions is None:
-            valid = _valid_keys(attention_mask, *shift_labels.shape, shift_labels.device)
-            fastv_query_positions = query_positions(valid, shift_labels)
+        if labels is not None:
+            kwargs = self.model.inputs_from_labels(shift_labels, attention_mask) | kwargs
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -394,7 +328,6 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
             pixel_values_videos=pixel_values_videos,
             video_frame_counts=video_frame_counts,
             use_cache=use_cache,
-            fastv_query_positions=fastv_query_positions,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -464,4 +397,4 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         cache = model_kwargs.get("cache")
         if type(cache) is DynamicCache:
-            model_kwargs["cache"] = CrossLMMCache(config=self.config.text_config)
+            model_kwargs["cache"] = self.model.cache_class(config=self.config.text_config)
