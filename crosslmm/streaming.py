@@ -18,10 +18,18 @@ all frames seen so far again; only its generation steps are bounded (docs/stream
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
 from crosslmm.model.cache import CrossLMMCache
+
+# generate() arguments a session passes itself: its tokens, its cache, its frames (already in the cache)
+_SESSION_OWNS = frozenset(
+    {"input_ids", "inputs_embeds", "attention_mask", "cache", "past_key_values", "use_cache"}
+    | {"pixel_values_videos", "video_frame_counts"}
+)
 
 
 class StreamingSession:
@@ -75,6 +83,14 @@ class StreamingSession:
         with torch.inference_mode():
             return self.model(input_ids=new, cache=self.cache, use_cache=True, **visual).logits
 
+    def _feed_video_end(self) -> None:
+        """Cache the end slot that closes a run of frames. The model writes its learned embedding
+        (``video_end_embedding``) only in a forward that carries frames, as the offline prompt's end slot
+        comes with its video; the run's frames are already cached, so the slot is fed as that embedding."""
+        embedding = self.model.model.video_end_embedding
+        with torch.inference_mode():
+            self.model(inputs_embeds=embedding.view(1, 1, -1), cache=self.cache, use_cache=True)
+
     def add_frames(self, frames: np.ndarray) -> torch.Tensor:
         """Append (T, H, W, 3) uint8 frames to the video; returns the logits of the tokens fed (1, n, V)."""
         self._check_open()
@@ -95,38 +111,81 @@ class StreamingSession:
         self.frames_seen += len(pixel)
         return self._feed(pixel, len(pixel))
 
+    def _truncate_cache(self, length: int) -> None:
+        """Keep the decoder cache's first ``length`` positions (transformers' ``crop`` takes a count to drop)."""
+        extra = self.cache.get_seq_length() - length
+        if extra > 0:
+            self.cache.crop(-extra)
+
+    def _check_generate_kwargs(self, kwargs: dict) -> None:
+        """Refuse, before anything changes, what a session of one cached sequence cannot do."""
+        owned = sorted(set(kwargs) & _SESSION_OWNS)
+        if owned:
+            raise ValueError(
+                f"ask() sets {', '.join(owned)} itself (the session's own tokens and cache); leave them out"
+            )
+        config = kwargs.get("generation_config") or self.model.generation_config
+        for name in ("num_beams", "num_return_sequences"):
+            value = kwargs.get(name, getattr(config, name, None))
+            if value not in (None, 1):
+                raise ValueError(
+                    f"ask(): {name}={value} needs one cached sequence per beam or return, but a streaming "
+                    "session caches one conversation; use greedy decoding or sampling (num_beams=1)"
+                )
+
     def ask(self, question: str, max_new_tokens: int = 64, streamer=None, **generate_kwargs) -> str:
         """Answer ``question`` about every frame seen so far (greedy unless ``generate_kwargs`` say
-        otherwise); the answer joins the conversation."""
+        otherwise); the answer joins the conversation. Either it completes or the session is left as it
+        was (messages, ids, cache): a failed ask can be retried."""
         self._check_open()
-        if self.messages and self.messages[-1]["role"] == "user":
-            self.messages[-1]["content"].append({"type": "text", "text": question})
+        self._check_generate_kwargs(generate_kwargs)
+        cached = self.cache.get_seq_length()
+        try:
+            return self._ask(question, max_new_tokens, streamer, generate_kwargs)
+        except BaseException:
+            self._truncate_cache(cached)  # drop what the failed generation cached (the prompt, some tokens)
+            self.cache.selected_kv.clear()  # the next prompt ranks again
+            raise
+
+    def _ask(self, question: str, max_new_tokens: int, streamer, generate_kwargs: dict) -> str:
+        """``ask``'s work; changes the session's state only once generation has succeeded."""
+        messages = copy.deepcopy(self.messages)
+        if messages and messages[-1]["role"] == "user":
+            messages[-1]["content"].append({"type": "text", "text": question})
         else:
-            self.messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
-        prompt = self._render(self.messages, add_generation_prompt=True)
+            messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+        prompt = self._render(messages, add_generation_prompt=True)
+        ids = list(self.ids)
         end_id = self.processor.video_end_token_id
         if end_id is not None and self._rendered.endswith(self.processor.video_token):
-            self.ids.append(end_id)  # the end slot closes the run of frames
-        self.ids += self._text_ids(self._rendered, prompt)
+            ids.append(end_id)  # the end slot closes the run of frames
+            self._feed_video_end()
+        ids += self._text_ids(self._rendered, prompt)
         generate_kwargs.setdefault("do_sample", False)
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=torch.tensor([self.ids], device=self.model.device),
+                input_ids=torch.tensor([ids], device=self.model.device),
                 cache=self.cache,
                 max_new_tokens=max_new_tokens,
                 streamer=streamer,
                 **generate_kwargs,
             )
-        self.last_output = out
         sequence = out.sequences if hasattr(out, "sequences") else out
-        generated = sequence[0, len(self.ids) :].tolist()
-        answer = self.processor.tokenizer.decode(generated, skip_special_tokens=True)
-        eos = self.processor.tokenizer.eos_token_id
-        if generated and generated[-1] == eos:
-            generated = generated[:-1]  # the template's own end of turn follows
-        self.messages.append({"role": "assistant", "content": answer})
-        self.ids += generated
-        rendered = self._render(self.messages, add_generation_prompt=False)
-        self.ids += self._text_ids(prompt + answer, rendered)
-        self._rendered = rendered
-        return answer.strip()
+        generated = sequence[0, len(ids) :].tolist()
+        answer = self.processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        messages.append({"role": "assistant", "content": answer})
+        rendered = self._render(messages, add_generation_prompt=False)
+        answer_ids = self._text_ids(
+            prompt, rendered
+        )  # the answer and end of turn, as the processor tokenises
+        # Keep the generated tokens' keys/values only where the offline model would compute the same: the
+        # ids agree and every step attended to every frame (no bounded-decode selection). The rest is fed
+        # again, over the full memory, with the next tokens.
+        keep = 0
+        if not self.cache.selected_kv:
+            while keep < min(len(generated), len(answer_ids)) and generated[keep] == answer_ids[keep]:
+                keep += 1
+        self._truncate_cache(len(ids) + keep)
+        self.cache.selected_kv.clear()
+        self.messages, self.ids, self._rendered, self.last_output = messages, ids + answer_ids, rendered, out
+        return answer

@@ -3,15 +3,19 @@ on the same token layout, whatever the chunking."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
 import pytest
 import torch
-from helpers import coloured_frames, video_dependent_model
+from helpers import coloured_frames, set_gates, video_dependent_model
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from crosslmm.cli import main
 from crosslmm.data.video import write_video
+from crosslmm.model.modeling import CrossLMMForCausalLM
+from crosslmm.model.processing import CrossLMMProcessor
 from crosslmm.streaming import StreamingSession
 
 
@@ -92,6 +96,193 @@ def test_question_between_chunks_and_conversation_goes_on(tiny):
         model, processor, [a, coloured_frames(2, seed=9)], {0: "What colour?", 1: "And now?"}
     )
     assert not torch.allclose(other_asked[1][2], asked[1][2])  # the second answer reads the new frames
+
+
+class _Force(LogitsProcessor):
+    """Makes generation emit ``tokens`` in order (the step logits ``output_logits`` returns stay the model's)."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens = tokens
+
+    def __call__(self, input_ids, scores):
+        step = min(input_ids.shape[1] - self.start, len(self.tokens) - 1)
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, self.tokens[step]] = 0
+        return forced
+
+
+def _forcing(tokens: list[int], prompt_len: int) -> LogitsProcessorList:
+    force = _Force(tokens)
+    force.start = prompt_len
+    return LogitsProcessorList([force])
+
+
+class _FailAtStep(LogitsProcessor):
+    """Raises at generation step ``step``: by then the prompt is in the KV cache and some tokens too."""
+
+    def __init__(self, step: int):
+        self.step, self.calls = step, 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        if self.calls > self.step:
+            raise RuntimeError("generation failed on purpose")
+        return scores
+
+
+def _state(session: StreamingSession):
+    return (
+        repr(session.messages),
+        list(session.ids),
+        session._rendered,
+        session.cache.get_seq_length(),
+        session.frames_seen,
+        {layer: k.shape for layer, (k, _) in session.cache.cross_kv.items()},
+    )
+
+
+def _first_step_logits(session: StreamingSession, question: str) -> torch.Tensor:
+    session.ask(question, max_new_tokens=2, output_logits=True, return_dict_in_generate=True)
+    return session.last_output.logits[0]
+
+
+def test_failed_ask_leaves_the_session_as_it_was(tiny):
+    """Generate kwargs the session cannot honour are refused before anything changes; a failure inside
+    generation (prompt and some tokens already cached) is rolled back; the next ask then gives the logits of
+    a fresh session fed the same frames and question."""
+    model, processor = tiny
+    frames = coloured_frames(3, seed=7)
+    session = StreamingSession(model, processor)
+    session.add_frames(frames[:2])
+    session.ask("What colour?", max_new_tokens=3)
+    session.add_frames(frames[2:])
+    before = _state(session)
+    for bad, message in [
+        (dict(num_beams=2), "num_beams=2"),
+        (dict(num_return_sequences=2, do_sample=True), "num_return_sequences=2"),
+        (dict(past_key_values=None), "past_key_values"),
+        (dict(attention_mask=torch.ones(1, 3)), "attention_mask"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            session.ask("And now?", **bad)
+        assert _state(session) == before
+    with pytest.raises(RuntimeError, match="on purpose"):
+        session.ask("And now?", max_new_tokens=5, logits_processor=LogitsProcessorList([_FailAtStep(3)]))
+    assert _state(session) == before
+
+    fresh = StreamingSession(model, processor)
+    fresh.add_frames(frames[:2])
+    fresh.ask("What colour?", max_new_tokens=3)
+    fresh.add_frames(frames[2:])
+    torch.testing.assert_close(
+        _first_step_logits(session, "And now?"), _first_step_logits(fresh, "And now?"), rtol=0, atol=1e-5
+    )
+    assert session.ids == fresh.ids and session.messages == fresh.messages
+
+
+def _with_video_end(seed: int = 0):
+    """A tiny CrossLMM whose processor puts a ``<video_end>`` slot after each video (as a converted
+    LLaVA-OneVision has), every gate open."""
+    model, processor = video_dependent_model(cross_attention_mlp=True)
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<video>", "<video_end>"]})
+    config = copy.deepcopy(model.config)
+    config.video_end_token_id = tokenizer.convert_tokens_to_ids("<video_end>")
+    config.text_config.vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    model = CrossLMMForCausalLM(config).eval()
+    set_gates(model, 3.0)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = CrossLMMProcessor(
+        processor.image_processor, tokenizer, processor.tokens_per_frame, video_end_token="<video_end>"
+    )
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def with_video_end():
+    return _with_video_end()
+
+
+def _three_turns(model, processor, session, answers_by_turn=None):
+    """Three runs of frames, a question after each; turn i's answer is forced to ``answers_by_turn[i]``'s
+    token ids when given. Returns the runs, the conversation as a user would write it (the answers as
+    ``ask`` returned them), and per turn the step logits of its first answer token (V,)."""
+    runs = [coloured_frames(2, seed=s) for s in (11, 12, 13)]
+    questions = ["What colour?", "And now?", "Which is brighter?"]
+    conversation, first = [], []
+    for i, (run, question) in enumerate(zip(runs, questions)):
+        session.add_frames(run)
+        kwargs = dict(max_new_tokens=4, output_logits=True, return_dict_in_generate=True)
+        if answers_by_turn is not None:
+            prompt_len = len(session.ids) + len(_prompt_tail_ids(processor, session, question))
+            kwargs["logits_processor"] = _forcing(answers_by_turn[i], prompt_len)
+        answer = session.ask(question, **kwargs)
+        conversation += [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": answer},
+        ]
+        first.append(session.last_output.logits[0][0])
+    return runs, conversation, first
+
+
+def _prompt_tail_ids(processor, session, question):
+    """The ids ``ask`` will add after ``session.ids`` for ``question``: the end slot and the prompt text."""
+    messages = copy.deepcopy(session.messages)
+    messages[-1]["content"].append({"type": "text", "text": question})
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    end = [processor.video_end_token_id] if processor.video_end_token_id is not None else []
+    return end + processor.tokenizer(prompt[len(session._rendered) :], add_special_tokens=False).input_ids
+
+
+def _offline_first_tokens(model, processor, runs, conversation) -> tuple[list[int], list[torch.Tensor]]:
+    """The processor's ids for the whole conversation, and the offline model's logits at each position that
+    predicts an answer's first token (the end of each ``<|im_start|>assistant\n``)."""
+    text = processor.apply_chat_template(conversation, add_generation_prompt=False)
+    inputs = processor(text=[text], videos=runs)
+    ids = inputs["input_ids"][0].tolist()
+    with torch.inference_mode():
+        logits = model(**inputs, use_cache=False).logits[0]
+    header = processor.tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    ends = [i + len(header) for i in range(len(ids)) if ids[i : i + len(header)] == header]
+    assert len(ends) == 3
+    return ids, [logits[end - 1] for end in ends]
+
+
+def test_three_turn_stream_equals_the_offline_model(with_video_end):
+    """Each answer is spelt in unusual pieces (r, e, d rather than red): the session then holds the ids the
+    processor gives for the rendered conversation, <video_end> slots included, and every turn's prompt gives
+    the offline model's logits."""
+    model, processor = with_video_end
+    tokenizer = processor.tokenizer
+    pieces = [tokenizer.convert_tokens_to_ids(list(word)) for word in ("red", "blue", "yes")]
+    for word, ids in zip(("red", "blue", "yes"), pieces):
+        assert tokenizer(word, add_special_tokens=False).input_ids != ids  # a re-tokenisation differs
+    session = StreamingSession(model, processor)
+    runs, conversation, first = _three_turns(
+        model, processor, session, [ids + [tokenizer.eos_token_id] for ids in pieces]
+    )
+    assert [m["content"] for m in conversation[1::2]] == ["red", "blue", "yes"]
+    ids, offline = _offline_first_tokens(model, processor, runs, conversation)
+    assert session.ids == ids
+    assert ids.count(processor.video_end_token_id) == 3
+    for streamed, expected in zip(first, offline):
+        torch.testing.assert_close(streamed, expected, rtol=0, atol=1e-5)
+
+
+def test_bounded_decode_answers_leave_no_trace_in_the_cache(tiny):
+    """With a top-1-frame decode, the answer tokens decoded over one frame are fed again over every frame:
+    each later turn's prompt gives the exact offline model's logits."""
+    model, processor = tiny
+    session = StreamingSession(model, processor)
+    session.cache.decode_memory, session.cache.decode_frames = "topk_frames", 1
+    runs, conversation, first = _three_turns(model, processor, session)
+    assert any(m["content"] for m in conversation[1::2])
+    ids, offline = _offline_first_tokens(model, processor, runs, conversation)
+    assert session.ids == ids
+    for streamed, expected in zip(first, offline):
+        torch.testing.assert_close(streamed, expected, rtol=0, atol=1e-5)
 
 
 def test_bad_frames_and_closed_sessions_are_refused(tiny):
