@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from crosslmm.train import launch
     from crosslmm.training.config import load_config
+    from crosslmm.training.launch import launch
 
     config = load_config(args.config, args.overrides)  # a bad config is one line from the CLI
     print(f"final model: {launch(config)}")
