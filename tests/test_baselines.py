@@ -13,7 +13,7 @@ from crosslmm.baselines import RandomDrop, SalientSelect, ToMeMerge
 from crosslmm.baselines.fastv import FastVModel, attention_row, keep_mask, query_positions
 from crosslmm.baselines.salient import context_tokens
 from crosslmm.data.dataset import IGNORE_INDEX
-from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.build import save_model_dir
 from crosslmm.model.configuration import VISUAL_REDUCERS
 from crosslmm.model.modeling import CrossLMMModel
 from crosslmm.model.tiny import TinySpec, make_tiny

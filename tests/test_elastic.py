@@ -21,7 +21,7 @@ from helpers import (
 
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, draw_budget, encode_conversation
 from crosslmm.data.synthetic import make_toy_dataset
-from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.build import save_model_dir
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.tiny import TinySpec, make_tiny
 

@@ -17,7 +17,7 @@ from crosslmm.explain.check import find_marker, score_video
 from crosslmm.explain.maps import explain
 from crosslmm.explain.render import write_all
 from crosslmm.inference import build_prompt, generate
-from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.build import save_model_dir
 from crosslmm.model.cross_attention import capture_attention
 
 FRAMES = 6

@@ -86,7 +86,7 @@ def compute_logits() -> dict[str, torch.Tensor]:
 
 def train_losses(root: Path, name: str) -> dict[int, float]:
     """Run the 6-step stage-1 training in a fresh process; returns step -> loss from its metrics.jsonl."""
-    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.build import save_model_dir
     from crosslmm.model.tiny import TinySpec, make_tiny
 
     mixture = TOY / "mixture.yaml"

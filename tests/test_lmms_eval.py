@@ -116,7 +116,7 @@ def gated_dir(tiny_dir, tmp_path_factory) -> str:
     """The tiny model with every cross-attention gate open, so cross-attention runs in the plugin tests and
     what the plugin answers depends on the video (with gates at 0 the blocks add nothing)."""
     from crosslmm.inference import load
-    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.build import save_model_dir
 
     model, processor = load(tiny_dir)
     set_gates(model, 1.0)

@@ -10,7 +10,7 @@ from helpers import check_cached_generation, random_frames, set_gates, video_pro
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 import crosslmm  # noqa: F401  (registers the Auto classes)
-from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.build import save_model_dir
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.connector import pool_frames
 from crosslmm.model.layout import prefill_layout

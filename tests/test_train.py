@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 from crosslmm.data.synthetic import make_toy_dataset
-from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.build import save_model_dir
 from crosslmm.model.tiny import TinySpec, make_tiny
 from crosslmm.training import checkpoint
 from crosslmm.training.params import component_of

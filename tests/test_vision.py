@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPVisionConfig, SiglipVisionModel
 
-from crosslmm.model.checkpoints import load_pretrained_vision_tower
+from crosslmm.model.build import load_pretrained_vision_tower
 from crosslmm.model.tiny import tiny_vision_config
 from crosslmm.model.vision import (
     CLIPTower,

@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 def _model_dir(path) -> str:
     """A tiny random model, gates open; seed 2 answers differently for sample 1 and sample 3."""
-    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.build import save_model_dir
     from crosslmm.model.tiny import TinySpec, make_tiny
 
     model, processor = make_tiny(TinySpec(), seed=2, v2v=True, t2v=True)

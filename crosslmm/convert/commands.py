@@ -7,7 +7,7 @@ import argparse
 
 def _convert(args: argparse.Namespace) -> int:
     from crosslmm.convert.llava_onevision import convert_llava_onevision
-    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.build import save_model_dir
 
     fields = dict(
         pooling_mode=args.pooling,

@@ -59,7 +59,7 @@ def finished_training(run_dir: Path, steps: int) -> float | None:
 
 def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: Path, run_dir: Path) -> float:
     """Build the variant's tiny model and train it with the real entry point; returns wall seconds."""
-    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.build import save_model_dir
     from crosslmm.model.tiny import TinySpec, make_tiny
     from crosslmm.training.config import load_config
     from crosslmm.training.run import train

@@ -6,7 +6,7 @@ import argparse
 
 
 def _init_tiny(args: argparse.Namespace) -> int:
-    from crosslmm.model.checkpoints import save_model_dir
+    from crosslmm.model.build import save_model_dir
     from crosslmm.model.tiny import TinySpec, make_tiny
 
     spec = TinySpec(
@@ -34,7 +34,7 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from crosslmm.model.checkpoints import build_from_pretrained, save_model_dir
+    from crosslmm.model.build import build_from_pretrained, save_model_dir
     from crosslmm.model.presets import load_config_yaml
 
     model, processor = build_from_pretrained(args.llm, args.vision, load_config_yaml(args.config))

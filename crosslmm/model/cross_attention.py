@@ -44,22 +44,22 @@ class CrossAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """memory (F, N, Dm) -> keys, values (F, N, KVH, head_dim), ``vision_chunk_size`` frames at a time
         (the chunk the vision tower runs in) so the normalised memory never exists for all frames at once."""
-        frames, n, _ = memory.shape
+        num_frames, n, _ = memory.shape
         k = v = None
-        for start in range(0, frames, vision_chunk_size):
+        for start in range(0, num_frames, vision_chunk_size):
             normed = self.memory_norm(memory[start : start + vision_chunk_size])
             k_chunk, v_chunk = self.k_proj(normed), self.v_proj(normed)
-            if frames <= vision_chunk_size:
+            if num_frames <= vision_chunk_size:
                 k, v = k_chunk, v_chunk
                 break
             if k is None:
                 k, v = (
-                    k_chunk.new_empty((frames, *k_chunk.shape[1:])),
-                    v_chunk.new_empty((frames, *v_chunk.shape[1:])),
+                    k_chunk.new_empty((num_frames, *k_chunk.shape[1:])),
+                    v_chunk.new_empty((num_frames, *v_chunk.shape[1:])),
                 )
             k[start : start + vision_chunk_size] = k_chunk
             v[start : start + vision_chunk_size] = v_chunk
-        shape = (frames, n, self.num_kv_heads, self.head_dim)
+        shape = (num_frames, n, self.num_kv_heads, self.head_dim)
         return k.view(shape), v.view(shape)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -201,7 +201,12 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         if self.t2v is not None and (layout.text_groups or (memory is not None and cache is not None)):
             step = memory is None and length == 1  # a generation step, not a prompt: may use the selection
             keys, values, patches_per_frame, kept = self._t2v_memory(layout, memory, cache, step)
-            if kept is None and cache is not None and self._decode_frames(cache) and not layout.streaming:
+            if (
+                kept is None
+                and cache is not None
+                and self._decode_frames(cache)
+                and not layout.appends_frames
+            ):
                 self._select_frames(flat, layout, keys, values, patches_per_frame, cache, memory is not None)
             if layout.text_groups:
                 positions, update = self._t2v(flat, layout, keys, values, patches_per_frame, kept)
@@ -249,7 +254,7 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         if memory is not None:
             keys, values = self.t2v.project_memory(memory, self.vision_chunk_size)
             per_sample_k, per_sample_v = _per_sample(keys, layout), _per_sample(values, layout)
-            if layout.streaming:  # new frames of one sample: append, then attend over every frame so far
+            if layout.appends_frames:  # new frames of one sample: append, then attend over every frame so far
                 cache.append_cross(self.layer_idx, per_sample_k[0], per_sample_v[0])
                 all_k, all_v = cache.cross_kv[self.layer_idx]
                 return [all_k], [all_v], memory.shape[1], None
@@ -306,10 +311,10 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
                     patches_per_frame,
                 )
                 score[:seen] = mass - 2  # in [-2, -1]: below every unseen frame
-            frames = score.topk(min(m, count)).indices.sort().values
-            kept_k.append(k[:, :, frames].flatten(2, 3))
-            kept_v.append(v[:, :, frames].flatten(2, 3))
-            kept.append(len(frames))
+            chosen = score.topk(min(m, count)).indices.sort().values  # (m,) frame indices, time order
+            kept_k.append(k[:, :, chosen].flatten(2, 3))
+            kept_v.append(v[:, :, chosen].flatten(2, 3))
+            kept.append(len(chosen))
         cache.store_selection(
             self.layer_idx,
             _pad_batch(kept_k),
@@ -331,8 +336,8 @@ class DualCrossAttentionLayer(GradientCheckpointingLayer):
         selection: the ``kept`` frames of its sample, all of which precede a generated token)."""
         updates = []
         for group in layout.text_groups:
-            frames = group.visible_frames if kept is None else kept[group.sample]
-            span = frames * patches_per_frame
+            visible = group.visible_frames if kept is None else kept[group.sample]  # a count of frames
+            span = visible * patches_per_frame
             k = per_sample_k[group.sample][:, :, :span]
             v = per_sample_v[group.sample][:, :, :span]
             updates.append(self.t2v(flat[group.positions][None], k, v)[0])

@@ -11,7 +11,7 @@ import torch
 from crosslmm.model.vision import VisionTower
 
 
-def select_frames(
+def unpad_frames(
     pixel_values_videos: torch.Tensor, frame_counts: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, F_max, 3, H, W) padded videos + (B,) real frame counts (None: all F_max) -> the real frames

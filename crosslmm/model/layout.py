@@ -29,7 +29,7 @@ class VisualLayout:
     frame_counts: torch.Tensor  # (B,) frames per sample
     frame_offsets: torch.Tensor  # (B,) index of each sample's first frame in the flat frame list
     text_groups: list[QueryGroup]
-    streaming: bool = False  # these frames continue a cached prefix that already holds frames (batch of 1)
+    appends_frames: bool = False  # these frames follow frames already cached (streaming, batch of 1)
     tokens_per_frame: int = 0  # pooled tokens per frame of this input (its budget); 0 when decoding
 
     @property
@@ -105,7 +105,7 @@ def prefill_layout(
         frame_counts=counts,
         frame_offsets=torch.cumsum(counts, 0) - counts,
         text_groups=_text_groups(text_mask, visible, counts),
-        streaming=frames_before > 0,
+        appends_frames=frames_before > 0,
         tokens_per_frame=tokens_per_frame,
     )
 

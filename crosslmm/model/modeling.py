@@ -20,7 +20,7 @@ from crosslmm.model.cache import CrossLMMCache
 from crosslmm.model.configuration import CrossLMMConfig
 from crosslmm.model.connector import PoolingProjector
 from crosslmm.model.cross_attention import CrossAttention, DualCrossAttentionLayer, GatedMLP
-from crosslmm.model.frames import encode_frames, normalize_frames, select_frames
+from crosslmm.model.frames import encode_frames, normalize_frames, unpad_frames
 from crosslmm.model.layout import VisualLayout, decode_layout, prefill_layout, tokens_per_frame_of
 from crosslmm.model.vision import build_vision_tower
 
@@ -129,7 +129,7 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         """Write the pooled frames into the ``<video>`` slots of ``inputs_embeds`` (B, L, D); also return the
         layout and the cross-attention memory. This is the whole visual input of the LLM sequence.
         ``frames_before``: frames already in the cache this input continues (streaming, one sample)."""
-        frames, counts = select_frames(pixel_values_videos, video_frame_counts)
+        frames, counts = unpad_frames(pixel_values_videos, video_frame_counts)
         # The budget comes from the inputs (the processor expanded each <video> for it), never from state.
         budget = tokens_per_frame_of(input_ids, counts, self.config.video_token_id)
         self.config.check_budget(budget)

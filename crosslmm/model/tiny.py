@@ -1,6 +1,6 @@
 """Tiny random models for tests, demos and ``crosslmm init-tiny``: a tokenizer trained offline, small configs
 of every supported LLM and vision backend, and ``make_tiny`` to put them together. Nothing here is used to build
-or load a real model (that is ``checkpoints.py``)."""
+or load a real model (that is ``build.py``)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, TrainingArguments
 
 from crosslmm.data.dataset import VideoChatCollator, VideoChatDataset
 from crosslmm.data.mixture import build_mixture
-from crosslmm.model.checkpoints import save_model_dir
+from crosslmm.model.build import save_model_dir
 from crosslmm.training import checkpoint
 from crosslmm.training.callbacks import MetricsFile
 from crosslmm.training.config import TrainConfig
