@@ -7,19 +7,22 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from helpers import random_frames
+from helpers import coloured_frames, random_frames, set_gates
 from PIL import Image
 
 from crosslmm.cli import main
 from crosslmm.data.sampling import FrameSampling
 from crosslmm.data.video import write_video
 from crosslmm.inference import (
+    _answer_ids,
     answer,
     build_prompt,
+    continuation_nll,
     generate,
     load,
     load_frames,
 )
+from crosslmm.model.tiny import TinySpec, make_tiny
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +84,46 @@ def test_batched_generate_matches_single_answers(tiny):
     assert batched == single
     assert all(batched)
     assert answer(model, processor, a, "What colour is the marker?", max_new_tokens=6) == batched[0]
+
+
+@torch.no_grad()
+def test_the_greedy_flag_says_greedy_decoding_gives_the_whole_answer():
+    """``continuation_nll``'s flag is True only when greedy decoding (``generate``, the reference) yields every
+    answer token through the end of turn: a model that ends its turn after another first token gets False,
+    although its end-of-turn prediction matches (a flag computed with ``any`` would say True)."""
+    model, processor = make_tiny(TinySpec(llm="llama"), seed=0)  # untied LM head: one row changes one logit
+    set_gates(model, 3.0)
+    frames = coloured_frames(3, seed=0)
+    prompt = build_prompt(processor, "What colour is the marker?")
+    inputs = processor(text=[prompt], videos=[frames])
+    red, eos = _answer_ids(processor, prompt, "red")
+    assert eos == processor.tokenizer.eos_token_id
+
+    def greedy_reply() -> list[int]:
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+    # The final hidden states that predict "red" and the end of turn after it; a head row along the part of
+    # one orthogonal to the other makes its token the argmax there and adds nothing to the other position.
+    answer_ids = torch.cat([inputs["input_ids"], torch.tensor([[red]])], dim=1)
+    before_red, after_red = model.model(
+        input_ids=answer_ids,
+        pixel_values_videos=inputs["pixel_values_videos"],
+        video_frame_counts=inputs["video_frame_counts"],
+    ).last_hidden_state[0, -2:]
+
+    def head_row(along, other):
+        direction = along - (along @ other) / (other @ other) * other
+        return 10 * direction / direction.norm()
+
+    model.lm_head.weight[eos] = head_row(after_red, before_red)  # "red" would be followed by the end of turn
+    assert greedy_reply()[0] != red
+    [(nll_mixed, flag)] = continuation_nll(model, processor, prompt, [frames], ["red"])
+    assert flag is False
+    model.lm_head.weight[red] = head_row(before_red, after_red)  # ... and "red" comes first
+    assert greedy_reply() == [red, eos]
+    [(nll_greedy, flag)] = continuation_nll(model, processor, prompt, [frames], ["red"])
+    assert flag is True and nll_greedy < nll_mixed
 
 
 def test_chat_answers_a_question(tiny, tiny_dir, video_path, capsys):

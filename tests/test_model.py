@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import check_cached_generation, random_frames, set_gates, video_prompt
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
@@ -94,6 +96,67 @@ def test_v2v_scope_locality(scope):
         assert diff[others].max() == 0
     else:
         assert diff[others].min() > 0
+
+
+def _randomised_first_cross_layer():
+    """The first dual cross-attention layer of a tiny model with the MLP, every weight (norms included) drawn
+    at a scale where the attention is far from uniform and a 10% error in the output is well above rounding."""
+    model, _ = make_tiny(TinySpec(), v2v=True, t2v=True, cross_attention_mlp=True)
+    layer = next(iter(model.model.cross_layers.values()))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5 + (parameter.dim() == 1))
+    return model, layer
+
+
+def _rms_norm(x, norm):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+
+
+@torch.no_grad()
+def test_cross_attention_block_equals_the_gated_attention_formula():
+    """A cross-attention block against the formula written out (not against the model): tanh(gate) *
+    o_proj(softmax(q k^T / sqrt(d)) v), q from the RMS-normed queries, k and v from the layer-normed memory,
+    each key/value head shared by its query heads (GQA). gate = 0.5 tells tanh(gate) (0.46) from gate."""
+    model, layer = _randomised_first_cross_layer()
+    block = layer.t2v
+    block.gate.fill_(0.5)
+    text = model.config.text_config
+    heads, kv_heads, head_dim = text.num_attention_heads, text.num_key_value_heads, block.head_dim
+    generator = torch.Generator().manual_seed(1)
+    queries = torch.randn(2, 5, text.hidden_size, generator=generator)  # (G, Lq, D)
+    memory = torch.randn(2, 7, block.k_proj.in_features, generator=generator)  # (G, M, Dm)
+
+    normed = F.layer_norm(memory, memory.shape[-1:], block.memory_norm.weight, block.memory_norm.bias)
+    k = (normed @ block.k_proj.weight.T).view(2, 7, kv_heads, head_dim)
+    v = (normed @ block.v_proj.weight.T).view(2, 7, kv_heads, head_dim)
+    q = (_rms_norm(queries, block.query_norm) @ block.q_proj.weight.T).view(2, 5, heads, head_dim)
+    k_per_head, v_per_head = (t.repeat_interleave(heads // kv_heads, dim=2) for t in (k, v))
+    weights = (torch.einsum("glhd,gmhd->ghlm", q, k_per_head) / math.sqrt(head_dim)).softmax(-1)
+    attended = torch.einsum("ghlm,gmhd->glhd", weights, v_per_head).reshape(2, 5, heads * head_dim)
+    expected = math.tanh(0.5) * (attended @ block.o_proj.weight.T)
+
+    keys, values = block.project_memory(memory, vision_chunk_size=32)  # (G, M, KVH, hd)
+    torch.testing.assert_close(keys, k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, v, rtol=1e-5, atol=1e-5)
+    out = block(queries, k.transpose(1, 2), v.transpose(1, 2))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert weights.max() > 2 / 7  # not a uniform average: the keys matter
+
+
+@torch.no_grad()
+def test_gated_mlp_equals_the_gated_swiglu_formula():
+    """The optional feed-forward against its formula: tanh(gate) * down(silu(gate_proj(n)) * up(n)), n the
+    RMS-normed input; gate = 0.5 tells tanh(gate) from gate."""
+    _, layer = _randomised_first_cross_layer()
+    mlp = layer.mlp
+    mlp.gate.fill_(0.5)
+    hidden = torch.randn(6, mlp.norm.weight.shape[0], generator=torch.Generator().manual_seed(2))
+    n = _rms_norm(hidden, mlp.norm)
+    swiglu = F.silu(n @ mlp.gate_proj.weight.T) * (n @ mlp.up_proj.weight.T)
+    expected = math.tanh(0.5) * (swiglu @ mlp.down_proj.weight.T)
+    torch.testing.assert_close(mlp(hidden), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("llm", ["qwen2", "llama"])
