@@ -1,15 +1,18 @@
-"""CrossLMM model: config, modeling, processor; registered with the transformers Auto classes on import."""
+"""CrossLMM model: config, modeling, processor.
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+The classes load on first access (``from crosslmm.model import CrossLMMForCausalLM``), so the CLI builds
+``crosslmm.model.commands``' parser without importing torch. Registration with transformers' Auto classes:
+crosslmm/registration.py.
+"""
 
-from crosslmm.model.cache import CrossLMMCache
-from crosslmm.model.configuration import CrossLMMConfig
-from crosslmm.model.modeling import CrossLMMForCausalLM, CrossLMMModel
-from crosslmm.model.processing import CrossLMMProcessor
-
-AutoConfig.register("crosslmm", CrossLMMConfig, exist_ok=True)
-AutoModel.register(CrossLMMConfig, CrossLMMModel, exist_ok=True)
-AutoModelForCausalLM.register(CrossLMMConfig, CrossLMMForCausalLM, exist_ok=True)
-AutoProcessor.register(CrossLMMConfig, CrossLMMProcessor, exist_ok=True)
+from __future__ import annotations
 
 __all__ = ["CrossLMMCache", "CrossLMMConfig", "CrossLMMForCausalLM", "CrossLMMModel", "CrossLMMProcessor"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        import crosslmm
+
+        return getattr(crosslmm, name)  # crosslmm.__getattr__ imports the defining module
+    raise AttributeError(f"module 'crosslmm.model' has no attribute {name!r}")
