@@ -14,7 +14,7 @@ from helpers import coloured_frames, video_dependent_model
 from crosslmm.cli import main
 from crosslmm.data.video import load_video, write_video
 from crosslmm.explain.check import find_marker, score_video
-from crosslmm.explain.maps import explain
+from crosslmm.explain.maps import answer_text, explain, generate_ids
 from crosslmm.explain.render import write_all
 from crosslmm.inference import build_prompt, generate
 from crosslmm.model.build import save_model_dir
@@ -80,15 +80,16 @@ def test_capture_off_is_the_sdpa_path_and_on_changes_nothing(tiny):
 def test_explain_maps_first_and_every_token(tiny):
     model, processor = tiny
     frames = coloured_frames(FRAMES, seed=3)
+    (answer_ids,) = generate_ids(model, processor, [build_prompt(processor, QUESTION)], [frames], 4)
     answer = generate(model, processor, [build_prompt(processor, QUESTION)], [[frames]], 4)[0]
-    assert answer
+    assert answer and answer_text(processor, answer_ids) == answer  # chat's answer
     grid, k = model.model.vision_tower.grid_size, model.config.tokens_per_frame
     layers = model.config.resolved_cross_layers()
-    first = explain(model, processor, frames, QUESTION, answer)
-    every = explain(model, processor, frames, QUESTION, answer, all_tokens=True)
-    assert first.layers == layers and first.grid == grid
+    first = explain(model, processor, frames, QUESTION, answer_ids)
+    every = explain(model, processor, frames, QUESTION, answer_ids, all_tokens=True)
+    assert first.layers == layers and first.grid == grid and first.answer == answer
     assert first.t2v.shape == (1, len(layers), FRAMES, grid, grid)
-    assert every.t2v.shape[0] == len(every.tokens) == len(processor.tokenizer(answer).input_ids) > 1
+    assert every.t2v.shape[0] == len(every.tokens) == len(answer_ids) > 1
     np.testing.assert_allclose(first.frame_mass().sum(-1), 1, rtol=1e-5)
     np.testing.assert_allclose(every.frame_mass().sum(-1), 1, rtol=1e-5)
     np.testing.assert_allclose(every.t2v[0], first.t2v[0], rtol=1e-4, atol=1e-7)  # causal: same first row
@@ -101,13 +102,58 @@ def test_explain_maps_first_and_every_token(tiny):
         layers
     )
     # The map is the video's: another video, another map.
-    other = explain(model, processor, coloured_frames(FRAMES, seed=4), QUESTION, answer)
+    other = explain(model, processor, coloured_frames(FRAMES, seed=4), QUESTION, answer_ids)
     assert not np.allclose(other.t2v, first.t2v, rtol=1e-5, atol=0)
+
+
+def test_all_tokens_explains_the_generated_ids_against_captured_weights(tiny):
+    """On this video the model generates newlines before its text, so re-tokenising the printed answer
+    would explain a sequence the model never produced. Each token's map is the captured T2V weights of its
+    own layer, at the row that predicts it, of a forward over the prompt and the generated ids."""
+    model, processor = tiny
+    frames = coloured_frames(FRAMES, seed=7)
+    prompt = build_prompt(processor, QUESTION)
+    (answer_ids,) = generate_ids(model, processor, [prompt], [frames], 8)
+    retokenised = processor.tokenizer(answer_text(processor, answer_ids), add_special_tokens=False).input_ids
+    assert retokenised != answer_ids and len(answer_ids) > 2
+    expl = explain(model, processor, frames, QUESTION, answer_ids, all_tokens=True)
+    assert expl.tokens == [processor.tokenizer.decode([t]) for t in answer_ids]
+    inputs = _inputs(processor, frames)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([answer_ids[:-1]])], 1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    with torch.no_grad(), capture_attention(model) as records:
+        model(**inputs, use_cache=False)
+    grid = model.model.vision_tower.grid_size
+    expected = np.stack(
+        [
+            records[("t2v", layer)][-1][0, :, -len(answer_ids) :]  # rows of the prompt's last token on
+            .mean(0)
+            .view(len(answer_ids), FRAMES, grid, grid)
+            .numpy()
+            for layer in expl.layers
+        ],
+        1,
+    )  # (tokens, layers, F, g, g)
+    assert len(expl.layers) > 1 and not np.allclose(expected[:, 0], expected[:, 1], rtol=1e-4, atol=0)
+    np.testing.assert_allclose(expl.t2v, expected, rtol=1e-5, atol=0)
+
+
+def test_explain_check_creates_the_folder_of_its_out_file(tmp_path, monkeypatch, capsys):
+    """--out DIR/check.json with DIR missing: the folder is made before the (long) check runs."""
+    out = tmp_path / "new" / "check.json"
+
+    def fake_check(model, data, frames, limit):
+        assert out.parent.is_dir(), "the folder must exist before the work starts"
+        return {"videos": 0}
+
+    monkeypatch.setattr("crosslmm.explain.check.run_check", fake_check)
+    assert main(["explain-check", "--model", "m", "--data", "d", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"videos": 0}
 
 
 def test_video_scope_v2v_keeps_each_frames_own_block():
     model, processor = video_dependent_model(v2v_scope="video")
-    expl = explain(model, processor, coloured_frames(FRAMES, seed=5), QUESTION, "")
+    expl = explain(model, processor, coloured_frames(FRAMES, seed=5), QUESTION, [])
     grid = model.model.vision_tower.grid_size
     assert expl.v2v.shape == (len(expl.layers), FRAMES, model.config.tokens_per_frame, grid, grid)
     assert (expl.v2v.sum((-2, -1)) < 1).all()  # a share of attention over every frame
@@ -116,7 +162,8 @@ def test_video_scope_v2v_keeps_each_frames_own_block():
 def test_write_all_figures_and_json(tiny, tmp_path):
     model, processor = tiny
     frames = coloured_frames(FRAMES, seed=3)
-    expl = explain(model, processor, frames, QUESTION, "abc de", all_tokens=True)
+    ids = processor.tokenizer("abc de", add_special_tokens=False).input_ids
+    expl = explain(model, processor, frames, QUESTION, ids, all_tokens=True)
     paths = write_all(expl, frames, tmp_path)
     names = sorted(p.rsplit("/", 1)[-1] for p in paths)
     assert names == ["explanation.json", "gates.png", "t2v.png", "t2v_tokens.png", "v2v.png"]

@@ -60,17 +60,24 @@ def score_video(t2v: np.ndarray, marked: np.ndarray, patch: tuple[int, int]) -> 
     )
 
 
-def _answers(model, processor, questions: list[str], videos: list[np.ndarray], batch: int = 32) -> list[str]:
-    from crosslmm.inference import build_prompt, generate
+def _answer_ids(
+    model, processor, questions: list[str], videos: list[np.ndarray], batch: int = 32
+) -> list[list[int]]:
+    from crosslmm.explain.maps import generate_ids
+    from crosslmm.inference import build_prompt
 
     prompts = [build_prompt(processor, q) for q in questions]
     return [
-        text
+        ids
         for i in range(0, len(prompts), batch)
-        for text in generate(
-            model, processor, prompts[i : i + batch], [[v] for v in videos[i : i + batch]], 4
-        )
+        for ids in generate_ids(model, processor, prompts[i : i + batch], videos[i : i + batch], 4)
     ]
+
+
+def _answers(model, processor, questions: list[str], videos: list[np.ndarray]) -> list[str]:
+    from crosslmm.explain.maps import answer_text
+
+    return [answer_text(processor, ids) for ids in _answer_ids(model, processor, questions, videos)]
 
 
 def _closed_gate_accuracy(model, processor, test: list[dict], questions, videos) -> dict[str, float]:
@@ -111,10 +118,13 @@ def run_check(model_dir: str, data_dir: str, frames: int, limit: int | None = No
     model, processor = load(model_dir)
     clips = [load_video(root / record["video"], num_frames=frames) for record in test]
     questions = [question_of(record) for record in test]
-    answers = _answers(model, processor, questions, [clip.frames for clip in clips])
+    answers = _answer_ids(model, processor, questions, [clip.frames for clip in clips])
     rows = []
-    for record, clip, question, answer in zip(test, clips, questions, answers):
-        expl = explain(model, processor, clip.frames, question, answer, frame_indices=clip.indices.tolist())
+    for record, clip, question, answer_ids in zip(test, clips, questions, answers):
+        expl = explain(
+            model, processor, clip.frames, question, answer_ids, frame_indices=clip.indices.tolist()
+        )
+        answer = expl.answer
         marked, rc = find_marker(clip.frames, cell)
         patch = _to_patch(rc, clip.frames.shape[1] // cell, expl.grid)
         rows.append(

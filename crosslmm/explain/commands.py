@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from crosslmm.eval.commands import add_model_arguments, load_for, positive_int
 
@@ -14,9 +15,9 @@ from crosslmm.eval.commands import add_model_arguments, load_for, positive_int
 def _explain(args: argparse.Namespace) -> int:
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_video
-    from crosslmm.explain.maps import explain
+    from crosslmm.explain.maps import answer_text, explain, generate_ids
     from crosslmm.explain.render import write_all
-    from crosslmm.inference import build_prompt, generate
+    from crosslmm.inference import build_prompt
 
     # Decode the video before loading the model: a bad path fails in a second, naming the file.
     sampling = FrameSampling.resolve(args.frames, args.fps, args.max_frames, args.min_frames)
@@ -30,22 +31,21 @@ def _explain(args: argparse.Namespace) -> int:
             "memory that selection was ranked on",
             file=sys.stderr,
         )
-    prompt = build_prompt(processor, args.question)
-    answer = generate(
+    (answer_ids,) = generate_ids(
         model,
         processor,
-        [prompt],
-        [[clip.frames]],
+        [build_prompt(processor, args.question)],
+        [clip.frames],
         args.max_new_tokens,
         tokens_per_frame=args.tokens_per_frame,
-    )[0]
-    print(answer)
+    )
+    print(answer_text(processor, answer_ids), flush=True)
     expl = explain(
         model,
         processor,
         clip.frames,
         args.question,
-        answer,
+        answer_ids,
         all_tokens=args.all_tokens,
         tokens_per_frame=args.tokens_per_frame,
         frame_indices=clip.indices.tolist(),
@@ -58,12 +58,14 @@ def _explain(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from crosslmm.explain.check import run_check
 
+    out = Path(args.out) if args.out else None
+    if out is not None:  # before the work, not after it: a bad --out fails in a second
+        out.parent.mkdir(parents=True, exist_ok=True)
     result = run_check(args.model, args.data, args.frames, args.limit)
     text = json.dumps(result, indent=1)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    if out is not None:
+        out.write_text(text + "\n")
     return 0
 
 

@@ -1,7 +1,9 @@
 """What a CrossLMM looked at: T2V and V2V attention over each frame's patch grid, and the gates.
 
-The answer comes from :func:`crosslmm.inference.generate`, the path ``crosslmm chat`` takes. The maps come
-from one more forward pass over the prompt (and, for every token, the answer) inside
+The answer comes from :func:`generate_ids`, ``crosslmm chat``'s inputs and greedy ``model.generate`` (its text
+is what :func:`crosslmm.inference.generate` prints), which keeps the token ids the model generated. The maps
+come from one more forward pass over the prompt (and, for every token, those generated ids: teacher forcing
+on what the model produced, never on a re-tokenisation of its text) inside
 :func:`~crosslmm.model.cross_attention.capture_attention`, which computes the cross-attention softmax in
 eager form for that pass only: the position that predicts an answer token sees exactly what it saw while
 generating (decode reads the same cached keys; a ``topk_frames`` model's later tokens read a selection, so
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,8 +34,8 @@ class Explanation:
     ``gates``: tanh of every gate, per layer, so a reader sees which blocks are open."""
 
     question: str
-    answer: str
-    tokens: list[str]  # the answer tokens explained ("" when the model ended the turn at once)
+    answer: str  # the answer's text, as crosslmm chat prints it
+    tokens: list[str]  # the generated tokens explained ("" when the model ended the turn at once)
     frame_indices: list[int]  # source frame index of each sampled frame
     grid: int  # patches per side of a frame
     layers: list[int]  # decoder layers the cross-attention layers follow
@@ -112,26 +115,55 @@ def _v2v_maps(calls: list[torch.Tensor], frames: int, grid: int) -> torch.Tensor
 
 
 @torch.inference_mode()
+def generate_ids(
+    model,
+    processor,
+    prompts: Sequence[str],
+    videos: Sequence[np.ndarray],
+    max_new_tokens: int,
+    tokens_per_frame: int | None = None,
+    **generate_kwargs,
+) -> list[list[int]]:
+    """Greedy answers to ``prompts`` (one video each, in a left-padded batch as ``crosslmm chat`` builds it):
+    per prompt the ids the model generated, up to its end of turn (excluded)."""
+    inputs = processor(
+        text=list(prompts), videos=list(videos), padding_side="left", tokens_per_frame=tokens_per_frame
+    ).to(model.device)
+    generate_kwargs.setdefault("do_sample", False)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+    eos = processor.tokenizer.eos_token_id
+    answers = []
+    for row in out[:, inputs["input_ids"].shape[1] :].tolist():
+        answers.append(row[: row.index(eos)] if eos in row else row)
+    return answers
+
+
+def answer_text(processor, answer_ids: Sequence[int]) -> str:
+    """What ``crosslmm chat`` prints for these generated ids."""
+    return processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+
+
+@torch.inference_mode()
 def explain(
     model,
     processor,
     frames: np.ndarray,
     question: str,
-    answer: str,
+    answer_ids: Sequence[int],
     all_tokens: bool = False,
     tokens_per_frame: int | None = None,
     frame_indices: list[int] | None = None,
 ) -> Explanation:
-    """Maps for ``answer`` (what :func:`crosslmm.inference.generate` said) to ``question`` about ``frames``
-    (T, H, W, 3): the first answer token's, or with ``all_tokens`` every answer token's."""
+    """Maps for the answer the model generated to ``question`` about ``frames`` (T, H, W, 3), given as its
+    generated ids (:func:`generate_ids`): the first answer token's, or with ``all_tokens`` every one's."""
     from crosslmm.inference import build_prompt
 
-    answer_ids = processor.tokenizer(answer, add_special_tokens=False).input_ids
+    answer_ids = [int(t) for t in answer_ids]
     explained = max(len(answer_ids), 1) if all_tokens else 1
     inputs = processor(
         text=[build_prompt(processor, question)], videos=[frames], tokens_per_frame=tokens_per_frame
     ).to(model.device)
-    # Teacher forcing: the prompt, then the answer tokens that precede each explained one.
+    # Teacher forcing: the prompt, then the generated tokens that precede each explained one.
     forced = torch.tensor([answer_ids[: explained - 1]], dtype=torch.long, device=model.device)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], forced], 1)
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -144,7 +176,7 @@ def explain(
     tokens = [processor.tokenizer.decode([t]) for t in answer_ids[:explained]]
     return Explanation(
         question=question,
-        answer=answer,
+        answer=answer_text(processor, answer_ids),
         tokens=tokens or [""],
         frame_indices=list(range(count)) if frame_indices is None else [int(i) for i in frame_indices],
         grid=grid,
