@@ -84,12 +84,26 @@ def test_labelled_only_lm_head_gives_the_full_logits_loss_and_gradients(num_item
 
 
 def test_shift_labels_kwarg_is_respected():
-    """Collators that pass pre-shifted labels (HF's padding-free ones) get the same loss."""
+    """Collators that pass pre-shifted labels (HF's padding-free ones, context parallelism) decide the targets:
+    the loss is transformers' over ``shift_labels`` as given, not over ``labels`` shifted again. The targets
+    here are ones shifting ``labels`` cannot give (each row's first answer token unscored, one target
+    changed), so a model that ignored ``shift_labels`` would fail."""
     model, processor = make_tiny(TinySpec())
     batch = _training_batch(processor)
     shifted = torch.nn.functional.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
+    custom = shifted.clone()
+    for row in custom:
+        scored = torch.nonzero(row != IGNORE_INDEX).squeeze(1)
+        row[scored[0]] = IGNORE_INDEX
+        row[scored[-1]] = (row[scored[-1]] + 1) % model.config.text_config.vocab_size
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    vocab = model.config.text_config.vocab_size
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch, shift_labels=shifted).loss, model(**batch).loss)
+        full = model(**inputs).logits  # (B, L, V)
+        expected = ForCausalLMLoss(full, None, vocab, shift_labels=custom)
+        loss = model(**batch, shift_labels=custom).loss
+        torch.testing.assert_close(loss, expected)
+        assert (loss - model(**batch).loss).abs() > 1e-3  # the custom targets matter
 
 
 def test_inference_logits_unchanged_without_labels():

@@ -160,17 +160,38 @@ def test_torchrun_zero3_fine_tunes_a_fixed_budget_model_into_an_elastic_one(setu
         assert model(**inputs).logits.isfinite().all()
 
 
-class _ReadOutsideForward(dict):
-    """A module's ``_parameters`` that notes each read made while the module's own forward is not running."""
+class _ParameterReads(dict):
+    """A module's ``_parameters`` that notes each read, as made inside or outside the module's own forward."""
 
-    def __init__(self, owner: nn.Module, prefix: str, running: set, outside: set):
+    def __init__(self, owner: nn.Module, prefix: str, running: set, inside: set, outside: set):
         super().__init__(owner._parameters)
-        self.owner, self.prefix, self.running, self.outside = owner, prefix, running, outside
+        self.owner, self.prefix, self.running = owner, prefix, running
+        self.inside, self.outside = inside, outside
 
     def __getitem__(self, key):
-        if self.owner not in self.running:
-            self.outside.add(self.prefix + key)
-        return super().__getitem__(key)
+        value = super().__getitem__(key)
+        if value is not None:  # a registered None (a Linear without bias) is no parameter
+            (self.inside if self.owner in self.running else self.outside).add(self.prefix + key)
+        return value
+
+
+def _parameter_reads(model: nn.Module, inputs: dict) -> tuple[set[str], set[str]]:
+    """(read inside, read outside) their own module's forward: parameter names, over forward and backward."""
+    running, inside, outside = set(), set(), set()
+    for name, module in model.named_modules():
+        module._parameters = _ParameterReads(module, f"{name}.", running, inside, outside)
+        module.register_forward_pre_hook(lambda m, args: running.add(m))
+        module.register_forward_hook(lambda m, args, out: running.discard(m), always_call=True)
+    model(**inputs, labels=inputs["input_ids"].clone()).loss.backward()
+    return inside, outside
+
+
+def _checkpointed_model():
+    model, processor = make_tiny(TinySpec(), v2v=True, t2v=True, cross_attention_mlp=True)
+    set_gates(model, 0.5)
+    model.train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model, processor(text=[video_prompt(processor)], videos=[random_frames(3)])
 
 
 def test_every_parameter_is_read_inside_its_modules_forward():
@@ -178,19 +199,30 @@ def test_every_parameter_is_read_inside_its_modules_forward():
     runs again under gradient checkpointing). A read from anywhere else, such as a gate read by the parent
     layer, works only through DeepSpeed's discovery of "external" parameters, which the end-to-end ZeRO-3
     run cannot tell apart, so it is checked here on every parameter, through forward and backward."""
-    model, processor = make_tiny(TinySpec(), v2v=True, t2v=True, cross_attention_mlp=True)
-    set_gates(model, 0.5)
-    model.train()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    running, outside = set(), set()
-    for name, module in model.named_modules():
-        module._parameters = _ReadOutsideForward(module, f"{name}.", running, outside)
-        module.register_forward_pre_hook(lambda m, args: running.add(m))
-        module.register_forward_hook(lambda m, args, out: running.discard(m), always_call=True)
-    inputs = processor(text=[video_prompt(processor)], videos=[random_frames(3)])
-    model(**inputs, labels=inputs["input_ids"].clone()).loss.backward()
+    model, inputs = _checkpointed_model()
+    names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    inside, outside = _parameter_reads(model, inputs)
+    # Every parameter is seen (so the instrumentation works) but SigLIP's final norm: the tower returns a
+    # layer's hidden states, as LLaVA-OneVision's does, and never runs it.
+    unused = {f"model.vision_tower.model.post_layernorm.{p}" for p in ("weight", "bias")}
+    assert names - inside == unused, sorted(names - inside)
     # HF's SigLIP reads only the dtype of its patch embedding, which ZeRO-3 keeps on the placeholder.
     assert outside <= {"model.vision_tower.model.embeddings.patch_embedding.weight"}, sorted(outside)
+
+
+def test_a_parameter_read_by_its_parent_is_caught():
+    """Positive control of the test above: a cross-attention layer that reads its V2V gate itself."""
+    model, inputs = _checkpointed_model()
+    layer = model.model.cross_layers["0"]
+    forward = layer.forward
+
+    def reads_child_gate(*args, **kwargs):
+        assert layer.v2v.gate is not None  # the read ZeRO-3 would not have gathered
+        return forward(*args, **kwargs)
+
+    layer.forward = reads_child_gate
+    _, outside = _parameter_reads(model, inputs)
+    assert "model.cross_layers.0.v2v.gate" in outside
 
 
 def cross_gates(weights: dict[str, torch.Tensor]) -> dict[str, float]:
