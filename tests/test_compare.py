@@ -1,4 +1,4 @@
-"""``crosslmm compare`` (issue 16): the motion question's videos, the equal-FLOPs budget matching, and the
+"""``crosslmm compare`` (docs/comparisons.md): the motion question's videos, the equal-FLOPs budget matching, and the
 ``--quick`` comparison end to end through the real training and evaluation paths for every method."""
 
 from __future__ import annotations

@@ -10,7 +10,15 @@ import torch
 from helpers import random_frames, set_gates
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from crosslmm.bench.memory.measure import AFTER, BEFORE, MODES, MemorySpec, build, synthetic_batch, train_step
+from crosslmm.bench.memory.measure import (
+    CROSSLMM,
+    MODES,
+    REFERENCE,
+    MemorySpec,
+    build,
+    synthetic_batch,
+    train_step,
+)
 from crosslmm.cli import main
 from crosslmm.data.dataset import IGNORE_INDEX, VideoChatCollator, encode_conversation
 from crosslmm.model.tiny import TinySpec, make_tiny
@@ -165,15 +173,15 @@ def test_integer_frames_other_than_uint8_are_rejected():
 
 
 def test_bench_modes_compute_the_same_step():
-    """The benchmark's "before" (full logits, fp32 pixels) and "after" paths train the same step."""
+    """The benchmark's "reference" (full logits, fp32 pixels) and "crosslmm" paths train the same step."""
     spec = MemorySpec.quick(batch=2)
     results = {}
-    for mode in (BEFORE, AFTER):
+    for mode in (REFERENCE, CROSSLMM):
         model, processor = build(spec)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         decoded, samples = synthetic_batch(spec, model.config.video_token_id)
         results[mode] = [train_step(model, processor, optimizer, decoded, samples, mode) for _ in range(2)]
-    before, after = results[BEFORE][-1], results[AFTER][-1]
+    before, after = results[REFERENCE][-1], results[CROSSLMM][-1]
     assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
     assert before["pixels_mb"] == pytest.approx(4 * after["pixels_mb"])
     labelled = sum(int((s["labels"][1:] != IGNORE_INDEX).sum()) for s in samples)
@@ -187,4 +195,4 @@ def test_bench_memory_command_writes_table_json_and_plot(tmp_path, capsys):
     (case,) = json.loads((tmp_path / "memory.json").read_text())["cases"]
     assert set(case["results"]) == set(MODES) and case["peak_ratio"] > 0
     assert (tmp_path / "memory.png").stat().st_size > 0
-    assert "after/before" in capsys.readouterr().out
+    assert "crosslmm/reference" in capsys.readouterr().out

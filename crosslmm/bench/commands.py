@@ -126,8 +126,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="efficiency benchmarks (FLOPs, speed and memory on a CPU or a GPU)"
     )
     sub = bench.add_subparsers(dest="bench_command", required=True)
+    _add_memory(sub)
+    _add_flops(sub)
+    _add_speed(sub)
 
-    p = sub.add_parser("memory", help="peak memory of a training step: old (full logits, fp32 pixels) vs new")
+
+def _add_memory(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "memory",
+        help="peak memory of a training step: labelled-only logits and uint8 frames vs full logits and fp32 frames",
+    )
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated, of fp32,bf16")
     p.add_argument("--vision", default="frozen,trained", help="vision tower frozen (stage 1) and/or trained")
     p.add_argument("--frames", type=int, default=None, help="default 64 (4 with --quick)")
@@ -137,6 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="bench_out")
     p.set_defaults(func=_memory)
 
+
+def _add_flops(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flops", help="analytic prefill FLOPs of CrossLMM and full-token baselines")
     p.add_argument("--config", default="crosslmm-7b-9tok", help="configs/model/<name>.yaml or a path")
     p.add_argument("--frames", default=DEFAULT_FLOPS_FRAMES)
@@ -147,6 +157,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="bench_out")
     p.set_defaults(func=_flops)
 
+
+def _add_speed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "speed",
         help="prefill/decode time and peak memory: a CPU mini config, or a preset at real size on a device",
@@ -178,6 +190,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stem", default="speed", help="file names written into --out: STEM.json, STEM.png (STEM.md)"
     )
+    _add_preset_options(p)
+    p.set_defaults(func=_speed)
+
+
+def _add_preset_options(p: argparse.ArgumentParser) -> None:
+    """``bench speed``'s options for a real-size preset on a device (``crosslmm.bench.preset``)."""
     preset = p.add_argument_group("real-size model on a device (crosslmm.bench.preset)")
     preset.add_argument(
         "--preset",
@@ -199,4 +217,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--train-frames", type=int, default=None, help="frames of the stage-1 training step (default 32)"
     )
     preset.add_argument("--no-train", action="store_true", help="skip the stage-1 training step")
-    p.set_defaults(func=_speed)

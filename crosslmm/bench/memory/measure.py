@@ -1,13 +1,13 @@
-"""Peak host memory of one training step, old path against new: full logits and fp32 pixels ("before")
-against the LM head on labelled positions only and uint8 frames normalised by the model ("after").
+"""Peak host memory of one training step: this code's step (the LM head on labelled positions only, uint8
+frames normalised inside the model: mode "crosslmm") against a reference step that computes full (B, L, V)
+logits from fp32 frames normalised in the data path (mode "reference"), as LLaVA-style trainers do.
 
 A step is what a data-loader worker and the trainer do for one batch: resize the decoded frames, collate,
-forward, loss, backward, optimizer step. "before" rebuilds the old path from today's code, so both modes run
-the same weights on the same batch: its frames are normalised to fp32 per sample, as the old processor
-returned them (``CrossLMMModel.normalize_frames`` gives exactly those values), and its loss is computed from
-full (B, L, V) logits, as the old ``forward`` did. Two more modes change one thing each ("labelled logits":
-only the LM head; "uint8 frames": only the pixels), so the saving can be attributed. All modes must report
-the same loss.
+forward, loss, backward, optimizer step. Both modes run the same weights on the same batch: the reference
+normalises its frames to fp32 per sample (``CrossLMMModel.normalize_frames`` gives exactly the values the
+model computes itself) and computes its loss from full (B, L, V) logits. Two more modes change one thing
+each ("labelled logits": only the LM head; "uint8 frames": only the pixels), so the saving can be
+attributed. All modes must report the same loss.
 
 Each (case, mode) runs in a fresh process (``rss.in_fresh_process``). It builds the model and optimizer,
 runs one warm-up step (AdamW state, thread pools), then reports the peak resident memory of the measured
@@ -31,9 +31,9 @@ from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.processing import CrossLMMProcessor, build_image_processor
 from crosslmm.model.tiny import TinySpec, tiny_text_config, train_tiny_tokenizer
 
-BEFORE, LABELLED, UINT8, AFTER = "before", "labelled logits", "uint8 frames", "after"
+REFERENCE, LABELLED, UINT8, CROSSLMM = "reference", "labelled logits", "uint8 frames", "crosslmm"
 # mode -> (LM head on every position, frames normalised to fp32 in the data path)
-MODES = {BEFORE: (True, True), LABELLED: (False, True), UINT8: (True, False), AFTER: (False, False)}
+MODES = {REFERENCE: (True, True), LABELLED: (False, True), UINT8: (True, False), CROSSLMM: (False, False)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PAD_ID = 0
 
@@ -68,7 +68,8 @@ class MemorySpec:
 
     def model_config(self, video_token_id: int) -> CrossLMMConfig:
         tiny = TinySpec(image_size=self.image_size, patch_size=self.patch_size)
-        return CrossLMMConfig(
+        return CrossLMMConfig.from_fields(
+            "MemorySpec.model_config",
             vision_config=tiny.vision_config(),
             text_config=tiny_text_config(tiny, self.vocab_size),
             tokens_per_frame=self.tokens_per_frame,
@@ -138,7 +139,7 @@ def train_step(
     """One step in ``mode`` (see ``MODES``); returns the loss and the sizes of the batch pixels and logits."""
     full_logits, float_pixels = MODES[mode]
     frames = [processor.preprocess_frames(video) for video in decoded]  # uint8 (T, 3, S, S)
-    if float_pixels:  # what the old processor returned: normalised fp32
+    if float_pixels:  # normalised fp32 from the data path
         frames = [model.model.normalize_frames(f) for f in frames]
     collate = VideoChatCollator(PAD_ID)
     batch = collate(
@@ -147,7 +148,7 @@ def train_step(
     del frames
     batch.pop("dropped")
     batch_labels = batch["labels"]
-    if full_logits:  # the old forward: LM head on every position, loss from (B, L, V) logits
+    if full_logits:  # LM head on every position, loss from (B, L, V) logits
         labels = batch.pop("labels")
         logits = model(**batch, use_cache=False).logits  # (B, L, V): every position
         loss = model.loss_function(
@@ -197,9 +198,9 @@ def measure(spec: MemorySpec, mode: str) -> dict[str, float]:
 
 
 def run_memory(spec: MemorySpec, modes: tuple[str, ...] = tuple(MODES)) -> dict[str, Any]:
-    """Each mode in its own process; ``peak_ratio`` is after / before."""
+    """Each mode in its own process; ``peak_ratio`` is crosslmm / reference."""
     results = {mode: measure(spec, mode) for mode in modes}
     out: dict[str, Any] = {"spec": asdict(spec), "results": results}
-    if BEFORE in results and AFTER in results:
-        out["peak_ratio"] = results[AFTER]["peak_mb"] / results[BEFORE]["peak_mb"]
+    if REFERENCE in results and CROSSLMM in results:
+        out["peak_ratio"] = results[CROSSLMM]["peak_mb"] / results[REFERENCE]["peak_mb"]
     return out

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crosslmm.bench.memory.measure import AFTER, BEFORE, LABELLED, MODES, UINT8, MemorySpec, run_memory
+from crosslmm.bench.memory.measure import CROSSLMM, LABELLED, MODES, REFERENCE, UINT8, MemorySpec, run_memory
 from crosslmm.bench.report import format_table, write_json
 
 
@@ -24,25 +24,18 @@ def bench_memory(dtypes: list[str], visions: list[str], base: MemorySpec, out: P
         rows.append(
             [case["dtype"], case["vision"]]
             + [r[m]["peak_mb"] for m in MODES]
-            + [case["peak_ratio"], r[BEFORE]["pixels_mb"], r[AFTER]["pixels_mb"]]
-            + [r[BEFORE]["logits_mb"], r[AFTER]["logits_mb"], r[BEFORE]["loss"], r[AFTER]["loss"]]
+            + [case["peak_ratio"], r[REFERENCE]["pixels_mb"], r[CROSSLMM]["pixels_mb"]]
+            + [r[REFERENCE]["logits_mb"], r[CROSSLMM]["logits_mb"], r[REFERENCE]["loss"], r[CROSSLMM]["loss"]]
         )
-    spec, first = cases[0]["spec"], cases[0]["results"][BEFORE]
+    spec, first = cases[0]["spec"], cases[0]["results"][REFERENCE]
     print(
         f"Peak memory (MB) of a training step above weights and optimizer state: {spec['frames']} frames at "
         f"{spec['image_size']} px, vocab {spec['vocab_size']}, batch {spec['batch']}, {first['positions']} "
         f"positions, {first['labelled']} labelled"
     )
-    header = ["dtype", "vision", "before", "labelled logits only", "uint8 frames only", "after"]
-    header += [
-        "after/before",
-        "pixels MB before",
-        "after",
-        "logits MB before",
-        "after",
-        "loss before",
-        "after",
-    ]
+    header = ["dtype", "vision", "reference", "labelled logits only", "uint8 frames only", "crosslmm"]
+    header += ["crosslmm/reference", "pixels MB reference", "crosslmm", "logits MB reference", "crosslmm"]
+    header += ["loss reference", "crosslmm"]
     print(format_table(header, rows))
     write_json(out / "memory.json", {"cases": cases})
     _plot(out / "memory.png", cases)
@@ -50,10 +43,10 @@ def bench_memory(dtypes: list[str], visions: list[str], base: MemorySpec, out: P
 
 
 _LEGEND = {
-    BEFORE: "before: full logits, fp32 frames",
+    REFERENCE: "reference: full logits, fp32 frames",
     LABELLED: "labelled-only logits, fp32 frames",
     UINT8: "full logits, uint8 frames",
-    AFTER: "after: labelled-only logits, uint8 frames",
+    CROSSLMM: "crosslmm: labelled-only logits, uint8 frames",
 }
 
 

@@ -121,6 +121,33 @@ def run_preset(config: CrossLMMConfig, settings: PresetSettings) -> dict[str, An
         f"built {sum(p.numel() for p in crosslmm.parameters()) / 1e6:,.1f} M parameters on {device} "
         f"({settings.dtype}) in {time.perf_counter() - started:.1f} s"
     )
+    cells = _measure_cells(models, settings, device, clock, memory)
+    train = None
+    if settings.train_frames is not None:
+        start = time.perf_counter()
+        train = guarded(measure_train_step, device, crosslmm, settings, clock, memory)
+        log(
+            f"stage-1 training step, {settings.train_frames} frames: {_summary(train)} ({time.perf_counter() - start:.1f} s)"
+        )
+    result = _describe_run(models, settings, device, memory) | {
+        "cells": cells,
+        "train_step": train,
+        "paper_fig4": {m.model: asdict(m) for m in (FIG4_CROSSLMM, FIG4_LLAVA_OV)},
+        "seconds": time.perf_counter() - started,
+    }
+    result["targets"] = [t.as_dict() for t in preset_targets(cells, settings.frames)]
+    return result
+
+
+def _measure_cells(
+    models: dict[str, CrossLMMForCausalLM],
+    settings: PresetSettings,
+    device: torch.device,
+    clock: Clock,
+    memory: PeakMemory,
+) -> dict[str, dict[int, Any]]:
+    """Every (variant, frames) cell: a dict of measurements, ``"OOM"``, or ``SKIPPED`` (the full-token
+    baseline past ``baseline_max_frames``); each cell also gets its prefill time over the tower's."""
     plan = [(t, v) for t in settings.frames for v in VARIANTS]
     cells: dict[str, dict[int, Any]] = {v: {} for v in VARIANTS}
     for i, (frames, variant) in enumerate(plan, 1):
@@ -139,14 +166,15 @@ def run_preset(config: CrossLMMConfig, settings: PresetSettings) -> dict[str, An
             cell = cells[variant][frames]
             if isinstance(cell, dict) and isinstance(tower, dict):
                 cell["ratio_to_tower"] = cell["prefill_ms"] / tower["prefill_ms"]
-    train = None
-    if settings.train_frames is not None:
-        start = time.perf_counter()
-        train = guarded(measure_train_step, device, crosslmm, settings, clock, memory)
-        log(
-            f"stage-1 training step, {settings.train_frames} frames: {_summary(train)} ({time.perf_counter() - start:.1f} s)"
-        )
-    result = {
+    return cells
+
+
+def _describe_run(
+    models: dict[str, CrossLMMForCausalLM], settings: PresetSettings, device: torch.device, memory: PeakMemory
+) -> dict[str, Any]:
+    """What the numbers were measured on: device, library versions, settings, model sizes, variants."""
+    crosslmm = models[CROSSLMM]
+    return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -168,13 +196,7 @@ def run_preset(config: CrossLMMConfig, settings: PresetSettings) -> dict[str, An
             for v, m in models.items()
         },
         "frames": settings.frames,
-        "cells": cells,
-        "train_step": train,
-        "paper_fig4": {m.model: asdict(m) for m in (FIG4_CROSSLMM, FIG4_LLAVA_OV)},
-        "seconds": time.perf_counter() - started,
     }
-    result["targets"] = [t.as_dict() for t in preset_targets(cells, settings.frames)]
-    return result
 
 
 def _summary(cell: dict[str, Any] | str) -> str:

@@ -84,7 +84,7 @@ def run_bounded_decode(
 
 
 def _targets(results: dict[str, Any], last: int, decode_frames: list[int]) -> list[Target]:
-    """Issue 17's bounded-decode targets at the largest frame count, for each ``m``."""
+    """The bounded-decode targets (docs/streaming.md) at the largest frame count, for each ``m``."""
     decode, mb = results["decode_step_s"], results["cross_cache_mb"]
     targets = []
     for m in decode_frames:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from crosslmm.bench.mini import MiniSpec
 from crosslmm.bench.report import format_table, loglog_panels, write_json
@@ -26,7 +27,7 @@ def bench_speed(
     stem: str,
     ingest_repeats: int = 7,
 ) -> None:
-    """Run ``speed.run_speed`` and, with two or more frame counts, ``streaming.run_streaming_ingest`` at the
+    """Run ``measure.run_speed`` and, with two or more frame counts, ``streaming.run_streaming_ingest`` at the
     first and last; print the per-cell table, the FLOPs-vs-time ratios, the slopes, the streaming ingest
     and the targets; write ``out/STEM.json`` and ``out/STEM.png``."""
     result = run_speed(
@@ -38,45 +39,8 @@ def bench_speed(
         threads=threads,
         memory=memory,
     )
-    variants = [TOWER, CROSSLMM, POOLED, FULL]
-    prefill, decode, peak = result["prefill_s"], result["decode_step_s"], result["peak_activation_mb"]
-    rows = []
-    for t in frames:
-        for v in variants:
-            if t not in prefill.get(v, {}):
-                continue
-            ms = 1e3 * prefill[v][t]
-            rows.append(
-                [
-                    t,
-                    v,
-                    ms,
-                    ms / (1e3 * prefill[TOWER][t]),
-                    _get(decode, v, t, 1e3),
-                    _get(peak, v, t),
-                    _get(result["cache_mb"], v, t),
-                ]
-            )
-    print(f"CPU speed, mini config ({threads} threads, median of {result['repeats']})")
-    print(
-        format_table(
-            ["frames", "model", "prefill ms", "/ tower", "decode step ms", "peak act. MB", "cache MB"], rows
-        )
-    )
-    ratio_rows = [
-        [
-            t,
-            result["analytic_gflops"][CROSSLMM][t] / result["analytic_gflops"][TOWER][t],
-            prefill[CROSSLMM][t] / prefill[TOWER][t],
-        ]
-        for t in frames
-    ]
-    print("\nCrossLMM / vision tower: analytic FLOPs ratio vs measured time ratio")
-    print(format_table(["frames", "FLOPs ratio", "time ratio"], ratio_rows))
-    print(
-        "\nlog-log slope of prefill time vs frames: "
-        + ", ".join(f"{v} {s:.2f}" for v, s in result["slope"].items())
-    )
+    _print_cells(result, frames, threads)
+    _print_flops_vs_time(result, frames)
     if len(frames) > 1:
         ingest = run_streaming_ingest(spec, frames[0], frames[-1], repeats=ingest_repeats)
         result["streaming_ingest"] = ingest
@@ -85,13 +49,48 @@ def bench_speed(
         print(format_table(INGEST_HEADER, ingest_rows(ingest)))
     print_targets(result["targets"])
     write_json(out / f"{stem}.json", result)
-    panels = [("prefill", "seconds", _series(prefill)), ("decode step", "seconds", _series(decode))]
-    if peak:
-        panels.append(("peak activation memory", "MB", _series(peak)))
-    loglog_panels(
-        out / f"{stem}.png", panels, "CPU, mini config: CrossLMM vs full-token baseline vs vision tower"
-    )
+    _plot(result, out / f"{stem}.png")
     print(f"\nwrote {out / stem}.json and .png")
+
+
+def _print_cells(result: dict[str, Any], frames: list[int], threads: int) -> None:
+    """One row per (frames, variant): prefill, its ratio to the tower, decode step, peak memory, cache."""
+    prefill, decode, peak = result["prefill_s"], result["decode_step_s"], result["peak_activation_mb"]
+    rows = []
+    for t in frames:
+        for v in (TOWER, CROSSLMM, POOLED, FULL):
+            if t not in prefill.get(v, {}):
+                continue
+            ms = 1e3 * prefill[v][t]
+            ratio = ms / (1e3 * prefill[TOWER][t])
+            rows.append(
+                [t, v, ms, ratio, _get(decode, v, t, 1e3), _get(peak, v, t), _get(result["cache_mb"], v, t)]
+            )
+    print(f"CPU speed, mini config ({threads} threads, median of {result['repeats']})")
+    header = ["frames", "model", "prefill ms", "/ tower", "decode step ms", "peak act. MB", "cache MB"]
+    print(format_table(header, rows))
+
+
+def _print_flops_vs_time(result: dict[str, Any], frames: list[int]) -> None:
+    """CrossLMM over the vision tower in analytic FLOPs and in measured time, and the log-log slopes."""
+    gflops, prefill = result["analytic_gflops"], result["prefill_s"]
+    rows = [
+        [t, gflops[CROSSLMM][t] / gflops[TOWER][t], prefill[CROSSLMM][t] / prefill[TOWER][t]] for t in frames
+    ]
+    print("\nCrossLMM / vision tower: analytic FLOPs ratio vs measured time ratio")
+    print(format_table(["frames", "FLOPs ratio", "time ratio"], rows))
+    slopes = ", ".join(f"{v} {s:.2f}" for v, s in result["slope"].items())
+    print(f"\nlog-log slope of prefill time vs frames: {slopes}")
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    panels = [
+        ("prefill", "seconds", _series(result["prefill_s"])),
+        ("decode step", "seconds", _series(result["decode_step_s"])),
+    ]
+    if result["peak_activation_mb"]:
+        panels.append(("peak activation memory", "MB", _series(result["peak_activation_mb"])))
+    loglog_panels(path, panels, "CPU, mini config: CrossLMM vs full-token baseline vs vision tower")
 
 
 def _get(table: dict[str, dict[int, float]], variant: str, frames: int, scale: float = 1.0) -> float | None:

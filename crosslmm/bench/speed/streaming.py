@@ -1,5 +1,5 @@
 """Streaming ingest cost on the CPU mini model: the time of ``StreamingSession.add_frames`` for one frame
-when few frames came before and when many did (docs/streaming.md; issue 17 asks for within 20 %).
+when few frames came before and when many did (docs/streaming.md; the target is within 20 %).
 
 Two sessions on the same weights, one filled to ``few`` frames and one to ``many``, then one frame at a
 time added to each, alternately, ``repeats`` times: machine load hits both alike, and each number is a

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from crosslmm.demo.synth import SynthSpec
 from crosslmm.demo.variants import DemoSettings, Variant
 
-# Every method of issue 16, in table order: the two ends (all tokens, CrossLMM) and the reducers between.
+# Every compared method (docs/comparisons.md), in table order: the two ends (all tokens, CrossLMM) and
+# the reducers between.
 METHODS = ("full", "pool", "random", "salient", "merge", "fastv", "crosslmm")
 LABELS = {
     "full": "full tokens",

@@ -1,5 +1,5 @@
 """``crosslmm compare``: CrossLMM against other visual-token reducers at equal prefill FLOPs, and more frames for
-the same compute (issue 16), through the demo's own training and evaluation.
+the same compute (docs/comparisons.md), through the demo's own training and evaluation.
 
 Every model is a tiny CrossLMM that differs only in its visual path (:mod:`~crosslmm.demo.compare.plan` says
 which paths and why those settings), trained by :func:`crosslmm.demo.run.train_variant` (the real entry point,
