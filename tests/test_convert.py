@@ -163,7 +163,8 @@ def test_switch_tokens_per_frame(converted_dir, tokens):
 
 def test_stage1_training_starts_from_converted_model(source_dir, tmp_path):
     """Convert at 9 tokens per frame, then the real training entry point runs stage 1 (projector, video-end
-    vector, V2V trainable) from it: finite losses, gates move, a loadable model comes out."""
+    vector, V2V trainable) from it: gates and the video-end vector move, the LLM does not, a loadable model
+    comes out (docs/convert.md, section 4)."""
     converted = tmp_path / "converted"
     assert (
         cli_main(["convert", "llava-onevision", str(source_dir), str(converted), "--tokens-per-frame", "9"])
@@ -185,6 +186,12 @@ def test_stage1_training_starts_from_converted_model(source_dir, tmp_path):
     assert trained.config.tokens_per_frame == 9
     gates = [p for n, p in trained.named_parameters() if n.endswith("v2v.gate")]
     assert gates and all(torch.isfinite(g).all() for g in gates) and any(g.abs().sum() > 0 for g in gates)
+    start = AutoModelForCausalLM.from_pretrained(converted)
+    end_vector = trained.model.video_end_embedding
+    assert end_vector is not None and torch.isfinite(end_vector).all()
+    assert not torch.equal(end_vector, start.model.video_end_embedding)  # trains with the projector
+    embeddings = trained.get_input_embeddings().weight
+    assert torch.equal(embeddings, start.get_input_embeddings().weight)  # the LLM is frozen in stage 1
 
 
 def test_export_round_trip_is_exact(source_dir, converted_dir, tmp_path):

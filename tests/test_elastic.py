@@ -310,6 +310,30 @@ def test_an_untrained_budget_runs_only_with_the_override_and_a_warning(elastic_d
     assert plugin.tokens_per_frame == 9
 
 
+@pytest.mark.parametrize("override", [False, True])
+def test_a_budget_that_is_no_pooled_grid_is_refused_without_suggesting_the_override(elastic, override):
+    """5 (not s*s) and 81 (9x9 > the tower's 8x8 patch grid) are refused with or without
+    ``allow_untrained_budgets``, and the message says why instead of suggesting the override the user may
+    already have passed; a pooled grid refused only because the override is off still suggests it."""
+    model, processor = elastic
+    model = copy.deepcopy(model)
+    model.config.allow_untrained_budgets = override
+    for budget in (5, 81):
+        with pytest.raises(ValueError, match="trained at tokens_per_frame in") as refused:
+            model(**_inputs(processor, budget))
+        message = str(refused.value)
+        assert "allow_untrained_budgets=True" not in message
+        assert f"{budget} is no pooled grid s*s with s <= 8 (the tower's patch grid)" in message
+    if override:
+        with pytest.warns(UserWarning, match="not trained at"):
+            model(**_inputs(processor, 9))
+    else:
+        with pytest.raises(
+            ValueError, match=r"or load with allow_untrained_budgets=True to run a pooled grid"
+        ):
+            model(**_inputs(processor, 9))
+
+
 @pytest.mark.parametrize("budget", CHOICES)
 def test_streaming_at_each_trained_budget_equals_the_offline_model(elastic, budget):
     """A StreamingSession at budget K feeds K tokens per frame and its answer logits equal the offline

@@ -189,11 +189,15 @@ class CrossLMMConfig(PretrainedConfig):
                 stacklevel=2,
             )
             return
+        if invalid_budgets([tokens_per_frame], grid):  # no override runs it, so none is suggested
+            limit = f" with s <= {grid} (the tower's patch grid)" if grid is not None else ""
+            hint = f"; {tokens_per_frame} is no pooled grid s*s{limit}: allow_untrained_budgets cannot run it"
+        else:  # a pooled grid, refused only because the override is off
+            hint = " (or load with allow_untrained_budgets=True to run a pooled grid it was not trained at)"
         raise ValueError(
             f"{source} use {tokens_per_frame} tokens per frame, which do not match a trained budget: this "
             f"model was trained at tokens_per_frame in {self.trained_budgets}; build the prompt with "
-            "CrossLMMProcessor(..., tokens_per_frame=K) for one of them (or load with "
-            "allow_untrained_budgets=True to run a pooled grid it was not trained at)"
+            f"CrossLMMProcessor(..., tokens_per_frame=K) for one of them{hint}"
         )
 
     def resolved_cross_layers(self) -> list[int]:
