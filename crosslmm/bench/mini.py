@@ -67,7 +67,8 @@ class MiniSpec:
         return (self.image_size // self.patch_size) ** 2
 
     def config(self, tokens_per_frame: int, cross_attention_every: int) -> CrossLMMConfig:
-        return CrossLMMConfig(
+        return CrossLMMConfig.from_fields(
+            "MiniSpec.config",
             vision_config=dict(
                 model_type="siglip_vision_model",
                 hidden_size=self.vision_width,

@@ -3,7 +3,6 @@ SigLIP/CLIP/open_clip vision tower) and write the model directory that ``from_pr
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
-from crosslmm.model.configuration import CrossLMMConfig
+from crosslmm.model.configuration import CrossLMMConfig, check_fields
 from crosslmm.model.modeling import CrossLMMForCausalLM
 from crosslmm.model.processing import CHATML_TEMPLATE, VIDEO_TOKEN, CrossLMMProcessor, build_image_processor
 from crosslmm.model.vision import CLIPTower, OpenCLIPTower, OpenCLIPVisionConfig, SiglipTower, VisionTower
@@ -105,9 +104,7 @@ def build_from_pretrained(
     agree with the checkpoints, otherwise the mismatch is reported instead of silently ignored.
     """
     fields = dict(crosslmm_fields)
-    known = set(inspect.signature(CrossLMMConfig.__init__).parameters) - {"self", "kwargs"}
-    if unknown := sorted(set(fields) - known):
-        raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
+    check_fields(fields, "the model config")  # before loading any checkpoint
     text_config = AutoConfig.from_pretrained(llm_dir)
     vision_tower, vision_config = load_pretrained_vision_tower(
         vision_dir, fields.get("vision_feature_layer", -1)
@@ -131,7 +128,8 @@ def build_from_pretrained(
     if len(tokenizer) > llm.config.vocab_size:  # never shrink: Qwen2.5 pads its vocab for speed
         llm.resize_token_embeddings(len(tokenizer))
     text_config = llm.config
-    config = CrossLMMConfig(
+    config = CrossLMMConfig.from_fields(
+        "the model config",
         vision_config=vision_config,
         text_config=text_config,
         video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),

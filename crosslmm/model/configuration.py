@@ -161,6 +161,13 @@ class CrossLMMConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.validate_crosslmm()
 
+    @classmethod
+    def from_fields(cls, source: str = "CrossLMMConfig", **fields) -> CrossLMMConfig:
+        """A config built from fields in Python (``make_tiny``, ``build``, the bench presets): a misspelt field
+        is refused, naming ``source``, as the YAML configs refuse it (:func:`check_fields`)."""
+        check_fields(fields, source)
+        return cls(**fields)
+
     def to_dict(self) -> dict:
         """The saved fields; ``allow_untrained_budgets`` is an override for one load, never written to disk."""
         values = super().to_dict()
@@ -329,7 +336,8 @@ def check_fields(fields: Mapping, source: str = "CrossLMMConfig") -> None:
     """Refuse a misspelt field (``cross_layers=`` for ``cross_attention_layers=``), naming it, as the YAML
     configs do: ``CrossLMMConfig(**fields)`` itself keeps unknown kwargs, as every HF config does (a saved
     config.json may hold keys of other transformers versions), so each path that builds a config from its
-    own fields (``make_tiny``, ``build_from_pretrained``, ``load_config_yaml``, the bench presets) calls this."""
+    own fields calls this: ``CrossLMMConfig.from_fields`` (``make_tiny``, ``build_from_pretrained``, the bench
+    presets), ``load_config_yaml`` and the compare demo's candidates."""
     known = known_fields()
     if unknown := sorted(set(fields) - known):
         raise ValueError(f"{source}: unknown CrossLMMConfig field(s) {unknown}; known: {sorted(known)}")

@@ -39,4 +39,7 @@ def load_config_yaml(path_or_name: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a model config must be a YAML mapping, got {type(data).__name__}")
+    from crosslmm.model.configuration import check_fields  # transformers: only once a config is read
+
+    check_fields(data, str(path))
     return data

@@ -134,7 +134,8 @@ def make_tiny(
     tokenizer = train_tiny_tokenizer(spec.vocab_size)
     vision_config = spec.vision_config()
     fields = dict(tokens_per_frame=4, cross_attention_every=2) | crosslmm_fields
-    config = CrossLMMConfig(
+    config = CrossLMMConfig.from_fields(
+        "make_tiny",
         vision_config=vision_config,
         text_config=tiny_text_config(spec, len(tokenizer)),
         video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),

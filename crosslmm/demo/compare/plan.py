@@ -198,8 +198,9 @@ class Coster:
             self.shapes[prefix, len(ids) - prefix - 1] += count
 
     def config(self, fields: dict):
-        from crosslmm.model.configuration import CrossLMMConfig
+        from crosslmm.model.configuration import CrossLMMConfig, check_fields
 
+        check_fields(fields, "compare candidate")  # the base is a built model's config, already checked
         return CrossLMMConfig.from_dict(self.base | fields)
 
     def __call__(self, fields: dict, frames: int) -> float:

@@ -54,7 +54,7 @@ class ElasticSettings:
 def elastic_variants(budgets: tuple[int, ...], cross_layers: list[int]) -> list[Variant]:
     """The compared models: two elastic ones over ``budgets``, fixed CrossLMMs at the smallest and largest."""
     low, high = min(budgets), max(budgets)
-    cross = dict(cross_layers=cross_layers, v2v=True, t2v=True)
+    cross = dict(cross_attention_layers=cross_layers, v2v=True, t2v=True)
     elastic = dict(tokens_per_frame=low, tokens_per_frame_choices=sorted(budgets))
     return [
         Variant("elastic_crosslmm", "CrossLMM, elastic", elastic | cross),
