@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import set_gates
+from helpers import coloured_frames, set_gates
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 QUESTION = "What colour is the marker?"
@@ -151,6 +151,42 @@ def test_web_page_in_chromium(server, tmp_path):
         browser.close()
 
 
+@pytest.mark.slow
+def test_two_pages_asking_at_once_get_their_own_answers(server, tmp_path):
+    """Two pages upload different videos and click Ask together: the requests queue on the model, and each
+    page shows the answer to its own video, with its maps."""
+    _require(os.path.exists(CHROMIUM), "chromium")
+    _require(_importable("playwright"), "playwright")
+    from playwright.sync_api import expect, sync_playwright
+
+    from crosslmm.data.video import write_video
+
+    url, model_dir = server
+    videos = []
+    for seed in range(6):  # plain coloured videos: two the test model answers differently about
+        videos.append(str(tmp_path / f"clip{seed}.mp4"))
+        write_video(videos[-1], coloured_frames(20, seed=seed, size=32), fps=4)
+    answers = dict(zip(videos, _expected(model_dir, videos)))
+    chosen = [videos[0]] + [v for v in videos if answers[v] != answers[videos[0]]][:1]
+    assert len(chosen) == 2, f"the test model must answer differently for two videos: {answers}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        expect.set_options(timeout=WAIT_MS)
+        pages = [browser.new_page(), browser.new_page()]
+        for page, video in zip(pages, chosen):
+            page.set_default_timeout(WAIT_MS)
+            page.goto(url)
+            page.locator("#upload input[type=file]").set_input_files(video)
+            expect(page.locator(f'#upload a[download="{os.path.basename(video)}"]')).to_be_visible()
+        for page in pages:
+            page.click("#ask", no_wait_after=True)
+        for page, video in zip(pages, chosen):
+            expect(page.locator("#answer textarea")).to_have_value(answers[video])
+            expect(page.locator("#t2v img")).to_be_visible()
+            expect(page.locator("#status")).to_contain_text("Gates")
+        browser.close()
+
+
 def test_without_model_a_random_model_says_so(tmp_path, monkeypatch):
     _require(_importable("gradio"), "gradio")
     from crosslmm.web.app import RANDOM_NOTICE, load_web_model
@@ -158,3 +194,65 @@ def test_without_model_a_random_model_says_so(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no runs/demo here
     web = load_web_model(None)
     assert web.notice == RANDOM_NOTICE and "meaningless" in web.notice
+
+
+def _web_model(slow_s: float = 0.0):
+    """The tiny model of ``_model_dir`` in this process; every forward takes at least ``slow_s`` seconds and
+    is counted (``calls``)."""
+    from crosslmm.model.tiny import TinySpec, make_tiny
+    from crosslmm.web.app import WebModel
+
+    model, processor = make_tiny(TinySpec(), seed=2, v2v=True, t2v=True)
+    set_gates(model, 3.0)
+    calls = []
+
+    def slow(*_):
+        calls.append(time.monotonic())
+        time.sleep(slow_s)
+
+    model.register_forward_pre_hook(slow)
+    return WebModel(model.eval(), processor, "test"), calls
+
+
+def test_requests_queue_on_the_model_and_show_their_place(tmp_path):
+    """While another request holds the model, a request says how many are ahead; then it gets its turn and
+    the answer ``crosslmm chat`` gives, with its maps."""
+    _require(_importable("gradio"), "gradio")
+    from crosslmm.web.app import ask, write_samples
+
+    web, _ = _web_model()
+    video = next(iter(write_samples(tmp_path, count=1).values()))
+    holder = web.turns.take()  # another request, answering
+    steps = ask(web, video, QUESTION, 20, 0, None)
+    assert next(steps)[3] == "waiting for the model: 1 request(s) ahead"
+    web.turns.done(holder)
+    *_, (answer, t2v, v2v, status) = steps
+    from crosslmm.data.video import load_video
+    from crosslmm.inference import build_prompt, generate
+
+    frames = load_video(video, num_frames=20).frames
+    assert (
+        answer
+        == generate(web.model, web.processor, [build_prompt(web.processor, QUESTION)], [[frames]], 32)[0]
+    )
+    assert t2v is not None and v2v is not None and "Gates" in status
+
+
+def test_a_page_that_goes_away_stops_its_generation(tmp_path):
+    """The request's generator is closed mid-answer (gradio does this when the page goes away): its
+    generation stops at the next token and frees the model, so the next request runs alone."""
+    _require(_importable("gradio"), "gradio")
+    from crosslmm.web.app import ask, write_samples
+
+    web, calls = _web_model(slow_s=0.05)
+    video = next(iter(write_samples(tmp_path, count=1).values()))
+    first = ask(web, video, QUESTION, 20, 0, None)
+    while "answering" not in next(first)[3]:
+        pass
+    time.sleep(0.2)  # a few tokens
+    first.close()
+    closed_at = time.monotonic()
+    second = web.turns.take()
+    assert web.turns.wait(second, timeout=5), "the closed request must end its turn"
+    web.turns.done(second)
+    assert len([t for t in calls if t > closed_at]) <= 1  # at most the step under way

@@ -1,42 +1,79 @@
 """The ``crosslmm web`` page: ask a CrossLMM about a video, watch the answer stream, see what it looked at.
 
-One gradio Blocks app over one loaded model. The answer comes from :func:`crosslmm.inference.generate`
-(``crosslmm chat``'s path) with a streamer; the maps from :func:`crosslmm.explain.maps.explain` and
-:mod:`crosslmm.explain.render`, as ``crosslmm explain`` draws them. A video that cannot be read shows its
-error in the page; the server keeps serving.
+One gradio Blocks app over one loaded model. The answer comes from :func:`crosslmm.explain.maps.generate_ids`
+(``crosslmm chat``'s inputs, greedy) with a streamer; the maps from :func:`crosslmm.explain.maps.explain` and
+:mod:`crosslmm.explain.render`, as ``crosslmm explain`` draws them. Requests from any number of pages queue
+on the model (:class:`ModelTurns`, their place shown in the page); a page that goes away stops its
+generation. A video that cannot be read shows its error in the page; the server keeps serving.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import queue
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from threading import Thread
 
 import gradio as gr
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 # Where `crosslmm demo` leaves its trained CrossLMM (crosslmm.demo.run: <out>/runs/<variant>-seed<k>/final).
 DEMO_MODEL = Path("runs/demo/runs/crosslmm-seed0/final")
 SAMPLES = 4
+MAX_NEW_TOKENS = 32
 RANDOM_NOTICE = (
     "**No trained model given and none in runs/demo: a tiny random model answers. Its answers and maps are "
     "meaningless**; run `crosslmm demo` or pass `--model DIR`."
 )
 
 
+class ModelTurns:
+    """Requests take the shared model one at a time, in arrival order, and can say how many are ahead.
+
+    A request's worker thread holds its turn for the whole answer and maps: ``capture_attention`` switches
+    the shared model's blocks, so a second request's forward passes must never run during it."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._next = 0  # the ticket the next request gets
+        self._serving = 0  # the ticket whose turn it is
+
+    def take(self) -> int:
+        with self._changed:
+            self._next += 1
+            return self._next - 1
+
+    def ahead(self, ticket: int) -> int:
+        return ticket - self._serving
+
+    def wait(self, ticket: int, timeout: float) -> bool:
+        """True once it is ``ticket``'s turn; False after ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._serving == ticket, timeout)
+
+    def done(self, ticket: int) -> None:
+        with self._changed:
+            assert ticket == self._serving, "a turn ends only after it has started"
+            self._serving += 1
+            self._changed.notify_all()
+
+
 @dataclass
 class WebModel:
-    """The model the page serves and what to tell its users about it."""
+    """The model the page serves, what to tell its users about it, and its queue of requests."""
 
     model: object
     processor: object
     name: str
     notice: str = ""
+    turns: ModelTurns = field(default_factory=ModelTurns)
 
 
 def load_web_model(model_dir: str | None) -> WebModel:
@@ -76,6 +113,97 @@ def figure_image(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba()).copy()
 
 
+class _Cancelled(StoppingCriteria):
+    """Stops generation at the next token once the page that asked has gone."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+class _Pieces(TextStreamer):
+    """Puts each decoded piece of the answer on a queue, for the request's generator to show."""
+
+    def __init__(self, tokenizer, out: queue.Queue):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.out = out
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.out.put(("piece", text))
+
+
+def _load_clip(video: str, frames: int, fps: float):
+    """The sampled clip, or the message to show when the file cannot be used."""
+    from crosslmm.data.sampling import FrameSampling
+    from crosslmm.data.video import load_video
+
+    try:
+        sampling = FrameSampling.resolve(None, fps, int(frames)) if fps else FrameSampling(int(frames))
+        return load_video(video, **dataclasses.asdict(sampling))
+    except ValueError as err:  # VideoError included: the file and the reason, shown in the page
+        return f"**Cannot use this video:** {err}"
+
+
+def _work(web: WebModel, ticket: int, clip, question: str, budget, cancel: threading.Event, out) -> None:
+    """The request's turn on the model (a worker thread): wait for it, answer, take the maps; report on
+    ``out``. The turn ends when this does, whether the page is still there or not."""
+    from crosslmm.explain.maps import answer_text, explain, generate_ids
+    from crosslmm.inference import build_prompt
+
+    while not web.turns.wait(ticket, timeout=0.5):
+        out.put(("waiting", web.turns.ahead(ticket)))
+    try:
+        if cancel.is_set():
+            return
+        out.put(("started", None))
+        (answer_ids,) = generate_ids(
+            web.model,
+            web.processor,
+            [build_prompt(web.processor, question)],
+            [clip.frames],
+            MAX_NEW_TOKENS,
+            tokens_per_frame=budget,
+            streamer=_Pieces(web.processor.tokenizer, out),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+        )
+        if cancel.is_set():
+            return
+        out.put(("answer", answer_text(web.processor, answer_ids)))
+        expl = explain(
+            web.model,
+            web.processor,
+            clip.frames,
+            question,
+            answer_ids,
+            tokens_per_frame=budget,
+            frame_indices=clip.indices.tolist(),
+        )
+        out.put(("maps", _figures(expl, clip.frames)))
+    except Exception as err:  # shown by the request, which re-raises it
+        out.put(("error", err))
+    finally:
+        web.turns.done(ticket)
+        out.put(("end", None))
+
+
+def _figures(expl, frames: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """The T2V and V2V images and the gates line of an explanation."""
+    from crosslmm.explain.render import t2v_figure, v2v_figure
+
+    t2v = figure_image(t2v_figure(expl, frames)) if expl.t2v is not None else None
+    v2v = figure_image(v2v_figure(expl, frames)) if expl.v2v is not None else None
+    gates = ", ".join(
+        f"layer {layer}: " + " ".join(f"{k} {v:+.2f}" for k, v in g.items())
+        for layer, g in zip(expl.layers, expl.gates)
+    )
+    return t2v, v2v, f"{len(frames)} frames. Gates (tanh): {gates}"
+
+
 def ask(
     web: WebModel,
     video: str,
@@ -84,72 +212,41 @@ def ask(
     fps: float,
     budget: int | None,
 ) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | None, str]]:
-    """Yields (answer so far, T2V image, V2V image, status) as the answer streams, then with the maps."""
-    from transformers import TextIteratorStreamer
-
-    from crosslmm.data.sampling import FrameSampling
-    from crosslmm.data.video import load_video
-    from crosslmm.explain.maps import explain
-    from crosslmm.explain.render import t2v_figure, v2v_figure
-    from crosslmm.inference import build_prompt, generate
-
+    """Yields (answer so far, T2V image, V2V image, status): the place in the queue while other requests
+    hold the model, the answer as it streams, then the maps. Closing the generator (the page went away)
+    stops the generation at its next token."""
     if not question.strip() or not frames or frames < 1:
         yield "", None, None, "**Type a question and set frames to 1 or more.**"
         return
-    try:
-        sampling = FrameSampling.resolve(None, fps, int(frames)) if fps else FrameSampling(int(frames))
-        clip = load_video(video, **dataclasses.asdict(sampling))
-    except ValueError as err:  # VideoError included: the file and the reason, shown in the page
-        yield "", None, None, f"**Cannot use this video:** {err}"
+    clip = _load_clip(video, frames, fps)
+    if isinstance(clip, str):
+        yield "", None, None, clip
         return
-    yield "", None, None, f"{len(clip.frames)} frames; answering…"
-    streamer = TextIteratorStreamer(web.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    prompt = build_prompt(web.processor, question)
-    result: list = []
-
-    def work() -> None:  # ends the stream even when generation fails, so the page never hangs
-        try:
-            result.extend(
-                generate(
-                    web.model,
-                    web.processor,
-                    [prompt],
-                    [[clip.frames]],
-                    32,
-                    streamer=streamer,
-                    tokens_per_frame=budget,
-                )
-            )
-        except Exception as err:
-            result.append(err)
-            streamer.end()
-
-    worker = Thread(target=work)
+    cancel, out = threading.Event(), queue.Queue()
+    worker = threading.Thread(
+        target=_work, args=(web, web.turns.take(), clip, question, budget, cancel, out), daemon=True
+    )
     worker.start()
-    text = ""
-    for piece in streamer:
-        text += piece
-        yield text, None, None, "answering…"
-    worker.join()
-    if isinstance(result[0], Exception):
-        raise result[0]
-    answer = result[0]
-    expl = explain(
-        web.model,
-        web.processor,
-        clip.frames,
-        question,
-        answer,
-        tokens_per_frame=budget,
-        frame_indices=clip.indices.tolist(),
-    )
-    t2v = figure_image(t2v_figure(expl, clip.frames)) if expl.t2v is not None else None
-    v2v = figure_image(v2v_figure(expl, clip.frames)) if expl.v2v is not None else None
-    gates = ", ".join(
-        f"layer {layer}: " + " ".join(f"{k} {v:+.2f}" for k, v in g.items())
-        for layer, g in zip(expl.layers, expl.gates)
-    )
-    yield answer, t2v, v2v, f"{len(clip.frames)} frames. Gates (tanh): {gates}"
+    text, count = "", len(clip.frames)
+    try:
+        while (message := out.get()) and message[0] != "end":
+            kind, value = message
+            if kind == "waiting":
+                yield "", None, None, f"waiting for the model: {value} request(s) ahead"
+            elif kind == "started":
+                yield "", None, None, f"{count} frames; answering…"
+            elif kind == "piece":
+                text += value
+                yield text, None, None, "answering…"
+            elif kind == "answer":
+                text = value
+                yield text, None, None, "answered; drawing the maps…"
+            elif kind == "maps":
+                yield (text, *value)
+            else:
+                raise value
+    finally:
+        cancel.set()  # a no-op when the work is done; else the page went away
 
 
 def build_app(web: WebModel, samples: dict[str, str]) -> gr.Blocks:
@@ -189,11 +286,13 @@ def build_app(web: WebModel, samples: dict[str, str]) -> gr.Blocks:
             video = upload_path or samples[sample_label]
             yield from ask(web, video, text, n_frames, rate, tokens if len(budgets) > 1 else None)
 
-        # A click while the last answer is still finishing runs after it, instead of being dropped.
+        # A click while the last answer is still finishing runs after it, instead of being dropped. Every
+        # page's requests run at once here and queue on the model (ModelTurns), which shows their place.
         go.click(
             run,
             [sample, upload, frames, fps, budget, question],
             [answer, t2v, v2v, status],
             trigger_mode="always_last",
+            concurrency_limit=None,
         )
     return app
