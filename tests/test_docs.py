@@ -27,3 +27,16 @@ def test_the_link_check_sees_links():
     page = REPO / "README.md"
     assert "docs/model.md" in relative_targets(page)
     assert "LICENSE" in relative_targets(page)
+
+
+def test_readme_layout_names_every_package_and_module():
+    """The Layout block of the README matches the tree: every package, sub-package and top-level module."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = text.split("## Layout", 1)[1].split("```")[1]
+    package = REPO / "crosslmm"
+    names = [f"crosslmm/{p.name}" for p in package.glob("*.py") if p.name != "__init__.py"]
+    for init in package.glob("*/**/__init__.py"):
+        sub = init.parent.relative_to(package)
+        names.append(f"crosslmm/{sub.as_posix()}/" if len(sub.parts) == 1 else f"{sub.name}/")
+    missing = sorted(n for n in names if n not in layout)
+    assert not missing, f"README.md's Layout does not mention {missing}"
