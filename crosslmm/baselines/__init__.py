@@ -1,4 +1,4 @@
-"""Visual-token reduction baselines (issue 16), selected by ``CrossLMMConfig.visual_reducer``.
+"""Visual-token reduction baselines (docs/baselines.md), selected by ``CrossLMMConfig.visual_reducer``.
 
 Each is a small, parameter-free module kept out of the model core; docs/baselines.md describes them.
 

@@ -84,7 +84,7 @@ class CrossLMMConfig(PretrainedConfig):
     refused unless ``allow_untrained_budgets`` (an explicit override, e.g. ``from_pretrained(dir,
     allow_untrained_budgets=True)``): then any pooled grid of the tower runs, with a warning.
 
-    ``visual_reducer`` (issue 16's baselines, docs/baselines.md): ``"pool"`` (uniform pooling, the default);
+    ``visual_reducer`` (the baselines of docs/baselines.md): ``"pool"`` (uniform pooling, the default);
     ``"random"``, ``"salient"`` or ``"merge"`` reduce each frame to ``tokens_per_frame`` = k tokens, any k up
     to the patches per frame, where pooling runs (``visual_reducer_seed`` fixes random drop's draws);
     ``"fastv"`` feeds every patch (``tokens_per_frame`` = patches per frame) and, from decoder layer
