@@ -213,34 +213,109 @@ def test_tome_averages_by_size_down_to_k():
     assert any(torch.allclose(row, a) for row in out) and any(torch.allclose(row, b) for row in out)
 
 
-def test_fastv_ranking_equals_eager_attention_and_keeps_the_top_attended():
+def test_fastv_keeps_the_tokens_layer_L_minus_1_attends_to_most():
+    """What the model keeps (its cache's ``visible_prompt``) is the per-frame top ``fastv_keep`` of the last
+    token's eager attention in layer L-1, head mean; layer L's own ranking keeps other tokens here, so ranking
+    one layer late fails. The one-row ranking also equals the eager map it avoids computing."""
     model, processor = _model(FASTV)
     lm = model.model.language_model
     lm.config._attn_implementation = "eager"  # materialise the attention map to compare against
-    rank_layer = lm.layers[FASTV["fastv_layer"] - 1]
+    layer = FASTV["fastv_layer"]
     seen = {}
-    rank_layer.register_forward_pre_hook(
-        lambda m, args, kwargs: seen.update(hidden=args[0], rope=kwargs["position_embeddings"]),
-        with_kwargs=True,
-    )
-    rank_layer.self_attn.register_forward_hook(lambda m, args, out: seen.update(weights=out[1]))
+    for i in (layer - 1, layer):
+        lm.layers[i].register_forward_pre_hook(
+            lambda m, args, kwargs, i=i: seen.update({i: (args[0], kwargs["position_embeddings"])}),
+            with_kwargs=True,
+        )
+    lm.layers[layer - 1].self_attn.register_forward_hook(lambda m, args, out: seen.update(weights=out[1]))
     inputs = _inputs(processor, videos=((2, 3),))
+    length = inputs["input_ids"].shape[1]
+    video = torch.nonzero(inputs["input_ids"][0] == processor.video_token_id).squeeze(1)
     with torch.no_grad():
-        model(**inputs, use_cache=True)
-        length = inputs["input_ids"].shape[1]
+        kept = model(**inputs, use_cache=True).cache.visible_prompt  # (1, L)
         last = query_positions(torch.ones(1, length, dtype=torch.bool))
         assert last.tolist() == [length - 1]
-        mask = torch.ones(1, length, dtype=torch.bool)
-        row = attention_row(rank_layer, seen["hidden"], seen["rope"], last, mask)
-    eager = seen["weights"][0, :, -1].mean(0)  # (L,) last token's attention, head mean
+        everything = torch.ones(1, length, dtype=torch.bool)
+        row = attention_row(lm.layers[layer - 1], *seen[layer - 1], last, everything)
+        one_late = attention_row(lm.layers[layer], *seen[layer], last, everything)
+    eager = seen["weights"][0, :, -1].mean(0)  # (L,) last token's attention in layer L-1, head mean
     torch.testing.assert_close(row[0], eager, rtol=1e-5, atol=1e-6)
-    video = torch.nonzero(inputs["input_ids"][0] == processor.video_token_id).squeeze(1)
-    keep = keep_mask(row, video, PATCHES, FASTV["fastv_keep"])
+    expected = torch.ones(length, dtype=torch.bool)
+    expected[video] = False
     for frame in video.view(2, PATCHES):
-        kept = frame[keep[0, frame]]
-        assert len(kept) == FASTV["fastv_keep"]
-        assert set(kept.tolist()) == set(frame[eager[frame].topk(3).indices].tolist())
-    assert keep[0, inputs["input_ids"][0] != processor.video_token_id].all()  # text is never dropped
+        expected[frame[eager[frame].topk(FASTV["fastv_keep"]).indices]] = True
+    assert torch.equal(kept[0], expected)
+    assert not torch.equal(keep_mask(one_late, video, PATCHES, FASTV["fastv_keep"])[0], expected)
+    assert kept[0, inputs["input_ids"][0] != processor.video_token_id].all()  # text is never dropped
+
+
+def test_fastv_flops_are_what_a_pruning_forward_computes():
+    """``prefill_flops`` counts FastV as a pruning implementation computes it (layers < L over every token,
+    later layers and the LM head over the kept ones): FlopCounterMode on a forward that really removes the
+    tokens the model drops after layer L-1 gives the same decoder + LM head FLOPs, and that forward gives the
+    masked model's next-token logits. A count pruned from the wrong layer, keeping the wrong number of
+    tokens or running later layers over the full sequence fails here."""
+    from crosslmm.bench.flops import decoder_tokens_per_layer, flop_counter, prefill_flops
+
+    model, processor = _model(FASTV)
+    inputs = _inputs(processor, videos=((2, 3),))  # one sample, no padding
+    ids = inputs["input_ids"]
+    lm = model.model.language_model
+    layer, frames = FASTV["fastv_layer"], 2
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        visible = out.cache.visible_prompt[0]  # (S,)
+        embeds, _, _ = model.model.embed_video(
+            ids, lm.embed_tokens(ids), None, inputs["pixel_values_videos"], inputs["video_frame_counts"]
+        )
+        positions = torch.arange(ids.shape[1])[None]
+        with flop_counter() as counter:
+            hidden = embeds
+            for i, decoder_layer in enumerate(lm.layers):
+                if i == layer:  # drop the tokens for good: a shorter sequence, original positions
+                    hidden, positions = hidden[:, visible], positions[:, visible]
+                rope = lm.rotary_emb(hidden, positions)
+                hidden = decoder_layer(
+                    hidden, attention_mask=None, position_embeddings=rope, position_ids=positions
+                )
+            logits = model.lm_head(lm.norm(hidden)[:, -1])
+    torch.testing.assert_close(logits, out.logits[:, -1], rtol=1e-5, atol=1e-5)
+    video = int((ids == processor.video_token_id).sum())
+    prefix = int(torch.nonzero(ids[0] == processor.video_token_id)[0])
+    text = ids.shape[1] - prefix - video
+    per_layer = decoder_tokens_per_layer(model.config, frames, text, prefix_tokens=prefix)
+    assert per_layer == [ids.shape[1]] * layer + [int(visible.sum())] * (len(lm.layers) - layer)
+    counted = prefill_flops(model.config, frames, text, prefix_tokens=prefix)
+    assert counted.llm + counted.lm_head == counter.get_total_flops()
+
+
+def test_fastv_multiple_choice_ranks_by_the_prompt_not_the_option():
+    """``continuation_nll`` labels the option, so FastV ranks by the prompt's last token, as generation does;
+    ranking by the option's last token would let each option choose what the model sees."""
+    from crosslmm.inference import _answer_ids, build_prompt, continuation_nll
+
+    model, processor = _model(FASTV)
+    prompt, frames = build_prompt(processor, "What colour is it?"), coloured_frames(3, 1)
+    ((score, _),) = continuation_nll(model, processor, prompt, [frames], [" red"])
+    inputs = processor(text=[prompt], videos=[frames])
+    option = torch.tensor([_answer_ids(processor, prompt, " red")])
+    ids = torch.cat([inputs["input_ids"], option], dim=1)
+
+    def nll(**query) -> float:
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values_videos=inputs["pixel_values_videos"],
+                video_frame_counts=inputs["video_frame_counts"],
+                logits_to_keep=option.shape[1] + 1,
+                **query,
+            ).logits[:, :-1]
+        return -float(logits.float().log_softmax(-1).gather(-1, option[..., None]).sum())
+
+    prompt_end = torch.tensor([inputs["input_ids"].shape[1] - 1])
+    assert score == pytest.approx(nll(fastv_query_positions=prompt_end), abs=1e-5)
+    assert abs(score - nll()) > 1e-5  # the option's last token ranks differently
 
 
 def test_fastv_query_is_the_token_before_the_first_answer_token():
