@@ -1,4 +1,4 @@
-"""Token-reduction baselines of issue 16 (crosslmm/baselines, docs/baselines.md): budget, determinism, each
+"""Token-reduction baselines (crosslmm/baselines, docs/baselines.md): budget, determinism, each
 method's defining property on constructed inputs, cached generation, training and save/load."""
 
 from __future__ import annotations
