@@ -14,6 +14,9 @@ is the one the processor gives the offline model for the same conversation (each
 Frame-scope V2V only: with ``v2v_scope="video"`` a pooled token would need frames that have not arrived.
 With ``decode_memory="topk_frames"`` the session keeps every frame's T2V keys/values and each ``ask`` ranks
 all frames seen so far again; only its generation steps are bounded (docs/streaming.md, "Bounded decode").
+After an answer the session holds the processor's ids for the rendered conversation (as HF chat pipelines
+re-tokenise it), and its cache only what the offline model would compute for them: a generated token stays
+cached where it agrees with those ids and was decoded over every frame; the rest is fed again.
 """
 
 from __future__ import annotations
