@@ -73,7 +73,7 @@ FIG4_CROSSLMM = PaperEfficiency(
     tflops={32: 13.17, 64: 25.92, 128: 51.43, 256: 102.42},
     prefill_ms={32: 335, 64: 578, 128: 1063, 256: 2019},
 )
-# Table 6 (tokens per frame not stated; the FLOPs fit only 1, see crosslmm.bench.flops.paper_convention_flops).
+# Table 6 (tokens per frame not stated; the FLOPs fit only 1: crosslmm.bench.flops.paper_convention_flops).
 TABLE6_CROSSLMM_2B = PaperEfficiency(
     model="CrossLMM-2B",
     memory_mb={32: 715.61, 64: 825.21, 128: 1046.68, 256: 1490.25},

@@ -134,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_memory(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "memory",
-        help="peak memory of a training step: labelled-only logits and uint8 frames vs full logits and fp32 frames",
+        help="peak memory of a training step: labelled-only logits, uint8 frames vs full logits, fp32 frames",
     )
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated, of fp32,bf16")
     p.add_argument("--vision", default="frozen,trained", help="vision tower frozen (stage 1) and/or trained")

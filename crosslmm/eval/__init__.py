@@ -1,4 +1,5 @@
-"""Evaluation: the lmms-eval plugin and the ``chat``/``paper-table`` commands (the paper's numbers: crosslmm.paper).
+"""Evaluation: the lmms-eval plugin and the ``chat``/``paper-table`` commands (the paper's numbers are in
+``crosslmm.paper``).
 
 This module stays import-light: lmms-eval imports it through the ``lmms_eval.models`` entry point every
 time its model registry is built, before it knows which model is wanted.

@@ -22,7 +22,8 @@ memory is recorded as ``"OOM"`` and the run goes on. Last, one stage-1 training 
 trainable, AdamW, batch 1): milliseconds and peak memory above the weights.
 
 Settings and variant models: ``setup.py``; the training step: ``train.py``; the targets: ``targets.py``;
-the clock, peak memory and OOM guard: ``device.py``; tables and plot: ``report.py`` (all in ``bench/preset/``).
+the clock, peak memory and OOM guard: ``device.py``; tables and plot: ``report.py`` (all in
+``bench/preset/``).
 """
 
 from __future__ import annotations
