@@ -74,9 +74,11 @@ class StreamingSession:
             )
         return self.processor.tokenizer(after[len(before) :], add_special_tokens=False).input_ids
 
-    def _feed(self, pixel_values: torch.Tensor | None = None, frames: int = 0) -> torch.Tensor:
-        """Run the model on the tokens of ``self.ids`` not yet in the cache; returns their logits (1, n, V)."""
-        new = torch.tensor([self.ids[self.cache.get_seq_length() :]], device=self.model.device)
+    def _feed(
+        self, ids: list[int], pixel_values: torch.Tensor | None = None, frames: int = 0
+    ) -> torch.Tensor:
+        """Run the model on the tokens of ``ids`` not yet in the cache; returns their logits (1, n, V)."""
+        new = torch.tensor([ids[self.cache.get_seq_length() :]], device=self.model.device)
         visual = {}
         if pixel_values is not None:
             visual = dict(
@@ -95,30 +97,58 @@ class StreamingSession:
             self.model(inputs_embeds=embedding.view(1, 1, -1), cache=self.cache, use_cache=True)
 
     def add_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """Append (T, H, W, 3) uint8 frames to the video; returns the logits of the tokens fed (1, n, V)."""
+        """Append (T, H, W, 3) uint8 frames to the video; returns the logits of the tokens fed (1, n, V).
+        Either it completes or the session is left as it was."""
         self._check_open()
         frames = np.asarray(frames)
         if frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 RGB, got {frames.dtype}")
         pixel = self.processor.preprocess_frames(frames)  # validates the shape
-        if not self._rendered.endswith(self.processor.video_token):  # a new run of frames: a new <video>
-            if not self.messages or self.messages[-1]["role"] != "user":
-                self.messages.append({"role": "user", "content": []})  # after an answer: a new user turn
-            self.messages[-1]["content"].append({"type": "video"})
-            text = self._render(self.messages, add_generation_prompt=False)
+        messages, ids, rendered = copy.deepcopy(self.messages), list(self.ids), self._rendered
+        if not rendered.endswith(self.processor.video_token):  # a new run of frames: a new <video>
+            if not messages or messages[-1]["role"] != "user":
+                messages.append({"role": "user", "content": []})  # after an answer: a new user turn
+            messages[-1]["content"].append({"type": "video"})
+            text = self._render(messages, add_generation_prompt=False)
             head = text[: text.rindex(self.processor.video_token)]
-            self.ids += self._text_ids(self._rendered, head)
-            self._rendered = head + self.processor.video_token
+            ids += self._text_ids(rendered, head)
+            rendered = head + self.processor.video_token
         # the end slot comes at ask()
-        self.ids += self.processor.video_slot_ids(len(pixel), self.tokens_per_frame, end=False)
+        ids += self.processor.video_slot_ids(len(pixel), self.tokens_per_frame, end=False)
+        cached, cross = self.cache.get_seq_length(), self._cross_state()
+        try:
+            logits = self._feed(ids, pixel, len(pixel))
+        except BaseException:
+            self._truncate_cache(cached)
+            self._restore_cross(cross)
+            raise
+        self.messages, self.ids, self._rendered = messages, ids, rendered
         self.frames_seen += len(pixel)
-        return self._feed(pixel, len(pixel))
+        return logits
+
+    def _cross_state(self) -> tuple[dict[int, int], torch.Tensor | None, int]:
+        """What ``add_frames`` may change in the cross cache: keys per layer, frame counts, patches/frame."""
+        lengths = {layer: k.shape[2] for layer, (k, _) in self.cache.cross_kv.items()}
+        return lengths, self.cache.frame_counts, self.cache.patches_per_frame
+
+    def _restore_cross(self, state: tuple[dict[int, int], torch.Tensor | None, int]) -> None:
+        """Undo a failed ``add_frames``'s appends (the storage keeps its room; only the views shrink)."""
+        lengths, frame_counts, patches = state
+        self.cache.cross_kv = {
+            layer: (k[:, :, : lengths[layer]], v[:, :, : lengths[layer]])
+            for layer, (k, v) in self.cache.cross_kv.items()
+            if layer in lengths
+        }
+        self.cache.frame_counts, self.cache.patches_per_frame = frame_counts, patches
+        self.cache.selected_kv.clear()
 
     def _truncate_cache(self, length: int) -> None:
-        """Keep the decoder cache's first ``length`` positions (transformers' ``crop`` takes a count to drop)."""
-        extra = self.cache.get_seq_length() - length
-        if extra > 0:
-            self.cache.crop(-extra)
+        """Keep each decoder layer's first ``length`` cached positions (a forward that failed midway has
+        updated only some layers; transformers' ``crop`` takes a count to drop)."""
+        for layer in self.cache.layers:
+            extra = layer.get_seq_length() - length
+            if extra > 0:
+                layer.crop(-extra)
 
     def _check_generate_kwargs(self, kwargs: dict) -> None:
         """Refuse, before anything changes, what a session of one cached sequence cannot do."""

@@ -101,8 +101,8 @@ def test_question_between_chunks_and_conversation_goes_on(tiny):
 class _Force(LogitsProcessor):
     """Makes generation emit ``tokens`` in order (the step logits ``output_logits`` returns stay the model's)."""
 
-    def __init__(self, tokens: list[int]):
-        self.tokens = tokens
+    def __init__(self, tokens: list[int], start: int):
+        self.tokens, self.start = tokens, start  # start: the prompt's length
 
     def __call__(self, input_ids, scores):
         step = min(input_ids.shape[1] - self.start, len(self.tokens) - 1)
@@ -112,9 +112,7 @@ class _Force(LogitsProcessor):
 
 
 def _forcing(tokens: list[int], prompt_len: int) -> LogitsProcessorList:
-    force = _Force(tokens)
-    force.start = prompt_len
-    return LogitsProcessorList([force])
+    return LogitsProcessorList([_Force(tokens, prompt_len)])
 
 
 class _FailAtStep(LogitsProcessor):
@@ -128,6 +126,11 @@ class _FailAtStep(LogitsProcessor):
         if self.calls > self.step:
             raise RuntimeError("generation failed on purpose")
         return scores
+
+
+def _fail(*_):
+    """A forward pre-hook for a decoder layer: the layers before it have cached their keys/values."""
+    raise RuntimeError("forward failed on purpose")
 
 
 def _state(session: StreamingSession):
@@ -169,6 +172,13 @@ def test_failed_ask_leaves_the_session_as_it_was(tiny):
     with pytest.raises(RuntimeError, match="on purpose"):
         session.ask("And now?", max_new_tokens=5, logits_processor=LogitsProcessorList([_FailAtStep(3)]))
     assert _state(session) == before
+    handle = model.model.language_model.layers[-1].register_forward_pre_hook(_fail)  # midway in the prompt
+    try:
+        with pytest.raises(RuntimeError, match="on purpose"):
+            session.ask("And now?")
+    finally:
+        handle.remove()
+    assert _state(session) == before
 
     fresh = StreamingSession(model, processor)
     fresh.add_frames(frames[:2])
@@ -178,6 +188,35 @@ def test_failed_ask_leaves_the_session_as_it_was(tiny):
         _first_step_logits(session, "And now?"), _first_step_logits(fresh, "And now?"), rtol=0, atol=1e-5
     )
     assert session.ids == fresh.ids and session.messages == fresh.messages
+
+
+def test_failed_add_frames_leaves_the_session_as_it_was(tiny):
+    """A failure in the forward of new frames (their T2V keys already appended in the first cross layer)
+    is rolled back: the same frames added again give a fresh session's logits."""
+    model, processor = tiny
+    frames = coloured_frames(4, seed=8)
+    session = StreamingSession(model, processor)
+    session.add_frames(frames[:2])
+    before = _state(session)
+
+    handle = model.model.language_model.layers[-1].register_forward_pre_hook(_fail)
+    try:
+        with pytest.raises(RuntimeError, match="on purpose"):
+            session.add_frames(frames[2:])
+    finally:
+        handle.remove()
+    assert _state(session) == before
+    fresh = StreamingSession(model, processor)
+    fresh.add_frames(frames[:2])
+    torch.testing.assert_close(
+        session.add_frames(frames[2:]), fresh.add_frames(frames[2:]), rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(
+        _first_step_logits(session, "What colour?"),
+        _first_step_logits(fresh, "What colour?"),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def _with_video_end(seed: int = 0):
