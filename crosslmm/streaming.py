@@ -77,8 +77,8 @@ class StreamingSession:
     def _feed(
         self, ids: list[int], pixel_values: torch.Tensor | None = None, frames: int = 0
     ) -> torch.Tensor:
-        """Run the model on the tokens of ``ids`` not yet in the cache; returns their logits (1, n, V)."""
-        new = torch.tensor([ids[self.cache.get_seq_length() :]], device=self.model.device)
+        """Run the model on ``ids``, the tokens that follow the cache; returns their logits (1, n, V)."""
+        new = torch.tensor([ids], device=self.model.device)
         visual = {}
         if pixel_values is not None:
             visual = dict(
@@ -104,25 +104,27 @@ class StreamingSession:
         if frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 RGB, got {frames.dtype}")
         pixel = self.processor.preprocess_frames(frames)  # validates the shape
-        messages, ids, rendered = copy.deepcopy(self.messages), list(self.ids), self._rendered
+        messages, rendered, new_ids = self.messages, self._rendered, []
         if not rendered.endswith(self.processor.video_token):  # a new run of frames: a new <video>
+            messages = copy.deepcopy(messages)
             if not messages or messages[-1]["role"] != "user":
                 messages.append({"role": "user", "content": []})  # after an answer: a new user turn
             messages[-1]["content"].append({"type": "video"})
             text = self._render(messages, add_generation_prompt=False)
             head = text[: text.rindex(self.processor.video_token)]
-            ids += self._text_ids(rendered, head)
+            new_ids = self._text_ids(rendered, head)
             rendered = head + self.processor.video_token
         # the end slot comes at ask()
-        ids += self.processor.video_slot_ids(len(pixel), self.tokens_per_frame, end=False)
+        new_ids += self.processor.video_slot_ids(len(pixel), self.tokens_per_frame, end=False)
         cached, cross = self.cache.get_seq_length(), self._cross_state()
-        try:
-            logits = self._feed(ids, pixel, len(pixel))
+        try:  # what the cache lacks: an answer's tokens to feed again (see ask), then the new ones
+            logits = self._feed(self.ids[cached:] + new_ids, pixel, len(pixel))
         except BaseException:
             self._truncate_cache(cached)
             self._restore_cross(cross)
             raise
-        self.messages, self.ids, self._rendered = messages, ids, rendered
+        self.messages, self._rendered = messages, rendered
+        self.ids += new_ids
         self.frames_seen += len(pixel)
         return logits
 
