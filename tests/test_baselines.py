@@ -376,6 +376,18 @@ def test_fastv_cached_generation_equals_full_forward():
     assert (step_logits[0] - step_logits[1]).abs().max() > 1e-3
 
 
+def test_fastv_query_positions_are_refused_with_a_right_padded_batch():
+    """``generate`` moves right-padded rows to the left, which would move the positions FastV ranks by."""
+    model, processor = _model(FASTV)
+    inputs = processor(
+        text=[video_prompt(processor, q) for q in ("What colour is it?", "Which?")],
+        videos=[coloured_frames(2, 1), coloured_frames(2, 7)],
+        padding_side="right",
+    )
+    with pytest.raises(ValueError, match="right-padded batch with fastv_query_positions"):
+        model.generate(**inputs, fastv_query_positions=torch.zeros(2, dtype=torch.long), max_new_tokens=1)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_training_step_reaches_the_projector(name):
     model, processor = _model(ALL[name])

@@ -138,6 +138,7 @@ class FastVModel(CrossLMMModel):
     first labelled token)."""
 
     cache_class = FastVCache
+    position_inputs = ("position_ids", "fastv_query_positions")
 
     def __init__(self, config):
         super().__init__(config)

@@ -62,6 +62,7 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
 
 class CrossLMMModel(CrossLMMPreTrainedModel):
     cache_class = CrossLMMCache  # what generation and ``use_cache`` start; a subclass may extend it
+    position_inputs = ("position_ids",)  # forward inputs that index sequence positions (generate checks them)
 
     def __init__(self, config: CrossLMMConfig):
         super().__init__(config)
@@ -310,8 +311,7 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         while most positions are video or prompt. The loss is unchanged: ``loss_function`` (transformers'
         ``ForCausalLMLoss``) over the labelled tokens, a mean, or a sum divided by ``num_items_in_batch`` when
         the Trainer passes it. Without labels, logits are (B, L', V) for the last ``logits_to_keep``
-        positions (0: all). ``kwargs`` go to the model (a baseline's own inputs, e.g. FastV's
-        ``fastv_query_positions``) and to the loss."""
+        positions (0: all). ``kwargs`` go to the model (a decoder variant's own inputs) and to the loss."""
         if use_cache is None:
             use_cache = self.config.text_config.use_cache and not self.training
         shift_labels = kwargs.pop("shift_labels", None)  # (B, L) already shifted, as HF collators may give
@@ -359,9 +359,7 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
         if isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor) and ids.dim() == mask.dim() == 2:
             index, shift = _left_padding_order(mask.to(ids.device))
             if bool(shift.any()):
-                positional = [
-                    k for k in ("position_ids", "fastv_query_positions") if kwargs.get(k) is not None
-                ]
+                positional = [k for k in self.model.position_inputs if kwargs.get(k) is not None]
                 if positional:
                     raise ValueError(
                         f"a right-padded batch with {', '.join(positional)}: pad on the left (the processor's "
