@@ -75,6 +75,26 @@ def test_config_names_every_reducer_of_the_registry():
     assert VISUAL_REDUCERS == REGISTRY
 
 
+def test_the_model_core_reaches_baselines_only_through_their_registry():
+    """crosslmm/model/ imports no baseline module: the connector and modeling ask ``crosslmm.baselines`` for
+    a reducer by the config's name, and the config imports nothing from it."""
+    import ast
+    from pathlib import Path
+
+    import crosslmm.model
+
+    imports = {}
+    for path in Path(crosslmm.model.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imports[path.name] = {m for m in names if m.startswith("crosslmm.baselines")}
+    assert {name: found for name, found in imports.items() if found} == {
+        "connector.py": {"crosslmm.baselines"},
+        "modeling.py": {"crosslmm.baselines"},
+    }
+
+
 def test_fastv_config_builds_the_fastv_model_and_only_it():
     model, _ = _model(FASTV)
     assert type(model.model) is FastVModel and isinstance(model.model, CrossLMMModel)
