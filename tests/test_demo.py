@@ -11,17 +11,20 @@ import pytest
 from helpers import run_lmms_eval
 
 from crosslmm.cli import main as cli
+from crosslmm.demo.audit import CONTROL, PROBES, audit
 from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.run import train_variant, write_mixture
 from crosslmm.demo.synth import (
     COLOURS,
     QUARTERS,
-    QUESTIONS,
+    STRIPE_COLOURS,
     TASK_NAME,
     SynthSpec,
     is_correct,
     make_video,
     quarter_of,
+    questions_of,
+    stripe_patch,
     write_dataset,
 )
 from crosslmm.demo.variants import DemoSettings, variants
@@ -47,8 +50,8 @@ def test_synth_records_are_llava_format_with_a_task_yaml(tmp_path):
     assert len(train) == 9 and len(test) == 1
     for record in train + test:
         human, gpt = record["conversations"]
-        assert human == {"from": "human", "value": f"<video>\n{QUESTIONS['colour']}"}
-        assert gpt["from"] == "gpt" and gpt["value"] in COLOURS
+        assert human == {"from": "human", "value": f"<video>\n{questions_of('stripes')['colour']}"}
+        assert gpt["from"] == "gpt" and gpt["value"] in STRIPE_COLOURS
         assert (tmp_path / record["video"]).is_file()
     task = paths["task"].read_text()
     assert "task: crosslmm_synth" in task and str(paths["test"].resolve()) in task
@@ -56,7 +59,7 @@ def test_synth_records_are_llava_format_with_a_task_yaml(tmp_path):
 
 @pytest.mark.parametrize("frames", [8, 12, 16])
 def test_marker_is_the_only_saturated_patch_and_matches_the_answer(frames):
-    spec = SynthSpec(frames=frames)
+    spec = SynthSpec(frames=frames, design="marker")
     for seed in range(5):
         video, truth = make_video(spec, np.random.default_rng(seed))
         saturated = ((video == 0) | (video == 255)).any(-1)  # (T, H, W)
@@ -76,7 +79,7 @@ def test_question_types_are_drawn_from_the_spec(tmp_path):
     for r in records:
         answers[r["question_type"]].add(r["conversations"][1]["value"])
     assert set(answers) == {"colour", "quarter"}
-    assert answers["colour"] <= set(COLOURS) and answers["quarter"] <= set(QUARTERS)
+    assert answers["colour"] <= set(STRIPE_COLOURS) and answers["quarter"] <= set(QUARTERS)
     with pytest.raises(ValueError, match="questions must be a non-empty subset"):
         SynthSpec(questions=("shape",)).validate()
 
@@ -94,10 +97,65 @@ def test_frame_means_hide_the_marker_colour():
         return cast, direction / np.linalg.norm(direction)
 
     for seed in range(8):
-        cast, _ = marker_cast(SynthSpec(distractors=0), seed)
+        cast, _ = marker_cast(SynthSpec(distractors=0, design="marker"), seed)
         assert np.abs(cast).max() < 2.0  # the frame-to-frame noise of the mean, nothing more
-        cast, direction = marker_cast(SynthSpec(constant_mean=False, distractors=0), seed)
+        cast, direction = marker_cast(SynthSpec(constant_mean=False, distractors=0, design="marker"), seed)
         assert float(cast @ direction) > 2.5
+
+
+@pytest.mark.parametrize("frames", [8, 20])
+def test_every_marked_frame_shows_every_colour_and_only_the_target_is_vertical(frames):
+    spec = SynthSpec(frames=frames)
+    cells = spec.size // spec.cell
+    for seed in range(5):
+        video, truth = make_video(spec, np.random.default_rng(seed))
+        start, end = truth["marker_frames"]
+        target = STRIPE_COLOURS.index(truth["colour"])
+        found = {}  # colour -> (cell, vertical) in each marked frame
+        for t in range(start, end):
+            for cell in range(cells * cells):
+                r, c = divmod(cell, cells)
+                patch = video[t, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell]
+                for colour in range(len(STRIPE_COLOURS)):
+                    for vertical in (True, False):
+                        if np.array_equal(patch, stripe_patch(colour, vertical, spec.cell)):
+                            found.setdefault(colour, set()).add((cell, vertical))
+        assert sorted(found) == [0, 1, 2]  # every answer colour, in one cell for all marked frames
+        assert all(len(v) == 1 for v in found.values())
+        assert {colour for colour, ((_, vertical),) in found.items() if vertical} == {target}
+        assert found[target] == {(truth["cell"][0] * cells + truth["cell"][1], True)}
+        assert {quarter_of(t, frames) for t in range(start, end)} == {QUARTERS.index(truth["quarter"])}
+
+
+def test_the_striped_patches_add_up_to_the_same_pixels_whichever_colour_is_the_target():
+    """What a patch-linear feature averaged over a frame sees of the striped patches does not depend on the
+    answer; and every striped patch has the same per-patch mean and standard deviation."""
+    cell = SynthSpec().cell
+    sums = [sum(stripe_patch(c, c == target, cell) for c in range(3)) for target in range(3)]
+    assert all(np.array_equal(sums[0], other) for other in sums[1:])
+    patches = [stripe_patch(c, v, cell) for c in range(3) for v in (True, False)]
+    np.testing.assert_allclose([p.mean() for p in patches], patches[0].mean(), rtol=1e-6)
+    np.testing.assert_allclose([p.std() for p in patches], patches[0].std(), rtol=1e-6)
+    assert not np.array_equal(stripe_patch(0, True, cell), stripe_patch(0, False, cell))
+
+
+@pytest.mark.slow
+def test_audit_flags_the_marker_design_and_passes_the_stripes_design(tmp_path):
+    """The audit's probes find the marker design's leak (the compensation puts the answer into every patch,
+    and the marker is the most saturated patch) and none in the default stripes design, whose target patch
+    alone answers."""
+    reports = {}
+    for design in ("marker", "stripes"):
+        spec = SynthSpec(videos=500, frames=8, test_fraction=0.3, design=design)
+        write_dataset(tmp_path / design, spec, progress=False)
+        reports[design] = audit(tmp_path / design, progress=False)
+    marker, stripes = (reports[d]["probes"] for d in ("marker", "stripes"))
+    assert not reports["marker"]["passed"]
+    assert marker["most_saturated"]["accuracy"] > 0.9 and not marker["most_saturated"]["ok"]
+    assert not marker["standardised_mean"]["ok"]
+    assert reports["stripes"]["passed"], reports["stripes"]
+    assert set(stripes) == {*PROBES, CONTROL} - {"pooled_tower"}  # no tower given: that probe is not run
+    assert stripes[CONTROL]["accuracy"] >= 0.95
 
 
 @pytest.mark.parametrize(

@@ -235,10 +235,13 @@ def load_frames(video: VideoLike, sampling: FrameSampling) -> np.ndarray:
     return frames
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> None:
+def write_video(
+    path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, crf: int | None = None
+) -> None:
     """Write (T, H, W, 3) uint8 RGB frames as an mp4 (H.264/yuv420p, or MPEG-4 Part 2 without libx264).
 
     Used by tests and demos to make videos that both decord and PyAV can read. yuv420p needs even H and W.
+    ``crf`` sets libx264's quality (0: lossless planes; the chroma is still subsampled by yuv420p).
     """
     import av
 
@@ -256,6 +259,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -
     with av.open(os.fspath(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if crf is not None and codec == "libx264":
+            stream.options = {"crf": str(crf)}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

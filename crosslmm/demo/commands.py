@@ -10,8 +10,14 @@ import time
 def _synth(args: argparse.Namespace) -> int:
     from crosslmm.demo.synth import SynthSpec, write_dataset
 
+    if args.audit:
+        return _audit(args.out)
     spec = SynthSpec(
-        videos=args.videos, frames=args.frames, seed=args.seed, questions=tuple(args.questions.split(","))
+        videos=args.videos,
+        frames=args.frames,
+        seed=args.seed,
+        questions=tuple(args.questions.split(",")),
+        design=args.design,
     )
     paths = write_dataset(args.out, spec)
     print(
@@ -19,6 +25,25 @@ def _synth(args: argparse.Namespace) -> int:
         + ", ".join(p.name for p in paths.values())
     )
     return 0
+
+
+def _audit(data_dir: str) -> int:
+    """Probe the dataset for shortcuts (:mod:`crosslmm.demo.audit`); exit 1 when one leaks or the control fails."""
+    import json
+    from pathlib import Path
+
+    from crosslmm.demo.audit import audit, markdown_table
+    from crosslmm.demo.synth import SynthSpec
+    from crosslmm.demo.variants import DemoSettings, build_model, variants
+
+    spec = SynthSpec(**json.loads((Path(data_dir) / "spec.json").read_text()))
+    settings = DemoSettings(data=spec)
+    pool = next(v for v in variants(1, list(settings.cross_layers)) if v.name == "pool")
+    report = audit(data_dir, tower=build_model(pool, settings.tower_seed, settings))
+    (Path(data_dir) / "audit.json").write_text(json.dumps(report, indent=1))
+    print(markdown_table(report))
+    print(f"written to {Path(data_dir) / 'audit.json'}")
+    return 0 if report["passed"] else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -67,7 +92,18 @@ def _elastic(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="write the synthetic fine-detail video QA dataset")
-    p.add_argument("out", help="output directory (videos/, train.json, test.json, lmms-eval task YAML)")
+    p.add_argument(
+        "out",
+        help="output directory (videos/, train.json, test.json, lmms-eval task YAML); with --audit, the dataset",
+    )
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="probe the dataset in OUT for shortcuts to the answer instead of writing one (exit 1 on a leak)",
+    )
+    p.add_argument(
+        "--design", default="stripes", choices=("stripes", "marker"), help="task design (docs/demo.md)"
+    )
     p.add_argument("--videos", type=int, default=1400, help="videos in train + test (10%% test)")
     p.add_argument("--frames", type=int, default=20, help="frames per video (>= 4)")
     p.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.report import RunResult, summarise, write_report
 from crosslmm.demo.synth import write_dataset
-from crosslmm.demo.variants import DemoSettings, Variant, variants
+from crosslmm.demo.variants import DemoSettings, Variant, build_model, variants
 from crosslmm.model.presets import CONFIG_DIR
 
 DEMO_CONFIG = CONFIG_DIR / "train" / "demo.yaml"
@@ -60,14 +60,10 @@ def finished_training(run_dir: Path, steps: int) -> float | None:
 def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: Path, run_dir: Path) -> float:
     """Build the variant's tiny model and train it with the real entry point; returns wall seconds."""
     from crosslmm.model.build import save_model_dir
-    from crosslmm.model.tiny import TinySpec, make_tiny
     from crosslmm.training.config import load_config
     from crosslmm.training.run import train
 
-    spec = TinySpec(layers=settings.llm_layers, image_size=settings.data.size, patch_size=settings.patch_size)
-    model, processor = make_tiny(
-        spec, seed=seed, vision_feature_layer=settings.vision_feature_layer, **variant.fields
-    )
+    model, processor = build_model(variant, seed, settings)
     init_dir = run_dir / "init"
     save_model_dir(model, processor, init_dir)
     recipe = load_config(str(DEMO_CONFIG), validate=False)
@@ -79,6 +75,8 @@ def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: 
         max_steps=settings.steps,
         per_device_batch_size=settings.batch_size,
         seed=seed,
+        gate_lr_scale=settings.gate_lr_scale,
+        gate_lr_decay=settings.gate_lr_decay,
     )
     config.validate()
     start = time.perf_counter()

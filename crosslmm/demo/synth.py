@@ -1,18 +1,26 @@
-"""Synthetic long-video QA whose answer hides in one patch of a few frames: what pooling to one token destroys.
+"""Synthetic long-video QA whose answer sits only in the fine detail of one patch of a few frames.
 
-Each video is T frames of mid-range noise with a few dimmed squares in the answer colours, redrawn every
-frame. For a few consecutive frames inside one quarter of the video, one patch-sized square is fully
-saturated (the only pixels at 0 or 255): the marker. Questions ask for the marker's colour (the default)
-or the quarter of the video it appears in. The opt-in ``motion`` question asks where a light, unsaturated
-block of 2x2 patches moves (left, right, up or down, one cell per stage): evidence spread over four patches
-and every frame, which a frame pooled to one token also loses (the block is cell-aligned, so its share of
-the frame average does not depend on where it is), but which no single saturated patch gives away.
+Two designs of the ``colour`` question (``SynthSpec.design``):
 
-A marked frame keeps the per-channel mean it had without the marker (the pixels around the marker are
-shifted to cancel its colour cast), so the marker's colour cancels out of any average over a frame: a frame
-pooled to one token (of the frozen, patch-linear features) carries no trace of it, while every single patch
-still shows it plainly. That is the fine detail the demo asks about: lost by pooling, recoverable by
-attending to the original tokens.
+- ``stripes`` (the default): for a few consecutive frames inside one quarter of the video, every answer
+  colour (red, green, blue) appears as a patch-sized square, each at the same saturation and striped by the
+  same grey (achromatic) stripes. The target's stripes run vertically, the others' horizontally; the question
+  asks for the colour of the vertical stripes. Every colour is present in every marked frame with the same
+  pixel statistics (the colours are permutations of one (hi, lo, lo) triple, so per-patch means and standard
+  deviations are equal), and the stripes are added in grey, so the sum of the patches does not depend on
+  which colour carries the vertical ones. A frame average, any per-pixel or per-patch statistic averaged over
+  a frame, the most saturated patch, and a linear read-out of the average of patch-linear features all carry
+  no trace of the answer; only the orientation inside the right patch does. ``crosslmm synth --audit`` checks
+  this with probes (:mod:`crosslmm.demo.audit`).
+- ``marker`` (the earlier design, kept to show what the audit catches): one patch-sized square fully
+  saturated in the answer colour, the only pixels at 0 or 255. With ``constant_mean`` the pixels around it
+  are shifted to cancel its colour cast, which puts the negated answer into every other patch: a per-patch
+  standardisation followed by an average, or the most saturated patch, reads the answer without finding it.
+
+Questions ask for the target's colour (the default) or the quarter of the video it appears in. The opt-in
+``motion`` question asks where a light, unsaturated block of 2x2 patches moves (left, right, up or down, one
+cell per stage): evidence spread over four patches and every frame, which a frame pooled to one token also
+loses (the block is cell-aligned, so its share of the frame average does not depend on where it is).
 """
 
 from __future__ import annotations
@@ -30,15 +38,36 @@ from crosslmm.data.synthetic import COLOURS
 from crosslmm.data.video import write_video
 
 QUARTERS = ("first", "second", "third", "last")
+DESIGNS = ("stripes", "marker")
 QUESTIONS = {
-    "colour": "What colour is the marker?",
-    "quarter": "Which quarter of the video shows the marker?",
-    "motion": "Which way does the block move?",
+    "stripes": {
+        "colour": "What colour are the vertical stripes?",
+        "quarter": "Which quarter of the video shows the vertical stripes?",
+    },
+    "marker": {
+        "colour": "What colour is the marker?",
+        "quarter": "Which quarter of the video shows the marker?",
+    },
 }
+MOTION_QUESTION = "Which way does the block move?"
 DIRECTIONS = ("left", "right", "up", "down")
-ANSWERS = {"colour": tuple(COLOURS), "quarter": QUARTERS, "motion": DIRECTIONS}
+# The stripes design's colours: permutations of one (hi, lo, lo) triple, so every colour patch has the same
+# per-patch mean and standard deviation; STRIPE adds the same grey to every channel of the bright stripes.
+STRIPE_HI, STRIPE_LO, STRIPE = 190.0, 30.0, 60.0
+STRIPE_COLOURS = ("red", "green", "blue")
 BLOCK_VALUE = 215.0  # the moving block's grey: above the noise (80..175), below saturation
 TASK_NAME = "crosslmm_synth"
+
+
+def questions_of(design: str) -> dict[str, str]:
+    """Question type -> question sentence for ``design``."""
+    return QUESTIONS[design] | {"motion": MOTION_QUESTION}
+
+
+def answers_of(design: str) -> dict[str, tuple[str, ...]]:
+    """Question type -> the possible answers for ``design`` (the majority floor's classes)."""
+    colours = STRIPE_COLOURS if design == "stripes" else tuple(COLOURS)
+    return {"colour": colours, "quarter": QUARTERS, "motion": DIRECTIONS}
 
 
 @dataclass(frozen=True)
@@ -53,8 +82,9 @@ class SynthSpec:
     cell: int = 8  # marker/distractor side; equal to the tower's patch so a marker fills one patch
     marker_frames: int = 4  # consecutive frames the marker is shown (clipped to a quarter of the video)
     distractors: int = 3  # dimmed squares per frame
-    questions: tuple[str, ...] = ("colour",)  # drawn uniformly per video; any of QUESTIONS
-    constant_mean: bool = True  # marked frames keep their unmarked channel means (see module docstring)
+    questions: tuple[str, ...] = ("colour",)  # drawn uniformly per video; any of questions_of(design)
+    design: str = "stripes"  # "stripes" (leak-free) or "marker" (the earlier design; see module docstring)
+    constant_mean: bool = True  # marker design only: marked frames keep their unmarked channel means
     fps: float = 4.0
 
     def validate(self) -> None:
@@ -71,10 +101,17 @@ class SynthSpec:
             raise ValueError(f"size {self.size} must be even and a multiple of cell {self.cell}")
         if self.marker_frames < 1 or self.distractors < 0:
             raise ValueError("marker_frames must be >= 1 and distractors >= 0")
-        unknown = [q for q in self.questions if q not in QUESTIONS]
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if self.design != "marker" and not self.constant_mean:
+            raise ValueError("constant_mean=False applies to the marker design only (design='marker')")
+        known = tuple(questions_of(self.design))
+        unknown = [q for q in self.questions if q not in known]
         if not self.questions or unknown:
+            raise ValueError(f"questions must be a non-empty subset of {known}, got {self.questions}")
+        if self.design == "stripes" and self.cell % 4:
             raise ValueError(
-                f"questions must be a non-empty subset of {tuple(QUESTIONS)}, got {self.questions}"
+                f"the stripes design needs cell to be a multiple of 4 (2-px stripes), got {self.cell}"
             )
 
 
@@ -89,38 +126,36 @@ def _square(r: int, c: int, side: int) -> tuple[slice, slice]:
 
 
 def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """One video (T, H, W, 3) uint8 and its ground truth (marker colour, quarter, cell, frames)."""
+    """One video (T, H, W, 3) uint8 and its ground truth (target colour, quarter, cell, frames)."""
     cells = spec.size // spec.cell
     names = list(COLOURS)
     palette = np.array([COLOURS[n] for n in names], dtype=np.float32)
-    # Mid-range noise: no pixel near 0 or 255, so saturation is the marker's signature.
+    # Mid-range noise: no pixel near 0 or 255.
     frames = rng.integers(80, 176, (spec.frames, spec.size, spec.size, 3)).astype(np.float32)
-    dimmed = 0.35 * palette + 0.65 * 128.0  # same hues as the answers, never saturated
+    # Marker design: dimmed (never saturated, the marker is). Stripes design: fully saturated, more than any
+    # striped patch, so the most salient patch of a frame is clutter that says nothing about the answer.
+    dimmed = palette if spec.design == "stripes" else 0.35 * palette + 0.65 * 128.0
     for t in range(spec.frames):
         for cell in rng.choice(cells * cells, spec.distractors, replace=False):
             frames[t][_square(*divmod(int(cell), cells), spec.cell)] = dimmed[rng.integers(len(names))]
-    colour = int(rng.integers(len(names)))
+    answers = answers_of(spec.design)["colour"]
+    colour = int(rng.integers(len(answers)))
     quarter = int(rng.integers(4))
     first, end = math.ceil(quarter * spec.frames / 4), math.ceil((quarter + 1) * spec.frames / 4)
     length = min(spec.marker_frames, end - first)
     start = int(rng.integers(first, end - length + 1))
-    r, c = divmod(int(rng.integers(cells * cells)), cells)
+    shown = slice(start, start + length)
+    if spec.design == "stripes":
+        r, c = _paint_stripes(frames, shown, colour, spec, rng)
+    else:
+        r, c = divmod(int(rng.integers(cells * cells)), cells)
     # Drawn after everything else and only when asked, so the default spec's videos stay as they were.
     motion = _draw_block(frames, spec, rng) if "motion" in spec.questions else {}
-    marker = np.zeros(frames.shape[:3], dtype=bool)
-    marker[(slice(start, start + length), *_square(r, c, spec.cell))] = True
-    unmarked_mean = frames.mean((1, 2))  # (T, 3): each frame's colour cast from noise and distractors
-    frames[marker] = palette[colour]
-    if spec.constant_mean:
-        # Spread the marker's colour cast, negated, over the pixels around it (a grey level or so, so nothing
-        # else saturates): every frame keeps the average it had without the marker, which varies by chance
-        # from frame to frame and says nothing about the marker.
-        for t in range(start, start + length):
-            rest = ~marker[t]
-            frames[t][rest] -= (frames[t].mean((0, 1)) - unmarked_mean[t]) * marker[t].size / rest.sum()
+    if spec.design == "marker":
+        _paint_marker(frames, shown, (r, c), palette[colour], spec)
     truth = (
         dict(
-            colour=names[colour],
+            colour=answers[colour],
             quarter=QUARTERS[quarter],
             cell=[r, c],
             marker_frames=[start, start + length],
@@ -128,6 +163,43 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
         | motion
     )
     return np.rint(frames).astype(np.uint8), truth
+
+
+def stripe_patch(colour: int, vertical: bool, cell: int) -> np.ndarray:
+    """(cell, cell, 3) float: the stripes design's patch of ``STRIPE_COLOURS[colour]``, 2-px grey stripes."""
+    base = np.full(3, STRIPE_LO, dtype=np.float32)
+    base[colour] = STRIPE_HI
+    bright = (np.arange(cell) // 2) % 2 == 0  # 2 px on, 2 px off, the same phase in every patch
+    stripes = np.broadcast_to(bright[None, :] if vertical else bright[:, None], (cell, cell))
+    return base + STRIPE * stripes[..., None]
+
+
+def _paint_stripes(
+    frames: np.ndarray, shown: slice, target: int, spec: SynthSpec, rng: np.random.Generator
+) -> tuple[int, int]:
+    """Paint every answer colour as a striped patch (target vertical, others horizontal) at distinct random
+    cells, the same cells in each frame of ``shown``; returns the target's cell."""
+    cells = spec.size // spec.cell
+    where = rng.choice(cells * cells, len(STRIPE_COLOURS), replace=False)
+    for colour, cell in enumerate(where):
+        rows, cols = _square(*divmod(int(cell), cells), spec.cell)
+        frames[shown, rows, cols] = stripe_patch(colour, colour == target, spec.cell)
+    return divmod(int(where[target]), cells)
+
+
+def _paint_marker(
+    frames: np.ndarray, shown: slice, cell: tuple[int, int], colour: np.ndarray, spec: SynthSpec
+) -> None:
+    """The marker design: one fully saturated patch; with ``constant_mean`` its colour cast is cancelled
+    by shifting every other pixel of the frame (which is what leaks the answer into them)."""
+    marker = np.zeros(frames.shape[:3], dtype=bool)
+    marker[(shown, *_square(*cell, spec.cell))] = True
+    unmarked_mean = frames.mean((1, 2))  # (T, 3): each frame's colour cast from noise and distractors
+    frames[marker] = colour
+    if spec.constant_mean:
+        for t in range(shown.start, shown.stop):
+            rest = ~marker[t]
+            frames[t][rest] -= (frames[t].mean((0, 1)) - unmarked_mean[t]) * marker[t].size / rest.sum()
 
 
 def block_cell(direction: str, stage: int, across: int, cells: int) -> tuple[int, int]:
@@ -150,13 +222,15 @@ def _draw_block(frames: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -
     return dict(motion=direction, block_across=across)
 
 
-def _record(vid: str, video: str, kind: str, truth: dict) -> dict:
+def _record(vid: str, video: str, kind: str, truth: dict, design: str) -> dict:
+    """A LLaVA-format record; ``target`` (the target's cell and frames) is what the audit's control reads."""
     return {
         "id": f"{vid}_{kind}",
         "video": video,
         "question_type": kind,
+        "target": {"cell": truth["cell"], "frames": truth["marker_frames"]},
         "conversations": [
-            {"from": "human", "value": f"<video>\n{QUESTIONS[kind]}"},
+            {"from": "human", "value": f"<video>\n{questions_of(design)[kind]}"},
             {"from": "gpt", "value": truth[kind]},
         ],
     }
@@ -243,9 +317,9 @@ def write_dataset(out: str | os.PathLike, spec: SynthSpec, progress: bool = True
         frames, truth = make_video(spec, rng)
         vid = f"v{i:05d}"
         rel = f"videos/{vid}.mp4"
-        write_video(root / rel, frames, spec.fps)
+        write_video(root / rel, frames, spec.fps, crf=0)  # lossless: no codec artefact can carry the answer
         kind = spec.questions[int(rng.integers(len(spec.questions)))]
-        records.append(_record(vid, rel, kind, truth))
+        records.append(_record(vid, rel, kind, truth, spec.design))
     paths = {
         "train": root / "train.json",
         "test": root / "test.json",

@@ -45,6 +45,9 @@ class DemoSettings:
     cross_layers: tuple[int, ...] = (0,)  # DCAL after the first decoder layer, so a later layer reads it
     patch_size: int = 8  # 40 px frames -> 5x5 = 25 tokens per frame before pooling
     vision_feature_layer: int = 0  # the frozen random tower's patch embeddings (see docs/demo.md)
+    tower_seed: int = 0  # one frozen tower for every seed: the seed varies the training, not the tower
+    gate_lr_scale: float = 1.0  # the cross-attention gates' learning rate over the recipe's (docs/model.md)
+    gate_lr_decay: bool = True
     eval_batch_size: int = 25
 
     @classmethod
@@ -61,3 +64,16 @@ class DemoSettings:
             raise ValueError(
                 "the marker must fill exactly one patch: cell == patch_size, size % patch_size == 0"
             )
+
+
+def build_model(variant: Variant, seed: int, settings: DemoSettings):
+    """The variant's tiny model (weights drawn from ``seed``) with the shared frozen tower of
+    ``settings.tower_seed``, and its processor."""
+    from crosslmm.model.tiny import TinySpec, make_tiny
+
+    spec = TinySpec(layers=settings.llm_layers, image_size=settings.data.size, patch_size=settings.patch_size)
+    build = dict(vision_feature_layer=settings.vision_feature_layer)
+    model, processor = make_tiny(spec, seed=seed, **build, **variant.fields)
+    tower, _ = make_tiny(spec, seed=settings.tower_seed, **build, tokens_per_frame=1, cross_attention_every=0)
+    model.model.vision_tower.load_state_dict(tower.model.vision_tower.state_dict())
+    return model, processor

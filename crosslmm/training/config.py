@@ -62,6 +62,12 @@ class TrainConfig:
     lr: float = 1e-3  # new blocks: projector and cross-attention
     llm_lr: float | None = None  # None: same as lr
     vision_lr: float | None = None  # None: same as lr
+    # Cross-attention gates (tanh(gate), 0 at init): until a gate moves, no other cross-attention weight gets
+    # gradient, and Adam moves a scalar by about lr per step. 1.0 and true keep the paper's one schedule.
+    gate_lr_scale: float = 1.0  # gates learn at lr * gate_lr_scale, without weight decay when != 1
+    gate_lr_decay: bool = (
+        True  # false: gates keep their peak rate after warmup instead of following lr_scheduler
+    )
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"
@@ -127,6 +133,8 @@ class TrainConfig:
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.gate_lr_scale <= 0:
+            raise ValueError(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
         for name in ("lr", "llm_lr", "vision_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -15,6 +15,7 @@ from crosslmm.training.config import COMPONENTS, TrainConfig
 
 _PEFT_PREFIX = "base_model.model."
 _CROSS = re.compile(r"^model\.cross_layers\.\d+\.(v2v|t2v|mlp)\.")
+_GATE = re.compile(r"^model\.cross_layers\.(\d+)\.(v2v|t2v|mlp)\.gate$")
 
 
 def component_of(name: str) -> str:
@@ -46,15 +47,57 @@ def set_trainable(model: nn.Module, train: list[str], lora: bool) -> dict[str, i
     return counts
 
 
+def is_gate(name: str) -> bool:
+    """A cross-attention block's tanh gate (V2V, T2V or the gated MLP), with or without a peft wrapper."""
+    return _GATE.match(name.removeprefix(_PEFT_PREFIX)) is not None
+
+
+def separate_gates(config: TrainConfig) -> bool:
+    """Whether gates get their own optimizer group (the paper's recipe keeps them with the other new blocks)."""
+    return config.gate_lr_scale != 1.0 or not config.gate_lr_decay
+
+
 def lr_groups(model: nn.Module, config: TrainConfig, decay_names: set[str]) -> list[dict]:
-    """Optimizer parameter groups: (new blocks | llm | vision) x (weight decay | none), empty ones dropped."""
+    """Optimizer parameter groups: (new blocks | llm | vision) x (weight decay | none), and the gates on their
+    own (``gate_lr_scale``, no weight decay; ``decays`` False when they skip the schedule's decay) when
+    :func:`separate_gates`; empty groups dropped."""
     rates = {"llm": config.llm_lr or config.lr, "vision": config.vision_lr or config.lr}
-    groups: dict[tuple[float, float], list] = {}
+    gates = separate_gates(config)
+    groups: dict[tuple[float, float, bool], list] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        if gates and is_gate(name):
+            key = (config.lr * config.gate_lr_scale, 0.0, config.gate_lr_decay)
+        else:
             key = (
                 rates.get(component_of(name), config.lr),
                 config.weight_decay if name in decay_names else 0.0,
+                True,
             )
-            groups.setdefault(key, []).append(p)
-    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+        groups.setdefault(key, []).append(p)
+    return [
+        {"params": ps, "lr": lr, "weight_decay": wd, "decays": decays}
+        for (lr, wd, decays), ps in groups.items()
+    ]
+
+
+def gate_values(model: nn.Module) -> dict[str, float]:
+    """``gate/<block>.<layer>`` -> tanh(gate) of every cross-attention gate, e.g. ``gate/t2v.0``, for the logs.
+
+    Under ZeRO-3 the gates are gathered first (a collective: every rank must call this)."""
+    named = [(name, p) for name, p in model.named_parameters() if is_gate(name)]
+    if named and hasattr(named[0][1], "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in named]):
+            return gate_values_of(named)
+    return gate_values_of(named)
+
+
+def gate_values_of(named: list[tuple[str, nn.Parameter]]) -> dict[str, float]:
+    values = {}
+    for name, p in named:
+        layer, block = _GATE.match(name.removeprefix(_PEFT_PREFIX)).groups()
+        values[f"gate/{block}.{layer}"] = float(p.detach().float().tanh().reshape(-1)[0])
+    return values

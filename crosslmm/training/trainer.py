@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from crosslmm.training import checkpoint
 from crosslmm.training.config import TrainConfig
-from crosslmm.training.params import lr_groups
+from crosslmm.training.params import gate_values, lr_groups
 
 
 class CrossLMMTrainer(Trainer):
@@ -35,6 +36,29 @@ class CrossLMMTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The configured schedule, except for a group with ``decays`` False (the gates with
+        ``gate_lr_decay: false``): it warms up with the others, then keeps its peak rate."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        groups = scheduler.optimizer.param_groups
+        if all(g.get("decays", True) for g in groups) or not isinstance(scheduler, LambdaLR):
+            return scheduler
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        decayed = scheduler.lr_lambdas[0]
+        for group in groups:  # undo the first step's scaling; LambdaLR scales initial_lr again below
+            group["lr"] = group["initial_lr"]
+        self.lr_scheduler = LambdaLR(
+            scheduler.optimizer,
+            [decayed if g.get("decays", True) else _warmup_then_constant(warmup) for g in groups],
+        )
+        return self.lr_scheduler
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Training logs carry tanh(gate) of every cross-attention gate (``gate/t2v.0``, ...)."""
+        if "loss" in logs:
+            logs = logs | gate_values(self.model)
+        super().log(logs, *args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.dropped += inputs.pop("dropped").cpu()
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -47,3 +71,8 @@ class CrossLMMTrainer(Trainer):
         if self.args.should_save:
             checkpoint.mark_complete(path, self.state.global_step)
             checkpoint.rotate(self._get_output_dir(trial), self.train_config.keep_checkpoints)
+
+
+def _warmup_then_constant(warmup: int):
+    """LR multiplier: linear warmup over ``warmup`` steps, then 1 (transformers' constant_with_warmup)."""
+    return lambda step: min(1.0, step / warmup) if warmup else 1.0
