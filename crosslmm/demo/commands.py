@@ -54,6 +54,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.elastic:
+        if args.reuse:
+            raise ValueError("--reuse applies to the default demo, not to --elastic")
         return _elastic(args)
     settings = _sized(DemoSettings.quick() if args.quick else DemoSettings(), args)
     return _run("demo", run_demo, markdown_table, args.out or "runs/demo", settings)
@@ -78,6 +80,8 @@ def _sized(settings, args: argparse.Namespace):
         settings = dataclasses.replace(settings, seeds=args.seeds)
     if args.steps is not None:
         settings = dataclasses.replace(settings, steps=args.steps)
+    if args.reuse:
+        settings = dataclasses.replace(settings, reuse=True)
     return settings
 
 
@@ -134,6 +138,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--steps", type=int, default=None, help="optimiser steps per variant (default: the preset's)"
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the data (same spec) and every run in OUT that finished its steps; train and score the rest",
     )
     p.add_argument(
         "--questions",

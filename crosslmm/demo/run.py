@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -75,8 +75,6 @@ def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: 
         max_steps=settings.steps,
         per_device_batch_size=settings.batch_size,
         seed=seed,
-        gate_lr_scale=settings.gate_lr_scale,
-        gate_lr_decay=settings.gate_lr_decay,
     )
     config.validate()
     start = time.perf_counter()
@@ -89,16 +87,26 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
     settings.validate()
     root = Path(out)
     data_dir = root / "data"
-    paths = write_dataset(data_dir, settings.data)
+    same_data = json.dumps(asdict(settings.data), indent=1)
+    if (
+        settings.reuse
+        and (data_dir / "spec.json").is_file()
+        and (data_dir / "spec.json").read_text() == same_data
+    ):
+        tqdm.write(f"reusing the data in {data_dir} (same spec)")
+    else:
+        write_dataset(data_dir, settings.data)
     mixture = write_mixture(data_dir)
-    test = json.loads(paths["test"].read_text())
+    test = json.loads((data_dir / "test.json").read_text())
     grid = settings.data.size // settings.patch_size
     todo = [(seed, v) for seed in range(settings.seeds) for v in variants(grid, list(settings.cross_layers))]
     runs: list[RunResult] = []
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     for seed, variant in tqdm(todo, desc="demo variants", unit="model"):
         run_dir = root / "runs" / f"{variant.name}-seed{seed}"
-        seconds = train_variant(variant, seed, settings, mixture, run_dir)
+        seconds = settings.reuse and finished_training(run_dir, settings.steps)
+        if not seconds:
+            seconds = train_variant(variant, seed, settings, mixture, run_dir)
         scores = evaluate(
             run_dir / "final",
             test,

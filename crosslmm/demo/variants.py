@@ -46,8 +46,7 @@ class DemoSettings:
     patch_size: int = 8  # 40 px frames -> 5x5 = 25 tokens per frame before pooling
     vision_feature_layer: int = 0  # the frozen random tower's patch embeddings (see docs/demo.md)
     tower_seed: int = 0  # one frozen tower for every seed: the seed varies the training, not the tower
-    gate_lr_scale: float = 1.0  # the cross-attention gates' learning rate over the recipe's (docs/model.md)
-    gate_lr_decay: bool = True
+    reuse: bool = False  # keep runs whose training finished (an interrupted or extended run trains the rest)
     eval_batch_size: int = 25
 
     @classmethod
