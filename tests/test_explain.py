@@ -1,5 +1,5 @@
-"""Attention capture (crosslmm.model.cross_attention.capture_attention), ``crosslmm explain`` and the
-marker check of crosslmm.explain.check."""
+"""Attention capture (crosslmm.model.cross_attention.capture_attention), ``crosslmm explain``, the uniform-T2V
+ablation (crosslmm.explain.ablation) and the target check of crosslmm.explain.check."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from helpers import coloured_frames, video_dependent_model
 
 from crosslmm.cli import main
 from crosslmm.data.video import load_video, write_video
-from crosslmm.explain.check import find_marker, score_video
+from crosslmm.explain.ablation import uniform_attention
+from crosslmm.explain.check import localisation, majority_floor, score_video, summary, target_of
 from crosslmm.explain.maps import answer_text, explain, generate_ids
 from crosslmm.explain.render import write_all
 from crosslmm.inference import build_prompt, generate
@@ -144,11 +145,12 @@ def test_explain_check_creates_the_folder_of_its_out_file(tmp_path, monkeypatch,
 
     def fake_check(model, data, frames, limit):
         assert out.parent.is_dir(), "the folder must exist before the work starts"
-        return {"videos": 0}
+        return _result(passed=False)
 
     monkeypatch.setattr("crosslmm.explain.check.run_check", fake_check)
     assert main(["explain-check", "--model", "m", "--data", "d", "--out", str(out)]) == 0
-    assert json.loads(out.read_text()) == {"videos": 0}
+    assert json.loads(out.read_text()) == _result(passed=False)
+    assert "control: uniform T2V weights answer 0.600" in capsys.readouterr().err
 
 
 def test_video_scope_v2v_keeps_each_frames_own_block():
@@ -188,29 +190,238 @@ def test_explain_command(tiny, tmp_path, capsys):
     assert "missing.mp4: no such file" in capsys.readouterr().err
 
 
-def test_find_marker_recovers_the_generators_truth(tmp_path):
-    from crosslmm.demo.synth import SynthSpec, make_video
+@pytest.mark.parametrize("design", ["stripes", "marker"])
+def test_target_of_maps_the_records_truth_onto_the_sampled_frames(tmp_path, design):
+    """Each record's ``target`` names the cell and frames that show the target in its video: on the frames
+    the check samples (all 20, or 8 of them), those frames have the target's pixels in that cell (vertical
+    stripes or the saturated marker), and no other frame does."""
+    from crosslmm.demo.synth import STRIPE, SynthSpec, write_dataset
 
-    spec, rng = SynthSpec(), np.random.default_rng(0)
-    for i in range(4):
-        frames, truth = make_video(spec, rng)
-        write_video(tmp_path / f"{i}.mp4", frames, spec.fps)  # lossy: the check reads decoded frames
-        decoded = load_video(tmp_path / f"{i}.mp4", num_frames=spec.frames).frames
-        marked, cell = find_marker(decoded, spec.cell)
-        start, end = truth["marker_frames"]
-        assert cell == tuple(truth["cell"])
-        assert marked.nonzero()[0].tolist() == list(range(start, end))
+    spec = SynthSpec(videos=6, design=design, seed=3)
+    write_dataset(tmp_path, spec, progress=False)
+    records = json.loads((tmp_path / "train.json").read_text()) + json.loads(
+        (tmp_path / "test.json").read_text()
+    )
+    for record in records:
+        for count in (spec.frames, 8):
+            clip = load_video(tmp_path / record["video"], num_frames=count)
+            marked, (row, col) = target_of(record, clip.indices)
+            start, end = record["target"]["frames"]
+            assert marked.tolist() == [start <= i < end for i in clip.indices.tolist()] and marked.any()
+            cells = np.s_[:, row * spec.cell : (row + 1) * spec.cell, col * spec.cell : (col + 1) * spec.cell]
+            patch = clip.frames[cells].astype(np.float32)  # (T, cell, cell, 3)
+            grey = patch.mean(-1)  # the stripes are grey; the codec's 4:2:0 chroma blurs colour edges
+            columns, rows = np.ptp(grey.mean(1), axis=1), np.ptp(grey.mean(2), axis=1)  # (T,) each
+            if design == "stripes":  # vertical stripes: the columns differ by STRIPE, the rows far less
+                shows = (columns > STRIPE / 2) & (rows < columns / 3)
+            else:  # saturated: the only cell whose pixels are all near 0 or 255
+                shows = np.abs(patch - 128).max(-1).mean((1, 2)) > 100
+            assert shows.tolist() == marked.tolist()
 
 
-def test_score_video_on_and_next_to_the_marker():
+def test_target_of_refuses_records_without_a_target_or_unsampled_frames():
+    with pytest.raises(ValueError, match="no 'target' field: regenerate"):
+        target_of({"id": "v0_colour"}, [0, 1])
+    record = {"id": "v0_colour", "target": {"cell": [1, 2], "frames": [8, 10]}}
+    with pytest.raises(ValueError, match="none of the sampled frames"):
+        target_of(record, [0, 5, 10, 15])
+    marked, cell = target_of(record, [0, 5, 9, 15])
+    assert marked.tolist() == [False, False, True, False] and cell == (1, 2)
+
+
+def test_score_video_on_and_next_to_the_target():
     t2v = np.full((4, 5, 5), 0.01)
     marked = np.array([False, True, True, False])
-    t2v[2, 1, 3] = 0.5  # the top patch of the marked frames, next to the marker at (2, 2)
-    t2v[0, 0, 0] = 0.9  # a higher one outside them does not count
+    t2v[2, 1, 3] = 0.5  # the top patch of the target frames, next to the target at (2, 2)
+    t2v[0, 0, 0] = 0.9  # a higher one outside them: the video's top patch, not on the target
     row = score_video(t2v, marked, (2, 2))
-    assert row["touches"] and not row["on"]
+    assert row["touches"] and not row["on"] and not row["top_on"]
     assert row["marked_mass"] < row["other_mass"]
-    assert row["chance_touches"] == 9 / 25
+    assert row["chance_touches"] == 9 / 25 and row["chance_top_on"] == 1 / 100
     assert row["marked_in_top"] == 0.5 and row["chance_marked_in_top"] == 0.5  # frames 0 and 2 lead
-    assert score_video(t2v, marked, (1, 3))["on"]
+    assert score_video(t2v, marked, (1, 3))["on"] and not score_video(t2v, marked, (1, 3))["top_on"]
     assert not score_video(t2v, marked, (4, 0))["touches"]
+    assert not score_video(t2v, marked, (0, 0))["top_on"]  # the right cell in a frame without the target
+    t2v[0, 0, 0] = 0.01
+    assert score_video(t2v, marked, (1, 3))["top_on"]
+
+
+def _result(passed: bool) -> dict:
+    """A run_check result: control, then the localisation only when the control passed."""
+    control = dict(
+        majority_answer="green",
+        majority_floor=0.4 if passed else 0.3,
+        accuracy_uniform_t2v=0.45 if passed else 0.6,
+        margin=0.1,
+        passed=passed,
+        answers_uniform_t2v={"green": 5},
+    )
+    rows = [
+        dict(
+            top_on=hit,
+            chance_top_on=0.01,
+            marked_in_top=1.0,
+            chance_marked_in_top=0.2,
+            on=hit,
+            chance_on=0.04,
+            touches=True,
+            chance_touches=0.36,
+            marked_mass=0.3,
+            other_mass=0.1,
+            correct=correct,
+        )
+        for hit, correct in [(True, True)] * 4 + [(False, True), (False, False)]
+    ]
+    return dict(
+        model="m",
+        design="stripes",
+        videos=6,
+        frames=20,
+        accuracy=5 / 6,
+        control=control,
+        accuracy_gate_closed={"v2v": 0.8, "t2v": 0.3},
+        localisation=localisation(rows) if passed else None,
+    )
+
+
+def test_localisation_rates_and_the_summary_report_the_control_first():
+    where = _result(passed=True)["localisation"]
+    assert where["hit_rate"] == 4 / 5 and where["hit_rate_all"] == 4 / 6 and where["hit_rate_wrong"] == 0
+    assert where["target_frames_get_more_mass"] == 1 and where["mass_ratio_target_to_other"] == pytest.approx(
+        3
+    )
+    text = summary(_result(passed=True))
+    assert text.index("control:") < text.index("hit rate") and "passed" in text
+    assert "0.800 (target 0.80: met" in text
+    failed = summary(_result(passed=False))
+    assert "FAILED" in failed and "hit rate (" not in failed and "no hit rate is reported" in failed
+
+
+def test_majority_floor_is_the_most_common_answers_share():
+    def record(answer):
+        return {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": answer}]}
+
+    assert majority_floor([record(a) for a in ["red", "blue", "blue", "green"]]) == ("blue", 0.5)
+
+
+def test_uniform_attention_averages_the_values_the_block_reads(tiny):
+    """Inside ``uniform_attention(model, "t2v")`` a T2V block returns tanh(gate) * o_proj(mean of its values)
+    whatever the queries, V2V is untouched, and on leaving the model is bit for bit what it was."""
+    model, processor = tiny
+    layer = model.model.cross_layers[str(model.config.resolved_cross_layers()[0])]
+    block = layer.t2v
+    queries = torch.randn(2, 3, model.config.text_config.hidden_size)
+    keys, values = torch.randn(2, 2, block.num_kv_heads, 7, block.head_dim).unbind(0)
+    with torch.no_grad():
+        mean = block._per_head(values).mean(2, keepdim=True).expand(-1, -1, 3, -1)  # (G, H, Lq, hd)
+        expected = torch.tanh(block.gate) * block.o_proj(mean.transpose(1, 2).reshape(2, 3, -1))
+        before = block(queries, keys, values)
+        v2v_before = layer.v2v(queries, keys, values)
+        with uniform_attention(model, "t2v") as count:
+            torch.testing.assert_close(block(queries, keys, values), expected, rtol=1e-5, atol=1e-6)
+            assert torch.equal(layer.v2v(queries, keys, values), v2v_before)
+        assert count == len(model.config.resolved_cross_layers())
+        assert torch.equal(block(queries, keys, values), before)
+        assert not torch.allclose(before, expected, atol=1e-3)  # the ablation changes something
+
+
+def test_uniform_attention_weights_in_the_model_and_cleanup(tiny):
+    """In a forward pass, every captured T2V row is uniform over the patches it may see (the prompt's text
+    before the video sees none), the V2V weights are the ordinary ones, the logits change; afterwards the
+    logits are bit for bit the same as before."""
+    model, processor = tiny
+    inputs = _inputs(processor, coloured_frames(FRAMES, seed=2))
+    with torch.no_grad():
+        before = model(**inputs, use_cache=False).logits
+        with capture_attention(model) as plain:
+            eager = model(**inputs, use_cache=False).logits
+        with uniform_attention(model, "t2v"), capture_attention(model) as records:
+            uniform = model(**inputs, use_cache=False).logits
+        after = model(**inputs, use_cache=False).logits
+    # The random model's T2V weights are close to uniform already, so the logits move little (~2e-5) but
+    # move; both passes are eager, so no difference comes from SDPA's rounding.
+    assert torch.equal(before, after) and not torch.equal(eager, uniform)
+    for (kind, layer), calls in records.items():
+        for weights, ordinary in zip(calls, plain[(kind, layer)]):
+            if kind == "t2v":
+                torch.testing.assert_close(weights, torch.full_like(weights, 1 / weights.shape[-1]))
+                assert not torch.allclose(ordinary, weights)
+            else:
+                assert torch.equal(weights, ordinary)
+
+
+def test_uniform_attention_refuses_a_missing_kind():
+    from crosslmm.model.tiny import TinySpec, make_tiny
+
+    model, _ = make_tiny(TinySpec(), seed=0, v2v=True, t2v=False)
+    with pytest.raises(ValueError, match="no t2v cross-attention"):
+        with uniform_attention(model, "t2v"):
+            pass
+    with pytest.raises(ValueError, match="kind must be one of"):
+        with uniform_attention(model, "x2v"):
+            pass
+
+
+def _colour_records(answers: list[str]) -> list[dict]:
+    return [
+        {"conversations": [{"from": "human", "value": "<video>\nq"}, {"from": "gpt", "value": a}]}
+        for a in answers
+    ]
+
+
+def test_uniform_t2v_control_scores_answers_given_under_uniform_attention(tiny, monkeypatch):
+    """The control's answers come from inside ``uniform_attention`` and pass only within the margin of the
+    floor: the majority answer everywhere passes, every answer right fails."""
+    from crosslmm.explain import check
+
+    model, processor = tiny
+    test = _colour_records(["green"] * 4 + ["red"] * 3 + ["blue"] * 3)
+    blocks = [layer.t2v for layer in model.model.cross_layers.values()]
+    given = {}
+
+    def fake_answers(model, processor, questions, videos):
+        assert all(block.q_proj._forward_hooks for block in blocks), "answers must come from the ablation"
+        return given["answers"]
+
+    monkeypatch.setattr(check, "_answers", fake_answers)
+    given["answers"] = ["Green."] * 10
+    control = check.uniform_t2v_control(model, processor, test, [], [])
+    assert control["majority_floor"] == 0.4 and control["accuracy_uniform_t2v"] == 0.4 and control["passed"]
+    assert control["answers_uniform_t2v"] == {"green": 10} and control["majority_answer"] == "green"
+    given["answers"] = [r["conversations"][1]["value"] for r in test]
+    control = check.uniform_t2v_control(model, processor, test, [], [])
+    assert control["accuracy_uniform_t2v"] == 1 and not control["passed"]
+    assert not any(block.q_proj._forward_hooks for block in blocks)
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_run_check_reports_localisation_only_after_the_control_passes(tiny, tmp_path, monkeypatch, passed):
+    """End to end on a tiny dataset and model; with the control failed no map is even taken."""
+    from crosslmm.demo.synth import SynthSpec, write_dataset
+    from crosslmm.explain import check
+
+    model, processor = tiny
+    save_model_dir(model, processor, tmp_path / "model")
+    write_dataset(tmp_path / "data", SynthSpec(videos=8, frames=8, test_fraction=0.5, seed=1), progress=False)
+    real_control = check.uniform_t2v_control
+
+    def control(*args):
+        return real_control(*args) | {"passed": passed}
+
+    monkeypatch.setattr(check, "uniform_t2v_control", control)
+    if not passed:
+        monkeypatch.setattr("crosslmm.explain.maps.explain", lambda *a, **k: pytest.fail("maps taken"))
+    result = check.run_check(str(tmp_path / "model"), str(tmp_path / "data"), frames=8)
+    assert result["videos"] == 4 and result["design"] == "stripes"
+    assert 0 < result["control"]["majority_floor"] <= 1 and set(result["accuracy_gate_closed"]) == {
+        "v2v",
+        "t2v",
+    }
+    if passed:
+        where = result["localisation"]
+        assert 0 <= where["hit_rate_all"] <= 1 and where["chance_hit"] == 1 / (
+            8 * model.model.vision_tower.grid_size**2
+        )
+        assert "hit rate" in summary(result)
+    else:
+        assert result["localisation"] is None and "FAILED" in summary(result)

@@ -1,63 +1,95 @@
-"""Does a model trained on the synthetic marker task (:mod:`crosslmm.demo.synth`) look at the marker?
+"""Does a model trained on the synthetic task (:mod:`crosslmm.demo.synth`) look at the target?
 
-For every test video: the first answer token's T2V map (layer mean); the patch with the largest attention
-within the marked frames, and whether it lies on the marker cell or touches it (Chebyshev distance <= 1);
-the attention mass of the marked frames against the others; and the share of marked frames among the
-frames with the most mass (as many as are marked). The marker is found in the decoded frames
-themselves: it is the only saturated square of a video (every other pixel stays in 80..175, see synth.py),
-so the check needs nothing but the videos and the questions.
+First the control: the test accuracy with every T2V block attending uniformly over the original tokens it
+reads (:func:`crosslmm.explain.ablation.uniform_attention`) must fall to the majority floor (the share of the
+most common answer among the scored videos), within ``CONTROL_MARGIN``. A model that still answers with
+uniform T2V weights reads its answer from an average of the memory, and where its attention peaks then
+says nothing about what it needed; so only when the control passes are the localisation rates reported.
+
+Then, for every test video: the first answer token's T2V map (layer mean); whether the top patch of the
+whole video lies on the target cell in a target frame (the hit rate, reported over the correctly answered
+videos, the issue's target being ``HIT_TARGET``, and over all); the top patch within the target frames and
+whether it lies on or touches the target cell (Chebyshev distance <= 1); the attention mass of the target
+frames against the others; and the share of target frames among the frames with the most mass (as many as
+show the target). The target's cell and frames are the generator's truth, the ``target`` field that
+``crosslmm synth`` writes into every record (both designs), mapped onto the frames the check samples.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SATURATED = 90.0  # mean |pixel - 128| of a cell: the marker's is ~127, noise and distractors' under 50
+CONTROL_MARGIN = 0.10  # uniform-T2V accuracy may beat the floor by this much (the audit's probe margin)
+HIT_TARGET = 0.80  # issue 23: share of correctly answered videos whose top T2V patch is on the target
 
 
-def find_marker(frames: np.ndarray, cell: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """frames (T, H, W, 3) uint8 -> (marked (T,) bool, (row, col) of the marker cell in ``cell``-px cells)."""
-    t, h, w, _ = frames.shape
-    cells = np.abs(frames.astype(np.float32) - 128).max(-1).reshape(t, h // cell, cell, w // cell, cell)
-    score = cells.mean((2, 4))  # (T, rows, cols)
-    marked = score.max((1, 2)) > SATURATED
+def target_of(record: dict, frame_indices) -> tuple[np.ndarray, tuple[int, int]]:
+    """The record's ``target`` on the sampled frames: (marked (F,) bool: the sampled frame shows the target,
+    (row, col) of its cell). ``frame_indices`` are the sampled frames' indices in the source video."""
+    target = record.get("target")
+    if target is None:
+        raise ValueError(
+            f"record {record.get('id')!r} has no 'target' field: regenerate the data with `crosslmm synth` "
+            "(or `crosslmm demo`), which writes the target's cell and frames into every record"
+        )
+    start, end = target["frames"]
+    indices = np.asarray(frame_indices)
+    marked = (indices >= start) & (indices < end)
     if not marked.any():
-        raise ValueError("no saturated marker cell in any sampled frame")
-    row, col = np.unravel_index(score[marked].sum(0).argmax(), score.shape[1:])
+        raise ValueError(
+            f"record {record.get('id')!r}: none of the sampled frames {indices.tolist()} shows the target "
+            f"(frames {start}-{end - 1}); sample more frames"
+        )
+    row, col = target["cell"]
     return marked, (int(row), int(col))
 
 
 def _to_patch(rc: tuple[int, int], cells: int, grid: int) -> tuple[int, int]:
-    """A marker cell of a ``cells`` x ``cells`` frame -> the patch of a ``grid`` x ``grid`` tower holding its
-    centre (the same cell when the marker is one patch, as in the demo)."""
+    """A target cell of a ``cells`` x ``cells`` frame -> the patch of a ``grid`` x ``grid`` tower holding its
+    centre (the same cell when the target is one patch, as in the demo)."""
     return tuple(int((v + 0.5) * grid / cells) for v in rc)
 
 
 def score_video(t2v: np.ndarray, marked: np.ndarray, patch: tuple[int, int]) -> dict:
-    """t2v (F, g, g) one token's layer-mean map; ``marked`` (F,) bool; the marker's patch (row, col)."""
+    """t2v (F, g, g) one token's layer-mean map; ``marked`` (F,) bool: frames showing the target; the
+    target's patch (row, col)."""
     grid = t2v.shape[-1]
+    f, r, c = np.unravel_index(t2v.argmax(), t2v.shape)  # the top patch of the whole video
+    top_on = bool(marked[f]) and (int(r), int(c)) == tuple(patch)
     inside = t2v[marked]
-    f, r, c = np.unravel_index(inside.argmax(), inside.shape)
+    _, r, c = np.unravel_index(inside.argmax(), inside.shape)  # the top patch of the target frames
     distance = max(abs(int(r) - patch[0]), abs(int(c) - patch[1]))
     near = [
         (i, j) for i in range(grid) for j in range(grid) if max(abs(i - patch[0]), abs(j - patch[1])) <= 1
     ]
     mass = t2v.sum((1, 2))
-    top = np.argsort(-mass)[: int(marked.sum())]  # as many frames as are marked, by mass
+    top = np.argsort(-mass)[: int(marked.sum())]  # as many frames as show the target, by mass
     return dict(
+        top_on=top_on,
+        chance_top_on=1 / (len(marked) * grid**2),
         marked_in_top=float(marked[top].mean()),
         chance_marked_in_top=float(marked.mean()),
         on=distance == 0,
+        chance_on=1 / grid**2,
         touches=distance <= 1,
         chance_touches=len(near) / grid**2,
         marked_mass=float(mass[marked].mean()),
         other_mass=float(mass[~marked].mean()) if (~marked).any() else float("nan"),
     )
+
+
+def majority_floor(records: list[dict]) -> tuple[str, float]:
+    """The most common answer of ``records`` and its share: the accuracy of always giving it."""
+    from crosslmm.demo.synth import answer_of
+
+    answer, count = Counter(answer_of(r) for r in records).most_common(1)[0]
+    return answer, count / len(records)
 
 
 def _answer_ids(
@@ -80,9 +112,14 @@ def _answers(model, processor, questions: list[str], videos: list[np.ndarray]) -
     return [answer_text(processor, ids) for ids in _answer_ids(model, processor, questions, videos)]
 
 
+def _accuracy(records: list[dict], answers: list[str]) -> float:
+    from crosslmm.demo.synth import is_correct
+
+    return statistics.fmean(is_correct(r, a) for r, a in zip(records, answers))
+
+
 def _closed_gate_accuracy(model, processor, test: list[dict], questions, videos) -> dict[str, float]:
     """Accuracy with each cross-attention kind's gates at zero in turn: which block carries the answer."""
-    from crosslmm.demo.synth import is_correct
     from crosslmm.explain.maps import dual_layers
 
     out = {}
@@ -101,55 +138,119 @@ def _closed_gate_accuracy(model, processor, test: list[dict], questions, videos)
                 for g, value in zip(gates, saved):
                     g.copy_(value)
         if gates:
-            out[kind] = statistics.fmean(is_correct(r, a) for r, a in zip(test, answers))
+            out[kind] = _accuracy(test, answers)
     return out
 
 
+def uniform_t2v_control(model, processor, test: list[dict], questions, videos) -> dict:
+    """The control: accuracy with uniform T2V weights against the majority floor of ``test``."""
+    from crosslmm.demo.synth import normalise
+    from crosslmm.explain.ablation import uniform_attention
+
+    with uniform_attention(model, "t2v"):
+        answers = _answers(model, processor, questions, videos)
+    majority, floor = majority_floor(test)
+    accuracy = _accuracy(test, answers)
+    return dict(
+        majority_answer=majority,
+        majority_floor=floor,
+        accuracy_uniform_t2v=accuracy,
+        margin=CONTROL_MARGIN,
+        passed=accuracy - floor <= CONTROL_MARGIN,
+        answers_uniform_t2v=dict(Counter(normalise(a) for a in answers).most_common()),
+    )
+
+
+def localisation(rows: list[dict]) -> dict:
+    """The rates over the scored videos (``rows`` from :func:`score_video` with ``correct``)."""
+    correct = [r for r in rows if r["correct"]]
+    with_others = [r for r in rows if r["other_mass"] == r["other_mass"]]
+    return dict(
+        hit_rate=_rate([r["top_on"] for r in correct]),  # the issue's measure, on the answered videos
+        hit_target=HIT_TARGET,
+        hit_rate_all=_rate([r["top_on"] for r in rows]),
+        hit_rate_wrong=_rate([r["top_on"] for r in rows if not r["correct"]]),
+        chance_hit=statistics.fmean(r["chance_top_on"] for r in rows),
+        top_patch_of_target_frames_on_target=statistics.fmean(r["on"] for r in rows),
+        chance_on=statistics.fmean(r["chance_on"] for r in rows),
+        top_patch_of_target_frames_touches_target=statistics.fmean(r["touches"] for r in rows),
+        chance_touches=statistics.fmean(r["chance_touches"] for r in rows),
+        target_share_of_top_frames=statistics.fmean(r["marked_in_top"] for r in rows),
+        chance_target_share=statistics.fmean(r["chance_marked_in_top"] for r in rows),
+        target_frames_get_more_mass=_rate([r["marked_mass"] > r["other_mass"] for r in with_others]),
+        mass_ratio_target_to_other=_rate([r["marked_mass"] / r["other_mass"] for r in with_others]),
+    )
+
+
 def run_check(model_dir: str, data_dir: str, frames: int, limit: int | None = None) -> dict:
-    """The rates over the test split of a ``crosslmm demo`` data dir (``test.json``, ``spec.json``)."""
+    """The control and, when it passes, the localisation rates over the test split of a ``crosslmm synth``
+    / ``crosslmm demo`` data dir (``test.json``, ``spec.json``)."""
     from crosslmm.data.video import load_video
     from crosslmm.demo.synth import is_correct, question_of
-    from crosslmm.explain.maps import explain
+    from crosslmm.explain.maps import answer_text, explain
     from crosslmm.inference import load
 
     root = Path(data_dir)
     test = json.loads((root / "test.json").read_text())[:limit]
-    cell = json.loads((root / "spec.json").read_text())["cell"]
+    spec = json.loads((root / "spec.json").read_text())
     model, processor = load(model_dir)
     clips = [load_video(root / record["video"], num_frames=frames) for record in test]
+    targets = [target_of(record, clip.indices) for record, clip in zip(test, clips)]  # fail before the work
+    videos = [clip.frames for clip in clips]
     questions = [question_of(record) for record in test]
-    answers = _answer_ids(model, processor, questions, [clip.frames for clip in clips])
+    answers = _answer_ids(model, processor, questions, videos)
+    result = dict(
+        model=str(model_dir),
+        design=spec.get("design", "marker"),
+        videos=len(test),
+        frames=frames,
+        accuracy=_accuracy(test, [answer_text(processor, ids) for ids in answers]),
+        control=uniform_t2v_control(model, processor, test, questions, videos),
+        accuracy_gate_closed=_closed_gate_accuracy(model, processor, test, questions, videos),
+        localisation=None,
+    )
+    if not result["control"]["passed"]:
+        return result  # uniform weights answer as well: where attention peaks is not what it needs
     rows = []
-    for record, clip, question, answer_ids in zip(test, clips, questions, answers):
+    for record, clip, (marked, rc), question, answer_ids in zip(test, clips, targets, questions, answers):
         expl = explain(
             model, processor, clip.frames, question, answer_ids, frame_indices=clip.indices.tolist()
         )
-        answer = expl.answer
-        marked, rc = find_marker(clip.frames, cell)
-        patch = _to_patch(rc, clip.frames.shape[1] // cell, expl.grid)
+        patch = _to_patch(rc, clip.frames.shape[1] // spec["cell"], expl.grid)
         rows.append(
-            score_video(expl.t2v[0].mean(0), marked, patch) | dict(correct=is_correct(record, answer))
+            score_video(expl.t2v[0].mean(0), marked, patch) | dict(correct=is_correct(record, expl.answer))
         )
-    with_others = [r for r in rows if r["other_mass"] == r["other_mass"]]
-    return dict(
-        model=str(model_dir),
-        videos=len(rows),
-        frames=frames,
-        accuracy=statistics.fmean(r["correct"] for r in rows),
-        accuracy_gate_closed=_closed_gate_accuracy(
-            model, processor, test, questions, [clip.frames for clip in clips]
+    result["localisation"] = localisation(rows)
+    return result
+
+
+def summary(result: dict) -> str:
+    """The check's verdict in a few lines: the control first, then the hit rate (only if it passed)."""
+    control = result["control"]
+    lines = [
+        f"{result['model']}: {result['videos']} test videos ({result['design']} design), "
+        f"accuracy {result['accuracy']:.3f}",
+        f"control: uniform T2V weights answer {control['accuracy_uniform_t2v']:.3f} against a majority floor "
+        f"of {control['majority_floor']:.3f} ({control['majority_answer']!r}): "
+        + (
+            "passed"
+            if control["passed"]
+            else f"FAILED (more than {control['margin']:.2f} above the floor): the answer does not need "
+            "T2V's attention to find anything, so no hit rate is reported"
         ),
-        top_patch_on_marker=statistics.fmean(r["on"] for r in rows),
-        top_patch_touches_marker=statistics.fmean(r["touches"] for r in rows),
-        chance_touches=statistics.fmean(r["chance_touches"] for r in rows),
-        marked_share_of_top_frames=statistics.fmean(r["marked_in_top"] for r in rows),
-        chance_marked_share=statistics.fmean(r["chance_marked_in_top"] for r in rows),
-        marked_frames_get_more_mass=statistics.fmean(r["marked_mass"] > r["other_mass"] for r in with_others),
-        mass_ratio_marked_to_other=statistics.fmean(r["marked_mass"] / r["other_mass"] for r in with_others),
-        touches_when_correct=_rate([r["touches"] for r in rows if r["correct"]]),
-        touches_when_wrong=_rate([r["touches"] for r in rows if not r["correct"]]),
-    )
+    ]
+    where = result["localisation"]
+    if where is not None:
+        hit = where["hit_rate"]
+        verdict = "n/a" if hit is None else ("met" if hit >= where["hit_target"] else "NOT met")
+        lines.append(
+            "hit rate (top T2V patch on the target cell in a target frame, correctly answered videos): "
+            + ("none answered" if hit is None else f"{hit:.3f}")
+            + f" (target {where['hit_target']:.2f}: {verdict}; chance {where['chance_hit']:.3f}; "
+            f"all videos {where['hit_rate_all']:.3f})"
+        )
+    return "\n".join(lines)
 
 
-def _rate(values: list[bool]) -> float | None:
+def _rate(values: list) -> float | None:
     return statistics.fmean(values) if values else None

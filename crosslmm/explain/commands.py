@@ -1,5 +1,5 @@
 """``crosslmm explain`` (answer a question and draw what the cross-attention looked at) and
-``crosslmm explain-check`` (does a demo-trained model look at the marker?)."""
+``crosslmm explain-check`` (does a demo-trained model look at the target? after a uniform-T2V control)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from crosslmm.explain.check import run_check
+    from crosslmm.explain.check import run_check, summary
 
     out = Path(args.out) if args.out else None
     if out is not None:  # before the work, not after it: a bad --out fails in a second
@@ -64,6 +64,7 @@ def _check(args: argparse.Namespace) -> int:
     result = run_check(args.model, args.data, args.frames, args.limit)
     text = json.dumps(result, indent=1)
     print(text)
+    print(summary(result), file=sys.stderr)
     if out is not None:
         out.write_text(text + "\n")
     return 0
@@ -86,9 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "explain-check",
-        help="on a crosslmm demo data dir: how often the top T2V patch is on the marker (docs/explain.md)",
+        help="on a crosslmm demo data dir: accuracy with uniform T2V weights against the majority floor, then "
+        "how often the top T2V patch is on the target (docs/explain.md)",
     )
-    p.add_argument("--model", required=True, help="a model trained on the synthetic marker task")
+    p.add_argument("--model", required=True, help="a model trained on the synthetic task")
     p.add_argument("--data", required=True, help="its data dir (test.json, spec.json, videos/)")
     p.add_argument("--frames", type=positive_int, default=20, help="uniformly sampled frames per video")
     p.add_argument("--limit", type=positive_int, help="score only the first N test videos")
