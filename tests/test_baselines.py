@@ -165,41 +165,87 @@ def test_random_drop_is_a_fixed_function_of_seed_and_frame_position():
 @pytest.mark.parametrize("reducer", [SalientSelect(5), ToMeMerge(3)])
 def test_deterministic_reducers_repeat(reducer):
     tokens = torch.randn(3, PATCHES, 16)
-    first = reducer(tokens, torch.arange(3), False)
+    signals = {"saliency": torch.rand(3, PATCHES)} if isinstance(reducer, SalientSelect) else {}
+    first = reducer(tokens, torch.arange(3), False, **signals)
     assert first.shape == (3, reducer.tokens_per_frame, 16)
-    assert torch.equal(first, reducer(tokens.clone(), torch.arange(3), True))
+    assert torch.equal(first, reducer(tokens.clone(), torch.arange(3), True, **signals))
 
 
 # --- defining properties ------------------------------------------------------------------------------------
 
 
-def test_salient_keeps_the_highest_norm_patches_and_merges_the_rest():
+def test_salient_keeps_the_most_attended_patches_and_merges_the_rest():
+    """The dominant tokens are the patches with the highest saliency (not the highest norm: the largest
+    tokens here get the least attention), in grid order; the one context token is the rest's mean."""
     torch.manual_seed(0)
     tokens = torch.randn(2, PATCHES, 16)
-    tokens[0, 40] *= 10
-    tokens[1, 7] *= 10
-    tokens[1, 50] *= 8
+    saliency = torch.rand(2, PATCHES)
+    saliency[0, 40], saliency[1, 7], saliency[1, 50] = 5.0, 4.0, 3.0
+    tokens[0, 3] *= 10  # high norm, low attention: not kept
+    saliency[0, 3] = 0.0
     assert context_tokens(3) == 1 and context_tokens(1) == 0 and context_tokens(64) == 10
-    out = SalientSelect(3)(tokens, torch.arange(2), False)  # 2 dominant + 1 context token
-    norms = tokens.norm(dim=-1)
+    out = SalientSelect(3)(tokens, torch.arange(2), False, saliency=saliency)  # 2 dominant + 1 context
     for f in range(2):
-        top = norms[f].topk(2).indices.sort().values
+        top = saliency[f].topk(2).indices.sort().values
         torch.testing.assert_close(out[f, :2], tokens[f, top], rtol=0, atol=0)  # dominant, in grid order
         rest = torch.ones(PATCHES, dtype=torch.bool)
         rest[top] = False
         torch.testing.assert_close(out[f, 2], tokens[f, rest].mean(0))  # one context token: their mean
     assert out[0, 0].equal(tokens[0, 40]) or out[0, 1].equal(tokens[0, 40])
+    assert not any(out[0, i].equal(tokens[0, 3]) for i in range(2))
+    with pytest.raises(ValueError, match="tower attention"):
+        SalientSelect(3)(tokens, torch.arange(2), False)
+
+
+@pytest.mark.parametrize("vision, layer", [("siglip", 0), ("siglip", -1), ("clip", 0)])
+def test_salient_ranks_by_the_attention_captured_from_the_tower(vision, layer):
+    """Hand computation from the tower's own attention (HF eager, ``output_attentions``): the attention each
+    patch receives in ``salient_layer``, averaged over heads and over every query (SigLIP) or taken from the
+    CLS query (CLIP); the model keeps exactly the top patches of that ranking."""
+    model, _ = make_tiny(
+        TinySpec(vision=vision), seed=0, visual_reducer="salient", tokens_per_frame=5, salient_layer=layer
+    )
+    model.eval()
+    tower = model.model.vision_tower
+    frames = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    pixels = model.model.normalize_frames(frames)
+    tower.model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        captured = tower.model(pixels, output_attentions=True).attentions[layer]  # (F, H, L, L)
+        if vision == "clip":
+            expected = captured[:, :, 0, 1:].mean(1)  # the CLS query's attention to each patch
+        else:
+            expected = captured.mean(dim=(1, 2))  # mean over heads and queries
+        original, saliency = model.model.encode_frames_and_attention(frames)
+        pooled, _ = model.model.encode_video(frames)
+    torch.testing.assert_close(saliency, expected)
+    torch.testing.assert_close(original, model.model.encode_frames(frames))
+    projector = model.model.projector
+    reference = projector.project(SalientSelect(5)(original, torch.arange(3), False, saliency=expected))
+    torch.testing.assert_close(pooled, reference)
+    by_norm = projector.project(
+        SalientSelect(5)(original, torch.arange(3), False, saliency=original.norm(dim=-1))
+    )
+    assert not torch.allclose(pooled, by_norm)  # the ranking is the attention's, not the norm's
+
+
+def test_salient_layer_is_checked():
+    with pytest.raises(ValueError, match="salient_layer is the salient reducer's"):
+        make_tiny(TinySpec(), visual_reducer="merge", tokens_per_frame=2, salient_layer=0)
+    with pytest.raises(ValueError, match="out of range"):
+        make_tiny(TinySpec(), visual_reducer="salient", tokens_per_frame=2, salient_layer=2)
 
 
 def test_salient_context_tokens_partition_the_rest():
     """With several context tokens every non-dominant patch lands in exactly one group."""
     torch.manual_seed(0)
     tokens = torch.randn(1, PATCHES, 16)
+    saliency = torch.rand(1, PATCHES)
     reducer = SalientSelect(20)  # 16 dominant + 4 context
-    out = reducer(tokens, torch.arange(1), False)
+    out = reducer(tokens, torch.arange(1), False, saliency=saliency)
     n_context = context_tokens(20)
     assert n_context == 4 and out.shape == (1, 20, 16)
-    dominant = tokens[0].norm(dim=-1).topk(16).indices
+    dominant = saliency[0].topk(16).indices
     rest = torch.ones(PATCHES, dtype=torch.bool)
     rest[dominant] = False
     # each context token is a group mean, so the size-weighted sum of the means can only equal the sum of
@@ -420,3 +466,30 @@ def test_training_step_reaches_the_projector(name):
     assert torch.isfinite(loss)
     grad = model.model.projector.linear_1.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_tome_step_is_a_size_weighted_mean_by_hand():
+    """One bipartite step on tokens that already carry sizes: A = slots 0, 2; B = 1, 3. Slot 2 (size 3) is
+    nearest slot 3 (size 1): the merged token is (3 x2 + 1 x3) / 4 with size 4, not the plain mean."""
+    from crosslmm.baselines.merge import bipartite_merge
+
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [1.0, 1.0]]])
+    size = torch.tensor([[1.0, 2.0, 3.0, 1.0]])
+    merged, new_size, position = bipartite_merge(x, size, torch.arange(4)[None], r=1)
+    # cos(slot 2, slot 3) = 0.949 > cos(slot 0, slot 3) = 0.707 > the others
+    expected = (3 * x[0, 2] + 1 * x[0, 3]) / 4
+    assert position.tolist() == [[0, 1, 3]]  # unmerged A (0), then B (1, 3)
+    torch.testing.assert_close(merged[0], torch.stack([x[0, 0], x[0, 1], expected]))
+    assert new_size.tolist() == [[1.0, 2.0, 4.0]]
+
+
+def test_tome_sizes_count_the_patches_and_weight_the_means():
+    """Down to k from 64 patches: sizes sum to the patches per frame, and the size-weighted sum of the merged
+    tokens is the sum of the patches (each token is the mean of exactly the patches it holds)."""
+    torch.manual_seed(0)
+    tokens = torch.randn(2, PATCHES, 8)
+    merged, size = ToMeMerge(5).merge(tokens)
+    assert merged.shape == (2, 5, 8) and size.shape == (2, 5)
+    assert size.sum(1).tolist() == [PATCHES, PATCHES] and (size > 1).any()
+    torch.testing.assert_close((merged * size[..., None]).sum(1), tokens.sum(1))
+    assert torch.equal(merged, ToMeMerge(5)(tokens, torch.arange(2), False))

@@ -12,9 +12,27 @@ import numpy as np
 import pytest
 
 from crosslmm.cli import main as cli
-from crosslmm.demo.compare.plan import METHODS, CompareSettings, Coster, candidates, equal_compute_plan
-from crosslmm.demo.compare.report import BEGIN, END, PLOTS, split_docs, update_docs
-from crosslmm.demo.synth import BLOCK_VALUE, DIRECTIONS, SynthSpec, block_cell, make_video
+from crosslmm.demo.compare.plan import (
+    METHODS,
+    CompareSettings,
+    Coster,
+    Planned,
+    candidates,
+    equal_compute_plan,
+)
+from crosslmm.demo.compare.report import (
+    BEGIN,
+    END,
+    PLOTS,
+    equal_table,
+    floors,
+    paired_table,
+    split_docs,
+    summarise,
+    update_docs,
+)
+from crosslmm.demo.report import RunResult, majority_floor
+from crosslmm.demo.synth import BLOCK_VALUE, DIRECTIONS, SynthSpec, block_cell, make_video, questions_of
 
 
 @pytest.mark.parametrize("frames", [8, 20])
@@ -49,7 +67,8 @@ def test_motion_leaves_the_colour_question_as_it_was():
 
 def test_budgets_are_matched_to_crosslmm_flops():
     """Every reducer with a free k lands in the band at each CrossLMM budget, at the nearest setting; pooling
-    (square budgets) and FastV (every token through layer 0 of 2) are flagged when they cannot."""
+    (square budgets), FastV (every token through layer 0 of 2) and salient (its ranking runs the tower's two
+    layers, which the others skip: their features are the patch embeddings) are flagged when they cannot."""
     settings = CompareSettings()
     cost = Coster(settings, settings.equal.questions)
     plan = equal_compute_plan(settings, cost)
@@ -62,13 +81,23 @@ def test_budgets_are_matched_to_crosslmm_flops():
         target = cost(candidates("crosslmm", grid, settings.llm_layers, budget)[0][1], settings.equal.frames)
         assert p.target_flops == pytest.approx(target)
         assert p.in_band == (abs(p.flops / target - 1) <= settings.band)
-        if p.method in ("random", "salient", "merge", "crosslmm"):
+        if p.method in ("random", "merge", "crosslmm"):
             assert p.in_band, p
         allowed = candidates(p.method, grid, settings.llm_layers, budget)
         best = min(abs(math.log(cost(f, p.frames) / target)) for _, f in allowed)
         assert abs(math.log(p.flops / target)) == pytest.approx(best)  # the nearest setting
-    for method in ("pool", "random", "salient", "merge", "crosslmm"):  # a curve each
+    for method in ("pool", "random", "merge", "crosslmm"):  # a curve each
         assert len({p.flops for p in plan if p.method == method}) >= 2, method
+    # salient's cheapest setting already costs more than CrossLMM's dearer budget: the tower ranking
+    salient = [p for p in plan if p.method == "salient"]
+    assert salient and not any(p.in_band for p in salient)
+    assert all(p.fields["tokens_per_frame"] == 1 and p.fields["salient_layer"] == -1 for p in salient)
+    # decode cost and cache memory beside the prefill FLOPs: only CrossLMM caches T2V keys/values, and the
+    # full-token model's decoder cache is the largest
+    for p in plan:
+        assert p.decode_flops > 0 and p.decoder_cache_bytes > 0
+        assert (p.cross_cache_bytes > 0) == (p.method == "crosslmm"), p.name
+    assert max(plan, key=lambda p: p.decoder_cache_bytes).method == "full"
     # FastV's cheapest setting still runs every token through decoder layer 0 (half the full LLM)
     fastv = [p for p in plan if p.method == "fastv"]
     assert fastv and not any(p.in_band for p in fastv)
@@ -106,6 +135,59 @@ def test_docs_get_the_runs_tables_and_plots(tmp_path):
         split_docs(doc)
 
 
+def test_defaults_are_the_stripes_design_with_five_seeds():
+    """The comparison runs on the leak-free design, motion question included where the design has it."""
+    settings = CompareSettings()
+    assert settings.seeds == 5
+    assert settings.equal.design == settings.long.design == "stripes"
+    assert "motion" in questions_of("stripes") and "motion" in settings.equal.questions
+    settings.validate()
+    assert CompareSettings.quick().equal.design == "stripes"
+
+
+def _record(kind: str, answer: str) -> dict:
+    return {"question_type": kind, "conversations": [{"value": "q"}, {"value": answer}]}
+
+
+def test_report_pairs_seed_by_seed_and_shows_the_floor_of_the_test_answers(tmp_path):
+    """Paired differences are CrossLMM minus each model on the same seed (runs given out of seed order),
+    through crosslmm.demo.stats; the floor is the test split's (each type's train majority, 'red' and
+    'left': 2 of 3 colour answers, 1 of 2 motion answers), not a constant; decode FLOPs and cache bytes sit
+    in the same table."""
+    train = [_record("colour", "red")] * 3 + [_record("colour", "blue"), _record("motion", "left")]
+    test = [_record("colour", "red"), _record("colour", "red"), _record("colour", "green")]
+    test += [_record("motion", "left"), _record("motion", "up")]
+    for split, records in (("train", train), ("test", test)):
+        (tmp_path / f"{split}.json").write_text(json.dumps(records))
+    floor = floors(tmp_path)
+    assert floor["by_type"] == {"colour": pytest.approx(2 / 3), "motion": 0.5}
+    assert floor["all"] == pytest.approx(3 / 5)  # each type's majority: 2 colour + 1 motion of 5
+
+    costs = dict(decode_flops=2e5, cross_cache_bytes=2048.0, decoder_cache_bytes=4096.0)
+    planned = [
+        Planned("eq-crosslmm-k1", "equal", "crosslmm", "k=1", {}, 8, 1e7, **costs, budget="CrossLMM k=1"),
+        Planned("eq-random-k3", "equal", "random", "k=3", {}, 8, 1e7, **costs, budget="CrossLMM k=1"),
+        Planned("eq-pool-k1", "equal", "pool", "k=1", {}, 8, 8e6, **costs),
+    ]
+    accuracy = {"eq-crosslmm-k1": [0.6, 0.8], "eq-random-k3": [0.5, 0.9], "eq-pool-k1": [0.3, 0.3]}
+    runs = [
+        RunResult(name, seed, accs[seed], {"colour": accs[seed]}, 40.0, 1e7, 1.0, None)
+        for seed in (1, 0)
+        for name, accs in accuracy.items()
+    ]
+    report = summarise(runs, planned, replace(CompareSettings.quick(), seeds=2), {"equal": floor})
+    pairs = {p["b"]: p for p in report["paired"]}
+    assert set(pairs) == {"eq-random-k3", "eq-pool-k1"}
+    assert pairs["eq-random-k3"]["differences"] == pytest.approx([0.1, -0.1])
+    assert (pairs["eq-random-k3"]["wins"], pairs["eq-random-k3"]["losses"]) == (1, 1)
+    assert pairs["eq-pool-k1"]["differences"] == pytest.approx([0.3, 0.5])
+    assert "not shown" in pairs["eq-random-k3"]["verdict"]
+    table = equal_table(report)
+    assert "| majority floor (test answers) |" in table and "0.667" in table and "0.600" in table
+    assert "decode kFLOPs/token" in table and "| 200 | 2.0 | 4.0 |" in table
+    assert "+0.100 -0.100" in paired_table(report, "equal")
+
+
 @pytest.mark.slow
 def test_quick_compare_runs_every_method_end_to_end(tmp_path):
     out = tmp_path / "compare"
@@ -137,6 +219,10 @@ def test_quick_compare_runs_every_method_end_to_end(tmp_path):
     assert any(r["method"] == "fastv" and r["seq_len"] - pool1 == frames * (patches - 1) for r in rows)
     markdown = (out / "results.md").read_text()
     assert "### Equal compute" in markdown and "### More frames" in markdown
+    assert markdown.count("majority floor (test answers)") == 2 and "Paired per-seed differences" in markdown
+    assert report["floors"]["frames"]["all"] == pytest.approx(majority_floor(out / "data" / "frames"))
+    assert {p["b"] for p in report["paired"]} == {r["name"] for r in rows if r["method"] != "crosslmm"}
+    assert all(r["decode_flops"] > 0 and r["decoder_cache_bytes"] > 0 for r in rows)
     for name in ("comparisons_equal.png", "comparisons_frames.png"):
         assert (out / name).stat().st_size > 0
     # --reuse with one more seed trains only the new seed's models; the finished ones are scored again

@@ -17,6 +17,8 @@ from transformers import (
 
 from crosslmm.bench.flops import (
     PAPER_TFLOPS,
+    cache_bytes,
+    decode_flops,
     decoder_tokens_per_layer,
     flop_counter,
     full_token_baseline_flops,
@@ -231,6 +233,8 @@ def test_llm_matches_flop_counter(all_positions, attn):
         ({"cross_attention_mlp": True, "v2v_scope": "video"}, True),
         ({"visual_reducer": "random", "tokens_per_frame": 3}, False),
         ({"visual_reducer": "salient", "tokens_per_frame": 5}, True),
+        ({"visual_reducer": "salient", "tokens_per_frame": 3, "vision_feature_layer": 0}, False),
+        ({"visual_reducer": "salient", "tokens_per_frame": 3, "salient_layer": 0}, False),
         ({"visual_reducer": "merge", "tokens_per_frame": 2}, False),
         ({"visual_reducer": "merge", "tokens_per_frame": 6, "pooling_position": "after_projector"}, False),
     ],
@@ -258,8 +262,11 @@ def _reducer_flops(model: CrossLMMForCausalLM, frames: int) -> int:
         return 0
     width = projector[0].in_features if projector.pool_first else projector[-1].out_features
     tokens = torch.randn(frames, _VISION_PATCHES, width)
+    signals = (
+        {"saliency": torch.rand(frames, _VISION_PATCHES)} if model.config.visual_reducer == "salient" else {}
+    )
     with flop_counter() as counter:
-        projector.reducer(tokens, torch.arange(frames), False)
+        projector.reducer(tokens, torch.arange(frames), False, **signals)
     return counter.get_total_flops()
 
 
@@ -305,3 +312,58 @@ def test_fastv_counts_the_later_layers_over_the_kept_tokens():
     )
     ranking += 2 * seq * q_dim  # one query row of scores
     assert counted == unpruned.total + ranking
+
+
+# --- decode: per-token FLOPs and cache bytes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"cross_attention_mlp": True},
+        {"t2v": False},
+        {"v2v": False, "t2v": False},
+        {"visual_reducer": "merge", "tokens_per_frame": 2, "v2v": False, "t2v": False},
+    ],
+)
+def test_decode_flops_and_cache_bytes_match_a_cached_generation_step(overrides):
+    """One generated token after a cached prefill: FlopCounterMode on the model's one-token forward equals
+    ``decode_flops``, at the first token and after two more; the cache the prefill left holds exactly
+    ``cache_bytes`` (decoder K/V and T2V K/V, at the cache's dtype)."""
+    torch.manual_seed(0)
+    vision_config = SiglipVisionConfig(**_VISION, vision_use_head=False, attn_implementation="sdpa")
+    cfg = _tiny_config(vision_config, "sdpa", **overrides)
+    model = CrossLMMForCausalLM(cfg).eval()
+    frames, prefix, text = 3, 5, 10
+    per_frame = cfg.tokens_per_frame
+    input_ids = torch.cat(
+        [
+            torch.randint(10, 500, (1, prefix)),
+            torch.full((1, frames * per_frame), _VIDEO_TOKEN_ID),
+            torch.randint(10, 500, (1, text)),
+        ],
+        dim=1,
+    )
+    size = cfg.vision_config.image_size
+    with torch.no_grad():
+        out = model(
+            input_ids=input_ids,
+            pixel_values_videos=torch.randn(1, frames, 3, size, size),
+            video_frame_counts=torch.tensor([frames]),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    cache = out.past_key_values
+    element = next(model.parameters()).element_size()
+    tensors = [layer.keys for layer in cache.layers] + [layer.values for layer in cache.layers]
+    cross = [t for pair in cache.cross_kv.values() for t in pair]
+    expected = cache_bytes(cfg, frames, text, prefix_tokens=prefix, dtype_bytes=element)
+    assert sum(t.numel() * t.element_size() for t in tensors) == expected.decoder
+    assert sum(t.numel() * t.element_size() for t in cross) == expected.cross_attention
+    assert (expected.cross_attention > 0) == bool(cfg.t2v and cfg.resolved_cross_layers())
+    for generated in range(3):
+        with torch.no_grad(), flop_counter() as counter:
+            model(input_ids=torch.randint(10, 500, (1, 1)), cache=cache, use_cache=True)
+        analytic = decode_flops(cfg, frames, text, prefix_tokens=prefix, generated=generated)
+        assert counter.get_total_flops() == analytic, generated

@@ -4,7 +4,8 @@ Each is a small, parameter-free module kept out of the model core; docs/baseline
 
 * ``"pool"``: uniform pooling to ``tokens_per_frame`` (the connector's ``pool_frames``, not here).
 * ``"random"`` (:mod:`.random_drop`), ``"salient"`` (:mod:`.salient`, VisionZip-style) and ``"merge"``
-  (:mod:`.merge`, ToMe-style): frame reducers, (F, N, C) -> (F, k, C), run where pooling runs.
+  (:mod:`.merge`, ToMe-style): frame reducers, (F, N, C) -> (F, k, C), run where pooling runs. Salient
+  ranks by the tower's attention, which its model subclass (:mod:`.salient_model`) hands the connector.
 * ``"fastv"`` (:mod:`.fastv`): every patch enters the LLM; decoder layers from ``fastv_layer`` on see only
   the ``fastv_keep`` visual tokens per frame that the last prompt token attended to most.
 
@@ -26,11 +27,16 @@ REDUCERS = ("pool", *FRAME_REDUCERS, *DECODER_REDUCERS)
 
 
 def decoder_model_class(name: str) -> type | None:
-    """The model class of a reducer that changes the decoder loop (None: CrossLMM's own loop)."""
+    """The model class of a reducer that needs more than the connector (None: CrossLMMModel): FastV's
+    decoder loop, salient's tower attention. Both import the model core, which imports this package."""
     if name == "fastv":
-        from crosslmm.baselines.fastv import FastVModel  # imports the model core, which imports this package
+        from crosslmm.baselines.fastv import FastVModel
 
         return FastVModel
+    if name == "salient":
+        from crosslmm.baselines.salient_model import SalientModel
+
+        return SalientModel
     return None
 
 

@@ -6,13 +6,17 @@ keep the r most similar edges and merge each such a into its b by a size-weighte
 
     x_b <- (s_b x_b + sum_{a -> b} s_a x_a) / (s_b + sum_{a -> b} s_a),   s_b <- s_b + sum s_a.
 
-Simplified here: ToMe merges inside every ViT block (r per block, on attention keys, with proportional
-attention); we run it after the tower on the tokens pooling would see (features, not keys), repeating the
-step with r = min(n - k, max(1, floor(n / 4))) until k tokens are left (729 -> 4: 20 steps), and drop the
-proportional attention (the LLM sees plain tokens). A quarter per step, not ToMe's ceiling of half:
-r = n / 2 would merge every A token, similar or not (on two alternating clusters it averages them). Between
-steps tokens go back to grid order (of the position each kept: an unmerged token's own, a merged group's
-B token's), so A and B stay interleaved in space as in ToMe's first step; the output is in that order.
+Simplified here: ToMe merges inside every ViT block (r per block, on attention keys); we run it after the
+tower on the tokens pooling would see (features, not keys), repeating the step with
+r = min(n - k, max(1, floor(n / 4))) until k tokens are left (729 -> 4: 20 steps). Sizes are kept through
+every step, so each output token is the size-weighted mean of exactly the patches it holds
+(:meth:`ToMeMerge.merge` returns them). ToMe's proportional attention (log s added to the attention logits
+of a merged key) is left out: inside the LLM it would need a float 4D mask carried through generate and
+the cache, or a patched attention in the stock HF decoder (docs/baselines.md says what that leaves out).
+A quarter per step, not ToMe's ceiling of half: r = n / 2 would merge every A token, similar or not (on two
+alternating clusters it averages them). Between steps tokens go back to grid order (of the position each
+kept: an unmerged token's own, a merged group's B token's), so A and B stay interleaved in space as in ToMe's
+first step; the output is in that order.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ class ToMeMerge:
     tokens_per_frame: int
 
     def __call__(self, tokens: torch.Tensor, frame_index: torch.Tensor, training: bool) -> torch.Tensor:
+        return self.merge(tokens)[0]
+
+    def merge(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (F, N, C) -> merged tokens (F, k, C), each the size-weighted mean of the patches it holds,
+        and their sizes (F, k): patches per token, summing to N per frame."""
         frames, patches, _ = tokens.shape
         x = tokens.float()
         size = x.new_ones(frames, patches)
@@ -63,4 +72,4 @@ class ToMeMerge:
             x, size, position = bipartite_merge(x, size, position, r)
             position, order = position.sort(dim=1)
             x, size = x.gather(1, order[..., None].expand_as(x)), size.gather(1, order)
-        return x.to(tokens.dtype)
+        return x.to(tokens.dtype), size

@@ -8,11 +8,13 @@ most similar to, and a contextual token is the mean of its group,
 
     c_j = mean({x_t_j} U {x_i : argmax_l cos(x_i, x_t_l) = j}).
 
-Simplified here: (1) SigLIP has no CLS token and our towers return only the selected layer's features, so
-a patch's saliency is its feature norm ||x_i||_2 (high-norm tokens are the ones ViT attention concentrates
-on; Darcet et al., "Vision Transformers Need Registers", 2024) instead of its attention; (2) similarity is
-the cosine of the features themselves, not of the last layer's keys; (3) it runs on the tokens pooling
-would see (encoder features before the projector, projected ones after it).
+Saliency as VisionZip computes it: the softmax attention of one tower layer (``salient_layer`` in the
+config; VisionZip uses the layer before LLaVA's feature layer), averaged over heads, taken from the CLS
+query for towers with one (CLIP) and averaged over every patch's query for towers without (SigLIP). The
+tower computes it (``VisionTower.tokens_and_attention``, run by
+:class:`crosslmm.baselines.salient_model.SalientModel`) and passes it here with the tokens. Simplified here: (1) similarity for the context merge is the cosine of
+the features themselves, not of the layer's keys; (2) it runs on the tokens pooling would see (encoder
+features before the projector, projected ones after it).
 
 Sizes keep VisionZip's 54 : 10 split of 64 tokens: k_context = min(k - 1, ceil(10 k / 64)), so k = 1 keeps
 one dominant patch, k = 2..6 one dominant less than k plus one context token, k = 64 keeps 54 + 10.
@@ -34,16 +36,29 @@ def context_tokens(tokens_per_frame: int) -> int:
 
 @dataclass(frozen=True)
 class SalientSelect:
-    """(F, N, C) -> (F, k, C): the k' highest-norm patches in grid order, then k - k' context tokens."""
+    """(F, N, C) -> (F, k, C): the k' patches that receive the most tower attention, in grid order, then
+    k - k' context tokens."""
 
     tokens_per_frame: int
 
-    def __call__(self, tokens: torch.Tensor, frame_index: torch.Tensor, training: bool) -> torch.Tensor:
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        frame_index: torch.Tensor,
+        training: bool,
+        saliency: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``saliency`` (F, N): the attention each patch receives in the config's ``salient_layer``."""
         frames, patches, dim = tokens.shape
+        if saliency is None or saliency.shape != (frames, patches):
+            shape = None if saliency is None else tuple(saliency.shape)
+            raise ValueError(
+                f"the salient reducer ranks patches by tower attention (F, N) = {(frames, patches)}, "
+                f"got {shape}"
+            )
         n_context = context_tokens(self.tokens_per_frame)
         n_dominant = self.tokens_per_frame - n_context
-        saliency = tokens.float().norm(dim=-1)  # (F, N)
-        dominant_idx = saliency.topk(n_dominant, dim=1).indices.sort(dim=1).values  # (F, k')
+        dominant_idx = saliency.float().topk(n_dominant, dim=1).indices.sort(dim=1).values  # (F, k')
         dominant = tokens.gather(1, dominant_idx[..., None].expand(-1, -1, dim))
         if n_context == 0:
             return dominant

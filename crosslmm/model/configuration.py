@@ -90,6 +90,8 @@ class CrossLMMConfig(PretrainedConfig):
     ``"fastv"`` feeds every patch (``tokens_per_frame`` = patches per frame) and, from decoder layer
     ``fastv_layer`` on, attends only to the ``fastv_keep`` visual tokens per frame the last prompt token
     attended to most in layer ``fastv_layer - 1``. Reducers have one fixed budget and FastV no cross-attention.
+    ``salient_layer`` (``"salient"`` only): the vision tower's transformer layer (an index into its encoder
+    layers, negative from the end, as HF's ``attentions``) whose attention ranks the patches; None: the last.
     """
 
     model_type = "crosslmm"
@@ -123,6 +125,7 @@ class CrossLMMConfig(PretrainedConfig):
         visual_reducer_seed: int = 0,
         fastv_layer: int | None = None,
         fastv_keep: int | None = None,
+        salient_layer: int | None = None,
         **kwargs,
     ):
         if isinstance(vision_config, dict):
@@ -157,6 +160,7 @@ class CrossLMMConfig(PretrainedConfig):
         self.visual_reducer_seed = visual_reducer_seed
         self.fastv_layer = fastv_layer
         self.fastv_keep = fastv_keep
+        self.salient_layer = salient_layer
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_crosslmm()
@@ -222,6 +226,8 @@ class CrossLMMConfig(PretrainedConfig):
         tpf = self.tokens_per_frame
         if self.visual_reducer != "pool":
             self._validate_reducer()
+        elif self.salient_layer is not None:
+            raise ValueError("salient_layer is the salient reducer's; visual_reducer is 'pool'")
         elif not isinstance(tpf, int) or tpf < 1 or math.isqrt(tpf) ** 2 != tpf:
             raise ValueError(f"tokens_per_frame must be a positive square (1, 4, 9, 16, ...), got {tpf!r}")
         _choice("pooling_mode", self.pooling_mode, POOLING_MODES)
@@ -271,6 +277,11 @@ class CrossLMMConfig(PretrainedConfig):
             )
         if isinstance(self.visual_reducer_seed, bool) or not isinstance(self.visual_reducer_seed, int):
             raise ValueError(f"visual_reducer_seed must be an int, got {self.visual_reducer_seed!r}")
+        layer = self.salient_layer
+        if name != "salient" and layer is not None:
+            raise ValueError(f"salient_layer is the salient reducer's; visual_reducer is {name!r}")
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise ValueError(f"salient_layer must be an int (a tower layer) or None, got {layer!r}")
         if name != "fastv":
             if self.fastv_layer is not None or self.fastv_keep is not None:
                 raise ValueError(f"fastv_layer/fastv_keep are FastV's; visual_reducer is {name!r}")

@@ -87,13 +87,17 @@ class PoolingProjector(nn.Sequential):
         tokens: torch.Tensor,
         tokens_per_frame: int | None = None,
         frame_index: torch.Tensor | None = None,
+        saliency: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(F, N, C) -> (F, k, C), k = ``tokens_per_frame`` (None: the config's; a pooled grid s*s unless a
         reducer runs, whose budget is fixed). ``frame_index`` (F,): each frame's position in its video
-        (None: one video), which random drop seeds from."""
+        (None: one video), which random drop seeds from; ``saliency`` (F, N): the tower attention the
+        salient reducer ranks by (given by its model, ``crosslmm.baselines.salient_model``)."""
         if self.reducer is not None:
             if frame_index is None:
                 frame_index = torch.arange(tokens.shape[0])
+            if saliency is not None:
+                return self.reducer(tokens, frame_index, self.training, saliency=saliency)
             return self.reducer(tokens, frame_index, self.training)
         grid = math.isqrt(tokens_per_frame or self.tokens_per_frame)
         return pool_frames(tokens, grid, self.pooling_mode, self.pooling_antialias)
@@ -107,17 +111,18 @@ class PoolingProjector(nn.Sequential):
         original: torch.Tensor,
         tokens_per_frame: int | None = None,
         frame_index: torch.Tensor | None = None,
+        saliency: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """original (F, N, Dv) -> pooled (F, k, D), memory (F, N, Dm) or None without cross-attention.
 
         ``tokens_per_frame`` k: this call's budget (an elastic model's inputs choose it; None: the config's);
-        ``frame_index`` as for :meth:`pool`."""
+        ``frame_index`` and ``saliency`` as for :meth:`pool`."""
         projected = None
         if self.pool_first:
-            pooled = self.project(self.pool(original, tokens_per_frame, frame_index))  # (F, k, D)
+            pooled = self.project(self.pool(original, tokens_per_frame, frame_index, saliency))  # (F, k, D)
         else:
             projected = self.project(original)  # (F, N, D)
-            pooled = self.pool(projected, tokens_per_frame, frame_index)  # (F, k, D)
+            pooled = self.pool(projected, tokens_per_frame, frame_index, saliency)  # (F, k, D)
         if self.memory_source is None:
             return pooled, None
         if self.memory_source == "encoder":

@@ -69,7 +69,7 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         variant = decoder_model_class(config.visual_reducer)
         if variant is not None and not isinstance(self, variant):
             raise TypeError(
-                f"visual_reducer={config.visual_reducer!r} changes the decoder loop: build {variant.__name__} "
+                f"visual_reducer={config.visual_reducer!r} has its own model class: build {variant.__name__} "
                 "(CrossLMMForCausalLM picks it from the config)"
             )
         if config.vision_config is None:
@@ -269,7 +269,7 @@ class CrossLMMForCausalLM(CrossLMMPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: CrossLMMConfig):
         super().__init__(config)
-        # CrossLMM's model, or the subclass of a baseline that changes the decoder loop (FastV)
+        # CrossLMM's model, or the subclass of a baseline that needs it (FastV's decoder, salient's tower)
         self.model = (decoder_model_class(config.visual_reducer) or CrossLMMModel)(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()

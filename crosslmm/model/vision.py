@@ -130,15 +130,27 @@ class VisionTower(nn.Module):
         """(N, 3, S, S) -> (N, grid_size**2, hidden_size); input already validated."""
         raise NotImplementedError
 
+    def tokens_and_attention(
+        self, pixel_values: torch.Tensor, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch tokens and the attention each patch receives in ``layer`` (salient's ranking)."""
+        raise ValueError(
+            f"{type(self).__name__} does not expose its attention: visual_reducer='salient' needs a CLIP or "
+            "SigLIP tower"
+        )
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (N, 3, H, W) -> patch tokens (N, grid_size*grid_size, hidden_size), row-major, no CLS."""
+        self._check_input(pixel_values)
+        return self._patch_tokens(pixel_values)
+
+    def _check_input(self, pixel_values: torch.Tensor) -> None:
         expected = (3, self.image_size, self.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
                 f"{type(self).__name__} expects pixel_values of shape (N, {', '.join(map(str, expected))}), "
                 f"got {tuple(pixel_values.shape)}"
             )
-        return self._patch_tokens(pixel_values)
 
 
 class _HFTower(VisionTower):
@@ -183,6 +195,42 @@ class _HFTower(VisionTower):
         for layer in self.model.encoder.layers[: self.num_layers_to_run]:
             hidden = layer(hidden, None)  # same call as the HF encoder loop (no attention mask for images)
         return hidden[:, self.num_prefix_tokens :]
+
+    def tokens_and_attention(
+        self, pixel_values: torch.Tensor, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values (N, 3, S, S) -> the patch tokens of :meth:`forward` and the attention each patch
+        receives in encoder layer ``layer`` (index into the layers, negative from the end) (N, grid**2):
+        from the CLS query with a CLS token (CLIP), else the mean over every patch's query (SigLIP), averaged
+        over heads. One pass, up to the deeper of ``feature_layer`` and ``layer`` (VisionZip's ranking)."""
+        self._check_input(pixel_values)
+        blocks = self.model.encoder.layers
+        if not -len(blocks) <= layer < len(blocks):
+            raise ValueError(f"salient_layer={layer} is out of range for a {len(blocks)}-layer tower")
+        layer %= len(blocks)
+        hidden = self._encoder_input(pixel_values)
+        tokens = hidden if self.num_layers_to_run == 0 else None
+        received = None
+        for index, block in enumerate(blocks[: max(self.num_layers_to_run, layer + 1)]):
+            if index == layer:
+                received = self._attention_received(block, hidden)
+            hidden = block(hidden, None)
+            if index + 1 == self.num_layers_to_run:
+                tokens = hidden
+        return tokens[:, self.num_prefix_tokens :], received
+
+    def _attention_received(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The softmax attention of ``block`` (an HF CLIP/SigLIP encoder layer) on its input ``hidden``
+        (N, L, D), recomputed from its own projections -> (N, patches) attention received per patch."""
+        attn, batch, length = block.self_attn, hidden.shape[0], hidden.shape[1]
+        normed = block.layer_norm1(hidden)
+        q = attn.q_proj(normed).view(batch, length, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(normed).view(batch, length, attn.num_heads, attn.head_dim).transpose(1, 2)
+        probs = torch.softmax((q @ k.transpose(-1, -2)).float() * attn.scale, dim=-1)  # (N, H, L, L)
+        prefix = self.num_prefix_tokens
+        if prefix:  # the CLS query's attention to the patches
+            return probs[:, :, 0, prefix:].mean(1)
+        return probs.mean(dim=(1, 2))  # mean over heads and queries
 
 
 class SiglipTower(_HFTower):

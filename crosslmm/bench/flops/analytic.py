@@ -17,9 +17,11 @@ The prompt is assumed to be laid out as ``[prefix text][T x tokens_per_frame poo
 queries are the text after the video (text before it sees no frames), V2V queries the pooled tokens.
 Token-reduction baselines (``visual_reducer``, docs/baselines.md): random/salient/merge put
 ``tokens_per_frame`` tokens per frame in the sequence like pooling, and their own cost (a sort, a few
-similarity matrices) is ignored like pooling's; FastV runs layers < ``fastv_layer`` over every patch and the
-later layers over ``fastv_keep`` visual tokens per frame (``decoder_tokens_per_layer``), as a pruning
-implementation computes (ours masks instead, see ``crosslmm.baselines.fastv``; its one-row ranking is ignored).
+similarity matrices) is ignored like pooling's, except the tower work salient's ranking adds
+(``salient_ranking_flops``: layers up to ``salient_layer``, its attention recomputed); FastV runs layers <
+``fastv_layer`` over every patch and the later layers over ``fastv_keep`` visual tokens per frame
+(``decoder_tokens_per_layer``), as a pruning implementation computes (ours masks instead, see
+``crosslmm.baselines.fastv``; its one-row ranking is ignored).
 The configs are duck-typed: anything with ``CrossLMMConfig``'s fields and ``resolved_cross_layers()``.
 Layer shapes are read from them in ``shapes.py``; the sweep of ``crosslmm bench flops`` is ``report.py``.
 """
@@ -76,11 +78,28 @@ def vision_tower_flops(vision_config: Any, num_frames: int, vision_feature_layer
     """ViT on each frame independently: patch-embedding conv, then attention (scores included) and MLP
     for the layers up to ``vision_feature_layer`` only, as our towers stop there."""
     vit = ViTShape.from_config(vision_config)
+    embed = linear_flops(vit.grid, vit.patch_inputs, vit.width)
+    return num_frames * (embed + vit.layers_run(vision_feature_layer) * _vit_layer_flops(vit))
+
+
+def salient_ranking_flops(config: Any, num_frames: int) -> int:
+    """What the salient reducer adds to the tower (``visual_reducer="salient"``, else 0): the layers past the
+    feature layer up to ``salient_layer``, and that layer's attention recomputed for the ranking (Q and K
+    projections, QK^T), as ``VisionTower.tokens_and_attention`` runs them."""
+    if getattr(config, "visual_reducer", "pool") != "salient":
+        return 0
+    vit = ViTShape.from_config(config.vision_config)
+    seq = vit.grid + vit.class_tokens
+    layer = (-1 if config.salient_layer is None else config.salient_layer) % vit.layers
+    extra_layers = max(0, layer + 1 - vit.layers_run(config.vision_feature_layer))
+    ranking = 2 * linear_flops(seq, vit.width, vit.width) + 2 * seq * seq * vit.width
+    return num_frames * (extra_layers * _vit_layer_flops(vit) + ranking)
+
+
+def _vit_layer_flops(vit: ViTShape) -> int:
     seq = vit.grid + vit.class_tokens
     per_layer = 4 * linear_flops(seq, vit.width, vit.width) + 2 * linear_flops(seq, vit.width, vit.mlp)
-    per_layer += 2 * 2 * seq * seq * vit.width
-    embed = linear_flops(vit.grid, vit.patch_inputs, vit.width)
-    return num_frames * (embed + vit.layers_run(vision_feature_layer) * per_layer)
+    return per_layer + 2 * 2 * seq * seq * vit.width
 
 
 def _projector_flops(config: Any, tokens: int) -> int:
@@ -192,7 +211,8 @@ def prefill_flops(
     per_layer = decoder_tokens_per_layer(config, num_frames, text_tokens, prefix_tokens=prefix_tokens)
     llm_dense, llm_attention, lm_head = _decoder_breakdown(config, per_layer, lm_head_all_positions)
     return FlopsBreakdown(
-        vision=vision_tower_flops(config.vision_config, num_frames, config.vision_feature_layer),
+        vision=vision_tower_flops(config.vision_config, num_frames, config.vision_feature_layer)
+        + salient_ranking_flops(config, num_frames),
         projector=_projector_flops(config, _projected_tokens(config, num_frames)),
         llm_dense=llm_dense,
         llm_attention=llm_attention,

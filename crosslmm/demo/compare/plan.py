@@ -1,5 +1,7 @@
-"""What ``crosslmm compare`` trains: every visual-token reducer at budgets matched to CrossLMM's analytic prefill
-FLOPs, and the full-token, pooled and CrossLMM models at several frame counts of one long video.
+"""What ``crosslmm compare`` trains: every visual-token reducer at budgets matched to CrossLMM's analytic
+prefill FLOPs, and the full-token, pooled and CrossLMM models at several frame counts of one long video. Each
+model is also costed per generated token (``decode_flops``) and by the cache one sample holds
+(``cache_bytes``).
 
 A method's knob (k tokens per frame; for FastV the pruning layer L and the visual tokens it keeps) is not
 chosen by hand: every setting the method allows is costed with :func:`crosslmm.bench.flops.prefill_flops` on
@@ -32,6 +34,12 @@ LABELS = {
 }
 
 
+# The tower layer whose attention ranks the salient reducer's patches: the last of the tiny tower's two,
+# deeper than the feature layer the demo feeds the LLM (0, the patch embeddings), as VisionZip ranks by a
+# deep layer.
+SALIENT_LAYER = -1
+
+
 @dataclass(frozen=True)
 class Planned:
     """One model to train: its method, config fields, the frames it sees and how its cost was chosen."""
@@ -43,6 +51,9 @@ class Planned:
     fields: dict
     frames: int
     flops: float  # analytic prefill FLOPs per sample, mean over the study's test prompts
+    decode_flops: float = 0.0  # analytic FLOPs of the first generated token, mean over the same prompts
+    cross_cache_bytes: float = 0.0  # T2V K/V cached per sample (bf16), mean over the same prompts
+    decoder_cache_bytes: float = 0.0  # decoder self-attention K/V cached per sample (bf16)
     budget: str = ""  # the CrossLMM point it was matched to ("" for reference points)
     target_flops: float = 0.0
     in_band: bool = True
@@ -59,29 +70,24 @@ class Planned:
 class CompareSettings:
     """Everything that sizes ``crosslmm compare``; ``quick()`` is the test's smoke version."""
 
-    # Equal compute: colour (one saturated patch) and motion (a 2x2-patch block) questions on the same videos.
+    # Equal compute, on the leak-free stripes design (crosslmm.demo.synth; ``crosslmm synth --audit``):
+    # colour (which of three equally saturated patches has vertical stripes) and motion (a 2x2-patch block)
+    # questions on the same videos.
     equal: SynthSpec = field(
         default_factory=lambda: SynthSpec(
-            videos=1200, frames=8, test_fraction=0.15, questions=("colour", "motion"), design="marker"
+            videos=1200, frames=8, test_fraction=0.15, questions=("colour", "motion"), design="stripes"
         )
     )
-    # More frames: a marker in 2 of 16 frames, shifting its frame's mean as a real object would (2 in 32 was
-    # not learned in 800 steps: docs/comparisons.md).
+    # More frames: the striped patches in 2 of 16 frames.
     long: SynthSpec = field(
         default_factory=lambda: SynthSpec(
-            videos=800,
-            frames=16,
-            seed=1,
-            test_fraction=0.15,
-            marker_frames=2,
-            design="marker",
-            constant_mean=False,
+            videos=800, frames=16, seed=1, test_fraction=0.15, marker_frames=2, design="stripes"
         )
     )
     steps: int = 600  # optimiser steps per model, the same for every model of a study (docs/comparisons.md)
     long_steps: int = 800  # the frames study's evidence is sparser (2 frames in 16): it learns later
     batch_size: int = 8
-    seeds: int = 1
+    seeds: int = 5  # every model on the same seeds: the tables pair them seed by seed (crosslmm.demo.stats)
     llm_layers: int = 2
     crosslmm_budgets: tuple[int, ...] = (1, 4)  # CrossLMM's tokens per frame; every method is matched to each
     band: float = 0.10  # |FLOPs / CrossLMM's - 1| allowed
@@ -95,17 +101,12 @@ class CompareSettings:
     def quick(cls) -> CompareSettings:
         return cls(
             equal=SynthSpec(
-                videos=8, frames=4, test_fraction=0.25, questions=("colour", "motion"), design="marker"
+                videos=8, frames=4, test_fraction=0.25, questions=("colour", "motion"), design="stripes"
             ),
             long=SynthSpec(
-                videos=6,
-                frames=16,
-                seed=1,
-                test_fraction=0.34,
-                marker_frames=2,
-                design="marker",
-                constant_mean=False,
+                videos=6, frames=16, seed=1, test_fraction=0.34, marker_frames=2, design="stripes"
             ),
+            seeds=1,
             steps=2,
             long_steps=2,
             batch_size=2,
@@ -153,7 +154,10 @@ def candidates(method: str, grid: int, layers: int, budget: int) -> list[tuple[s
     if method == "pool":
         return [(f"k={s * s}", dict(tokens_per_frame=s * s) | none) for s in range(1, grid + 1)]
     if method in ("random", "salient", "merge"):
-        return [(f"k={k}", dict(visual_reducer=method, tokens_per_frame=k) | none) for k in range(1, n)]
+        ranking = dict(salient_layer=SALIENT_LAYER) if method == "salient" else {}
+        return [
+            (f"k={k}", dict(visual_reducer=method, tokens_per_frame=k) | ranking | none) for k in range(1, n)
+        ]
     if method == "fastv":
         return [
             (
@@ -203,15 +207,34 @@ class Coster:
         check_fields(fields, "compare candidate")  # the base is a built model's config, already checked
         return CrossLMMConfig.from_dict(self.base | fields)
 
+    def _mean(self, count_one) -> float:
+        """Mean over the prompts of ``count_one(prefix, text)``."""
+        total = sum(count * count_one(prefix, text) for (prefix, text), count in self.shapes.items())
+        return total / self.shapes.total()
+
     def __call__(self, fields: dict, frames: int) -> float:
+        """Analytic prefill FLOPs per sample."""
         from crosslmm.bench.flops import prefill_flops
 
         config = self.config(fields)
-        total = sum(
-            count * prefill_flops(config, frames, text, prefix_tokens=prefix).total
-            for (prefix, text), count in self.shapes.items()
+        return self._mean(
+            lambda prefix, text: prefill_flops(config, frames, text, prefix_tokens=prefix).total
         )
-        return total / self.shapes.total()
+
+    def after_prefill(self, fields: dict, frames: int) -> dict:
+        """The decode cost and cache memory fields of :class:`Planned`: the first generated token's FLOPs,
+        the T2V and decoder K/V bytes (bf16) one sample holds after its prefill."""
+        from crosslmm.bench.flops import cache_bytes, decode_flops
+
+        config = self.config(fields)
+        cache = {
+            shape: cache_bytes(config, frames, shape[1], prefix_tokens=shape[0]) for shape in self.shapes
+        }
+        return dict(
+            decode_flops=self._mean(lambda p, t: decode_flops(config, frames, t, prefix_tokens=p)),
+            cross_cache_bytes=self._mean(lambda p, t: cache[p, t].cross_attention),
+            decoder_cache_bytes=self._mean(lambda p, t: cache[p, t].decoder),
+        )
 
 
 def equal_compute_plan(settings: CompareSettings, cost: Coster) -> list[Planned]:
@@ -258,7 +281,7 @@ def equal_compute_plan(settings: CompareSettings, cost: Coster) -> list[Planned]
                 plan.append(
                     Planned(f"eq-pool-k{budget}", "equal", "pool", knob, fields, frames, cost(fields, frames))
                 )
-    return plan
+    return [replace(p, **cost.after_prefill(p.fields, p.frames)) for p in plan]
 
 
 def frames_plan(settings: CompareSettings, cost: Coster) -> list[Planned]:
@@ -274,5 +297,8 @@ def frames_plan(settings: CompareSettings, cost: Coster) -> list[Planned]:
         for f in settings.long_frames
     ]
     return [
-        Planned(f"fr-{m}-{f}f", "frames", m, knob, fields, f, cost(fields, f)) for m, knob, fields, f in runs
+        Planned(
+            f"fr-{m}-{f}f", "frames", m, knob, fields, f, cost(fields, f), **cost.after_prefill(fields, f)
+        )
+        for m, knob, fields, f in runs
     ]

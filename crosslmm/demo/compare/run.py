@@ -4,9 +4,11 @@ the same compute (docs/comparisons.md), through the demo's own training and eval
 Every model is a tiny CrossLMM that differs only in its visual path (:mod:`~crosslmm.demo.compare.plan` says
 which paths and why those settings), trained by :func:`crosslmm.demo.run.train_variant` (the real entry point,
 ``configs/train/demo.yaml``) and scored by :func:`crosslmm.demo.evaluate.evaluate` (``crosslmm.inference``).
-Two studies, each on its own synthetic data: ``equal`` (colour and motion questions on 8-frame videos) and
-``frames`` (a marker in 2 of 16 frames, the model sampling 4 to 16 of them). The report is
-:mod:`~crosslmm.demo.compare.report`.
+Two studies, each on its own synthetic data (the leak-free stripes design by default): ``equal`` (colour
+and motion questions on 8-frame videos) and ``frames`` (the striped patches in 2 of 16 frames, the model
+sampling 4 to 16 of them). Every model is built by :func:`crosslmm.demo.variants.build_model` (through
+``train_variant``): one frozen tower from ``tower_seed`` for every model and seed, the seed varying only the
+training. The report is :mod:`~crosslmm.demo.compare.report`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from crosslmm.demo.compare.plan import CompareSettings, Coster, Planned, equal_compute_plan, frames_plan
-from crosslmm.demo.compare.report import summarise, write_report
+from crosslmm.demo.compare.report import floors, summarise, write_report
 from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.report import RunResult
 from crosslmm.demo.run import final_loss_of, finished_training, train_variant, write_mixture
@@ -103,6 +105,7 @@ def run_compare(out: str | os.PathLike, settings: CompareSettings, reuse: bool =
             f"{p.name} seed {seed}: accuracy {scores['accuracy']:.3f}, "
             f"{scores['prefill_flops'] / 1e6:.1f} MFLOPs ({time.perf_counter() - start:.0f} s)"
         )
-    report = summarise(runs, planned, settings)
+    study_floors = {name: floors(study.data_dir) for name, study in studies.items()}
+    report = summarise(runs, planned, settings, study_floors)
     write_report(root, report)
     return report
