@@ -53,6 +53,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.needle:
+        return _needle(args)
+    if args.videos is not None or args.source is not None:
+        raise ValueError("--videos and --from apply to --needle only")
     if args.elastic:
         if args.reuse:
             raise ValueError("--reuse applies to the default demo, not to --elastic")
@@ -83,6 +87,29 @@ def _sized(settings, args: argparse.Namespace):
     if args.reuse:
         settings = dataclasses.replace(settings, reuse=True)
     return settings
+
+
+def _needle(args: argparse.Namespace) -> int:
+    from crosslmm.demo.needle.report import markdown_table
+    from crosslmm.demo.needle.run import NeedleSettings, run_needle
+
+    given = [flag for flag, on in [("--elastic", args.elastic), ("--reuse", args.reuse)] if on]
+    given += [flag for flag, value in [("--steps", args.steps), ("--questions", args.questions)] if value]
+    if given:
+        raise ValueError(f"--needle scores the demo's trained models; {', '.join(given)} do not apply")
+    settings = NeedleSettings.quick() if args.quick else NeedleSettings()
+    if args.videos is not None:
+        settings = dataclasses.replace(settings, videos=args.videos)
+    if args.seeds is not None:
+        settings = dataclasses.replace(settings, seeds=args.seeds)
+    source = args.source or "runs/demo"
+    return _run(
+        "needle test",
+        lambda out, s: run_needle(source, out, s),
+        markdown_table,
+        args.out or "runs/demo-needle",
+        settings,
+    )
 
 
 def _elastic(args: argparse.Namespace) -> int:
@@ -129,7 +156,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seeds",
         type=int,
         default=None,
-        help="seeds per variant (default 1, 3 with --elastic); the table shows the mean",
+        help="seeds per variant (default 1, 3 with --elastic); the table shows the mean; with --needle: "
+        "score seeds 0 .. N-1 only (default: every seed whose models exist)",
     )
     p.add_argument(
         "--elastic",
@@ -148,5 +176,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--questions",
         default=None,
         help="comma-separated question types of the data (default: colour; see crosslmm synth)",
+    )
+    p.add_argument(
+        "--needle",
+        action="store_true",
+        help="score the trained models of the demo in --from on longer videos with the target at several "
+        "depths (docs/needle.md); writes to --out (default runs/demo-needle)",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="with --needle: the output dir of the demo whose models to score (default: runs/demo)",
+    )
+    p.add_argument(
+        "--videos", type=int, default=None, help="with --needle: needle videos per (depth, frames) cell (40)"
     )
     p.set_defaults(func=_demo)

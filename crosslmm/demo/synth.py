@@ -86,6 +86,10 @@ class SynthSpec:
     design: str = "stripes"  # "stripes" (leak-free) or "marker" (the earlier design; see module docstring)
     constant_mean: bool = True  # marker design only: marked frames keep their unmarked channel means
     fps: float = 4.0
+    # None: the marked frames sit at a random place inside a random quarter. A number in [0, 1] (the needle
+    # test, crosslmm.demo.needle): they start at round(depth * (frames - length)), length = min(marker_frames,
+    # frames // 4), and nothing about the placement is drawn, so every depth gets the same haystack and needle.
+    depth: float | None = None
 
     def validate(self) -> None:
         """Reject settings that would give an empty split or an unanswerable question."""
@@ -109,6 +113,8 @@ class SynthSpec:
         unknown = [q for q in self.questions if q not in known]
         if not self.questions or unknown:
             raise ValueError(f"questions must be a non-empty subset of {known}, got {self.questions}")
+        if self.depth is not None and not 0 <= self.depth <= 1:
+            raise ValueError(f"depth must be in [0, 1] (0: the first frames, 1: the last), got {self.depth}")
         if self.design == "stripes" and self.cell % 4:
             raise ValueError(
                 f"the stripes design needs cell to be a multiple of 4 (2-px stripes), got {self.cell}"
@@ -140,10 +146,15 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
             frames[t][_square(*divmod(int(cell), cells), spec.cell)] = dimmed[rng.integers(len(names))]
     answers = answers_of(spec.design)["colour"]
     colour = int(rng.integers(len(answers)))
-    quarter = int(rng.integers(4))
-    first, end = math.ceil(quarter * spec.frames / 4), math.ceil((quarter + 1) * spec.frames / 4)
-    length = min(spec.marker_frames, end - first)
-    start = int(rng.integers(first, end - length + 1))
+    if spec.depth is None:
+        quarter = int(rng.integers(4))
+        first, end = math.ceil(quarter * spec.frames / 4), math.ceil((quarter + 1) * spec.frames / 4)
+        length = min(spec.marker_frames, end - first)
+        start = int(rng.integers(first, end - length + 1))
+    else:  # placed, not drawn; the run may cross a quarter boundary: its middle frame names the quarter
+        length = min(spec.marker_frames, spec.frames // 4)
+        start = round(spec.depth * (spec.frames - length))
+        quarter = quarter_of(start + (length - 1) // 2, spec.frames)
     shown = slice(start, start + length)
     if spec.design == "stripes":
         r, c = _paint_stripes(frames, shown, colour, spec, rng)

@@ -1,0 +1,287 @@
+"""``crosslmm demo --needle``: ``SynthSpec.depth`` puts the marked frames where asked and leaves the default
+videos as they were; the needle run scores every trained model of a demo dir on every (depth, frames) cell
+through the demo's own evaluation, and its tables, JSON and heatmap say what the predictions say."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crosslmm.cli import main as cli
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import load_frames
+from crosslmm.demo.needle import run as needle_run
+from crosslmm.demo.needle.run import NeedleSettings, trained_models
+from crosslmm.demo.synth import (
+    QUARTERS,
+    STRIPE_COLOURS,
+    SynthSpec,
+    answer_of,
+    is_correct,
+    make_video,
+    quarter_of,
+    stripe_patch,
+    write_dataset,
+)
+from crosslmm.demo.variants import DemoSettings, build_model, variants
+from crosslmm.model.build import save_model_dir
+
+# sha256 (first 16 hex digits) of three videos and their truths from np.random.default_rng(7), recorded with
+# the code before ``depth`` existed: the default placement must draw exactly as it did.
+BEFORE_DEPTH = {
+    "default": ({}, "8410841b56c09e0a"),
+    "16 frames": (dict(frames=16), "3cfddae685c50feb"),
+    "256 frames": (dict(frames=256), "69588128cb388de6"),
+    "marker design": (dict(design="marker"), "7f2225c2c2d5139b"),
+    "motion question": (dict(questions=("colour", "motion")), "b3a81a60147e5c8a"),
+}
+
+
+@pytest.mark.parametrize("name", list(BEFORE_DEPTH))
+def test_default_videos_are_unchanged_by_the_depth_option(name):
+    fields, expected = BEFORE_DEPTH[name]
+    rng, digest = np.random.default_rng(7), hashlib.sha256()
+    for _ in range(3):
+        frames, truth = make_video(SynthSpec(**fields), rng)
+        digest.update(frames.tobytes())
+        digest.update(json.dumps(truth, sort_keys=True).encode())
+    assert digest.hexdigest()[:16] == expected
+
+
+def target_frames(frames: np.ndarray, truth: dict, tolerance: float = 0, cell: int = 8) -> list[int]:
+    """Frames whose target cell shows the target's vertical stripes (mean absolute error <= ``tolerance``)."""
+    r, c = truth["cell"]
+    patch = stripe_patch(STRIPE_COLOURS.index(truth["colour"]), True, cell)
+    window = frames[:, r * cell : (r + 1) * cell, c * cell : (c + 1) * cell].astype(np.float32)
+    return [t for t in range(len(frames)) if np.abs(window[t] - patch).mean() <= tolerance]
+
+
+@pytest.mark.parametrize("length", [16, 21, 64, 256])
+def test_depth_places_the_target_where_asked_in_the_same_haystack(length):
+    videos = {}
+    for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
+        spec = SynthSpec(frames=length, depth=depth)
+        frames, truth = make_video(spec, np.random.default_rng(11))
+        start = round(depth * (length - 4))
+        assert truth["marker_frames"] == [start, start + 4]
+        assert target_frames(frames, truth) == list(range(start, start + 4))  # the pixels, not just the label
+        # the quarter names the middle marked frame, and the run touches that quarter
+        middle = quarter_of(start + 1, length)
+        assert truth["quarter"] == QUARTERS[middle]
+        assert quarter_of(start, length) <= middle <= quarter_of(start + 3, length)
+        videos[depth] = frames, truth
+    assert videos[0.0][1]["marker_frames"][0] == 0 and videos[1.0][1]["marker_frames"][1] == length
+    # Only the placement differs: the same colour, cells and noise outside the two runs.
+    first, truth0 = videos[0.0]
+    for frames, truth in videos.values():
+        assert {k: truth[k] for k in ("colour", "cell")} == {k: truth0[k] for k in ("colour", "cell")}
+        elsewhere = np.ones(length, bool)
+        elsewhere[slice(*truth["marker_frames"])] = elsewhere[slice(*truth0["marker_frames"])] = False
+        np.testing.assert_array_equal(frames[elsewhere], first[elsewhere])
+
+
+def test_the_default_placement_names_the_same_quarter_rule():
+    """Without ``depth`` the run lies inside its quarter, so the middle-frame rule gives the same quarter."""
+    rng = np.random.default_rng(5)
+    for length in (4, 7, 20, 33):
+        for _ in range(20):
+            _, truth = make_video(SynthSpec(frames=length), rng)
+            start, end = truth["marker_frames"]
+            assert truth["quarter"] == QUARTERS[quarter_of(start + (end - start - 1) // 2, length)]
+            assert quarter_of(start, length) == quarter_of(end - 1, length)
+
+
+@pytest.mark.parametrize("depth", [-0.1, 1.5])
+def test_depth_outside_zero_to_one_is_refused(depth):
+    with pytest.raises(ValueError, match="depth must be in"):
+        SynthSpec(depth=depth).validate()
+
+
+# The fake demo's models answer one word whatever the video: a random tiny model with tied embeddings echoes
+# the prompt's last token ("\n"); a colour word whose embedding is twice that token's wins instead.
+ANSWERS = {("crosslmm", 1): " green"}  # every other model says " red"
+POSITIONS = {"full": 150}  # full tokens (25 per frame) fit 4 frames, not 8
+
+
+@pytest.fixture(scope="module")
+def fake_demo(tmp_path_factory) -> Path:
+    """A demo output dir (data/, runs/<variant>-seed<k>/final) like ``crosslmm demo --quick`` leaves, with
+    two seeds of the three needle variants whose answers are known."""
+    root = tmp_path_factory.mktemp("demo")
+    settings = DemoSettings.quick()
+    write_dataset(root / "data", settings.data, progress=False)
+    for variant in variants(settings.data.size // settings.patch_size, list(settings.cross_layers)):
+        if variant.name not in NeedleSettings().variants:
+            continue
+        for seed in (0, 1):
+            model, processor = build_model(variant, seed, settings)
+            tok = processor.tokenizer
+            word = ANSWERS.get((variant.name, seed), " red")
+            (answer,), (newline,) = tok.encode(word), tok.encode("\n")
+            embeddings = model.get_input_embeddings().weight
+            with torch.no_grad():
+                embeddings[answer] = 2 * embeddings[newline]
+            if variant.name in POSITIONS:
+                model.config.text_config.max_position_embeddings = POSITIONS[variant.name]
+            save_model_dir(model, processor, root / "runs" / f"{variant.name}-seed{seed}" / "final")
+    return root
+
+
+def test_trained_models_finds_finished_runs_and_names_what_is_missing(fake_demo):
+    found = trained_models(fake_demo, ("crosslmm", "pool", "full"), None)
+    assert {name: list(runs) for name, runs in found.items()} == dict(
+        crosslmm=[0, 1], pool=[0, 1], full=[0, 1]
+    )
+    assert list(trained_models(fake_demo, ("pool",), 1)["pool"]) == [0]
+    with pytest.raises(FileNotFoundError, match="no finished pool_v2v model"):
+        trained_models(fake_demo, ("pool", "pool_v2v"), None)
+
+
+@pytest.mark.slow
+def test_needle_end_to_end(fake_demo, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "needle"
+    calls, real = [], needle_run.evaluate  # what the demo's evaluate() scored (the fake models answer blind)
+
+    def spy(model_dir, test, data_root, frames, *args, **kwargs):
+        calls.append((Path(model_dir).parent.name, Path(data_root), frames, test))
+        return real(model_dir, test, data_root, frames, *args, **kwargs)
+
+    monkeypatch.setattr(needle_run, "evaluate", spy)
+    assert cli(["demo", "--needle", "--quick", "--from", str(fake_demo), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "needle test finished" in printed.out
+    assert "full seed 0 8 frames: skipped" in printed.out + printed.err
+    report = json.loads((out / "results.json").read_text())
+    settings = NeedleSettings.quick()
+    assert report["settings"] == json.loads(json.dumps(asdict(settings)))
+    assert (out / "needle.png").stat().st_size > 0
+    table = (out / "results.md").read_text()
+
+    # Every cell: the demo's scoring of its own records, the accuracy the mean of those predictions, and (the
+    # models saying one word) the share of that word among the cell's answers.
+    cells = {(c["variant"], c["seed"], c["frames"], c["depth"]): c for c in report["cells"]}
+    expected = {
+        (name, seed, frames, depth)
+        for name in settings.variants
+        for seed in (0, 1)
+        for frames in settings.frames
+        for depth in settings.depths
+        if not (name == "full" and frames == 8)
+    }
+    assert set(cells) == expected
+    for (name, seed, frames, depth), cell in cells.items():
+        data = out / "data" / f"frames{frames:03d}-depth{round(100 * depth):03d}"
+        records = [r for split in ("train", "test") for r in json.loads((data / f"{split}.json").read_text())]
+        assert json.loads((data / "spec.json").read_text())["depth"] == depth
+        predictions = [json.loads(line) for line in (out / cell["predictions"]).open()]
+        assert [p["id"] for p in predictions] == [r["id"] for r in records] and len(
+            records
+        ) == settings.videos
+        assert [p["correct"] for p in predictions] == [
+            is_correct(r, p["response"]) for r, p in zip(records, predictions)
+        ]
+        assert cell["accuracy"] == pytest.approx(statistics.fmean(p["correct"] for p in predictions))
+        word = ANSWERS.get((name, seed), " red").strip()
+        assert cell["accuracy"] == pytest.approx(statistics.fmean(answer_of(r) == word for r in records))
+
+    # Each model scored each cell's own videos, read as evaluate() reads them, with the target at the depth.
+    assert sorted((name, root.name) for name, root, _, _ in calls) == sorted(
+        (f"{name}-seed{seed}", f"frames{frames:03d}-depth{round(100 * depth):03d}")
+        for name, seed, frames, depth in cells
+    )
+    for root in {root for _, root, _, _ in calls}:
+        spec = json.loads((root / "spec.json").read_text())
+        records = [r for split in ("train", "test") for r in json.loads((root / f"{split}.json").read_text())]
+        assert all(frames == spec["frames"] and test == records for _, r, frames, test in calls if r == root)
+        length = min(spec["marker_frames"], spec["frames"] // 4)  # 1 frame in a 4-frame video
+        start = round(spec["depth"] * (spec["frames"] - length))
+        for record in records:
+            video = load_frames(root / record["video"], FrameSampling.resolve(num_frames=spec["frames"]))
+            truth = dict(cell=record["target"]["cell"], colour=answer_of(record))
+            assert record["target"]["frames"] == [start, start + length] and len(video) == spec["frames"]
+            # decoded from yuv: the marked frames are off by under 7 on average, the others by over 70
+            assert target_frames(video, truth, tolerance=20) == list(range(start, start + length))
+
+    # Heatmaps: per seed the cells' accuracies, the mean their mean; full tokens skipped at 8 frames.
+    for name, heat in report["heatmaps"].items():
+        assert heat["seeds"] == [0, 1]
+        for i, depth in enumerate(settings.depths):
+            for j, frames in enumerate(settings.frames):
+                per_seed = [heat["per_seed"][str(s)][i][j] for s in (0, 1)]
+                if name == "full" and frames == 8:
+                    assert per_seed == [None, None] and heat["mean"][i][j] is None
+                    continue
+                assert per_seed == [cells[name, s, frames, depth]["accuracy"] for s in (0, 1)]
+                assert heat["mean"][i][j] == pytest.approx(statistics.fmean(per_seed))
+    assert {(s["variant"], s["frames"]) for s in report["skipped"]} == {("full", 8)}
+    assert all(s["tokens"] > s["limit"] == POSITIONS["full"] for s in report["skipped"])
+    assert "n/a" in table and f"more than its {POSITIONS['full']}" in table
+
+    # The floor: the share of needle answers equal to the demo's most common training answer, in every table.
+    train = json.loads((fake_demo / "data" / "train.json").read_text())
+    majority = max(STRIPE_COLOURS, key=[answer_of(r) for r in train].count)
+    for frames in settings.frames:
+        records = [
+            r
+            for depth in settings.depths
+            for split in ("train", "test")
+            for r in json.loads(
+                (
+                    out / "data" / f"frames{frames:03d}-depth{round(100 * depth):03d}" / f"{split}.json"
+                ).read_text()
+            )
+        ]
+        assert report["floor"][str(frames)] == pytest.approx(
+            statistics.fmean(answer_of(r) == majority for r in records)
+        )
+    assert table.count("| majority floor |") == len(settings.variants)
+
+    # Paired per seed, accuracy averaged over depths; nothing to pair where full tokens were skipped.
+    for comparison in report["paired"]:
+        a, b, frames = comparison["a"], comparison["b"], comparison["frames"]
+        if b == "full" and frames == 8:
+            assert comparison["seeds"] == [] and comparison["verdict"] == "no common seed scored"
+            continue
+        assert comparison["seeds"] == [0, 1]
+        depth_mean = {
+            name: [
+                statistics.fmean(cells[name, s, frames, d]["accuracy"] for d in settings.depths)
+                for s in (0, 1)
+            ]
+            for name in (a, b)
+        }
+        assert comparison["differences"] == pytest.approx(
+            [x - y for x, y in zip(depth_mean[a], depth_mean[b])]
+        )
+        assert comparison["verdict"] in table
+    assert [(c["a"], c["b"]) for c in report["paired"]] == [("crosslmm", "pool")] * 2 + [
+        ("crosslmm", "full")
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--needle", "--elastic"], "--elastic do not apply"),
+        (["demo", "--needle", "--steps", "3"], "--steps do not apply"),
+        (["demo", "--videos", "5"], "--videos and --from apply to --needle only"),
+        (["demo", "--needle", "--videos", "1", "--from", "{out}"], "--videos must be >= 2"),
+    ],
+)
+def test_needle_arguments_give_a_clear_error(tmp_path, capsys, argv, message):
+    assert cli([a.format(out=tmp_path) for a in argv] + ["--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_needle_settings_refuse_a_bad_grid():
+    with pytest.raises(ValueError, match="depths must be distinct numbers in"):
+        replace(NeedleSettings(), depths=(0.0, 2.0)).validate()
+    with pytest.raises(ValueError, match="frames must be distinct video lengths >= 4"):
+        replace(NeedleSettings(), frames=(2, 16)).validate()
