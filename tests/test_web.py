@@ -20,7 +20,8 @@ import pytest
 from helpers import coloured_frames, set_gates
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-QUESTION = "What colour is the marker?"
+QUESTION = "What colour are the vertical stripes?"  # the page's default: the demo task's question
+TEST_MODEL_SEED = 20
 WAIT_MS = 90_000  # per page step: two CPU cores shared by the whole suite
 
 
@@ -46,11 +47,12 @@ def _free_port() -> int:
 
 
 def _model_dir(path) -> str:
-    """A tiny random model, gates open; seed 2 answers differently for sample 1 and sample 3."""
+    """A tiny random model, gates open; seed 20 answers differently for sample 1 and sample 4 (the samples
+    are the demo task's videos, alike to a random tower: seed 2 answered the same for all four)."""
     from crosslmm.model.build import save_model_dir
     from crosslmm.model.tiny import TinySpec, make_tiny
 
-    model, processor = make_tiny(TinySpec(), seed=2, v2v=True, t2v=True)
+    model, processor = make_tiny(TinySpec(), seed=TEST_MODEL_SEED, v2v=True, t2v=True)
     set_gates(model, 3.0)
     save_model_dir(model, processor, path)
     return str(path)
@@ -116,8 +118,8 @@ def test_web_page_in_chromium(server, tmp_path):
     url, model_dir = server
     samples = write_samples(tmp_path / "samples")  # the server's samples: the same seed, the same videos
     labels = list(samples)
-    first, third = _expected(model_dir, [samples[labels[0]], samples[labels[2]]])
-    assert first and third and first != third, "the test model must answer differently for the two samples"
+    first, fourth = _expected(model_dir, [samples[labels[0]], samples[labels[3]]])
+    assert first and fourth and first != fourth, "the test model must answer differently for the two samples"
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
 
@@ -129,9 +131,10 @@ def test_web_page_in_chromium(server, tmp_path):
         page.goto(url)
         answer, status = page.locator("#answer textarea"), page.locator("#status")
 
-        _choose(page, labels[2])
+        expect(page.locator("#question textarea")).to_have_value(QUESTION)
+        _choose(page, labels[3])
         page.click("#ask")
-        expect(answer).to_have_value(third)
+        expect(answer).to_have_value(fourth)
         expect(page.locator("#t2v img")).to_be_visible()
         expect(page.locator("#v2v img")).to_be_visible()
         expect(status).to_contain_text("Gates")
@@ -167,8 +170,9 @@ def test_two_pages_asking_at_once_get_their_own_answers(server, tmp_path):
         videos.append(str(tmp_path / f"clip{seed}.mp4"))
         write_video(videos[-1], coloured_frames(20, seed=seed, size=32), fps=4)
     answers = dict(zip(videos, _expected(model_dir, videos)))
-    chosen = [videos[0]] + [v for v in videos if answers[v] != answers[videos[0]]][:1]
-    assert len(chosen) == 2, f"the test model must answer differently for two videos: {answers}"
+    answered = [v for v in videos if answers[v]]  # an empty answer would match the empty box at once
+    chosen = answered[:1] + [v for v in answered if answers[v] != answers[answered[0]]][:1]
+    assert len(chosen) == 2, f"the test model must give two different non-empty answers: {answers}"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         expect.set_options(timeout=WAIT_MS)
@@ -187,6 +191,37 @@ def test_two_pages_asking_at_once_get_their_own_answers(server, tmp_path):
         browser.close()
 
 
+def test_sample_labels_describe_the_demo_tasks_target(tmp_path):
+    """Each sample's label names the colour with the vertical stripes, its cell and frames, as the video
+    shows them; the page's question is the demo task's."""
+    _require(_importable("gradio"), "gradio")
+    import re
+
+    import numpy as np
+
+    from crosslmm.data.video import load_video
+    from crosslmm.demo.synth import STRIPE, STRIPE_COLOURS, SynthSpec, questions_of
+    from crosslmm.web.app import default_question, write_samples
+
+    spec = SynthSpec()
+    assert default_question() == QUESTION == questions_of(spec.design)["colour"]
+    samples = write_samples(tmp_path)
+    assert len({re.sub(r"^sample \d+: ", "", label) for label in samples}) == len(samples) == 4
+    for label, path in samples.items():
+        parsed = re.fullmatch(
+            r"sample \d: vertical stripes on (\w+) at cell \((\d), (\d)\), frames (\d+)-(\d+)", label
+        )
+        assert parsed, label
+        colour, row, col, first, last = parsed[1], *map(int, parsed.groups()[1:])
+        frames = load_video(path, num_frames=spec.frames).frames.astype(np.float32)
+        patch = frames[:, row * spec.cell : (row + 1) * spec.cell, col * spec.cell : (col + 1) * spec.cell]
+        grey = patch.mean(-1)
+        columns, rows = np.ptp(grey.mean(1), axis=1), np.ptp(grey.mean(2), axis=1)  # (T,) each
+        vertical = (columns > STRIPE / 2) & (rows < columns / 3)
+        assert vertical.nonzero()[0].tolist() == list(range(first, last + 1)), label
+        assert patch[first : last + 1].mean((0, 1, 2)).argmax() == STRIPE_COLOURS.index(colour), label
+
+
 def test_without_model_a_random_model_says_so(tmp_path, monkeypatch):
     _require(_importable("gradio"), "gradio")
     from crosslmm.web.app import RANDOM_NOTICE, load_web_model
@@ -202,7 +237,7 @@ def _web_model(slow_s: float = 0.0):
     from crosslmm.model.tiny import TinySpec, make_tiny
     from crosslmm.web.app import WebModel
 
-    model, processor = make_tiny(TinySpec(), seed=2, v2v=True, t2v=True)
+    model, processor = make_tiny(TinySpec(), seed=TEST_MODEL_SEED, v2v=True, t2v=True)
     set_gates(model, 3.0)
     calls = []
 

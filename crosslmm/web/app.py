@@ -91,7 +91,8 @@ def load_web_model(model_dir: str | None) -> WebModel:
 
 
 def write_samples(out: str | os.PathLike, count: int = SAMPLES, seed: int = 1) -> dict[str, str]:
-    """``count`` videos of the demo's synthetic marker task -> {label saying where the marker is: path}."""
+    """``count`` videos of the demo's synthetic task (``SynthSpec()``, what ``crosslmm demo`` trains on) ->
+    {label saying which colour has the vertical stripes, where and when: path}."""
     from crosslmm.data.video import write_video
     from crosslmm.demo.synth import SynthSpec, make_video
 
@@ -100,10 +101,23 @@ def write_samples(out: str | os.PathLike, count: int = SAMPLES, seed: int = 1) -
     for i in range(count):
         frames, truth = make_video(spec, rng)
         start, end = truth["marker_frames"]
-        label = f"sample {i + 1}: {truth['colour']} marker at cell {tuple(truth['cell'])}, frames {start}-{end - 1}"
+        target = _target_words(spec.design, truth["colour"])
+        label = f"sample {i + 1}: {target} at cell {tuple(truth['cell'])}, frames {start}-{end - 1}"
         samples[label] = os.path.join(out, f"sample{i + 1}.mp4")
         write_video(samples[label], frames, spec.fps)
     return samples
+
+
+def _target_words(design: str, colour: str) -> str:
+    """How a sample's label names its target: the design's question asks about it."""
+    return f"{colour} marker" if design == "marker" else f"vertical stripes on {colour}"
+
+
+def default_question() -> str:
+    """The colour question of the samples' design, the page's question until the user changes it."""
+    from crosslmm.demo.synth import SynthSpec, questions_of
+
+    return questions_of(SynthSpec().design)["colour"]
 
 
 def figure_image(fig: Figure) -> np.ndarray:
@@ -271,9 +285,7 @@ def build_app(web: WebModel, samples: dict[str, str]) -> gr.Blocks:
                     label="tokens per frame",
                     visible=len(budgets) > 1,
                 )
-                question = gr.Textbox(
-                    value="What colour is the marker?", label="Question", elem_id="question"
-                )
+                question = gr.Textbox(value=default_question(), label="Question", elem_id="question")
                 go = gr.Button("Ask", variant="primary", elem_id="ask")
             with gr.Column(scale=2):
                 answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
