@@ -154,9 +154,9 @@ def plot(report: dict, path: Path) -> None:
 
     settings, names = report["settings"], list(report["heatmaps"])
     floors = [report["floor"][str(f)] for f in settings["frames"]]
-    fig = Figure(figsize=(4.2 * len(names) + 1, 4))
+    fig = Figure(figsize=(3.6 * len(names) + 1, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(names)))
-    for ax, name in zip(axes, names):
+    for k, (ax, name) in enumerate(zip(axes, names)):
         heat = report["heatmaps"][name]
         grid = np.array([[np.nan if v is None else v for v in row] for row in heat["mean"]], dtype=float)
         image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -167,7 +167,8 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xticks(range(len(settings["frames"])), [str(f) for f in settings["frames"]])
         ax.set_yticks(range(len(settings["depths"])), [f"{100 * d:.0f}%" for d in settings["depths"]])
         ax.set_xlabel("frames per video")
-        ax.set_ylabel("needle depth")
+        if k == 0:
+            ax.set_ylabel("needle depth (start of the marked frames)")
         ax.set_title(
             f"{NAMES.get(name, name)} ({len(heat['seeds'])} seed(s))\nmajority floor "
             f"{min(floors):.2f}-{max(floors):.2f}",
