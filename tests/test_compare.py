@@ -234,3 +234,16 @@ def test_quick_compare_runs_every_method_end_to_end(tmp_path):
         assert cli(["compare", "--quick", "--seeds", "2", "--reuse", "--out", str(out)]) == 2
     assert trained == [1]
     assert (out / "data" / "equal" / "test.json").stat().st_mtime_ns == written  # same spec: data kept
+
+
+def test_probe_shows_the_norm_oracle_of_the_marker_design_and_not_of_stripes():
+    """The numbers docs/comparisons.md and baselines.md quote (python -m crosslmm.demo.compare.probe), on a few
+    videos: ranked by feature norm, the marker patch is always among salient's dominant patches (an oracle);
+    the striped target is not; ToMe does not keep the marker unmerged in every frame."""
+    from crosslmm.demo.compare.probe import target_kept
+
+    marker, stripes = target_kept("marker", videos=6), target_kept("stripes", videos=6)
+    assert marker.frames == stripes.frames == 12  # 2 marked frames of 8 per video
+    assert marker.salient_norm == marker.frames
+    assert stripes.salient_norm < stripes.frames and marker.merge_unmerged < marker.frames
+    assert marker.salient_attention < marker.frames  # the tower's attention is no oracle
