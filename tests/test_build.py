@@ -104,3 +104,14 @@ def test_build_rejects_unknown_option(tmp_path, pretrained_parts, capsys):
     code = main(["build", "--llm", str(llm_dir), "--vision", str(vision_dir), "--config", str(config), "o"])
     assert code == 2
     assert "tokens_per_frme" in capsys.readouterr().err
+
+
+def test_build_names_a_missing_gguf_file(tmp_path, pretrained_parts, capsys):
+    """``--llm`` also takes a .gguf file (tests/test_real_checkpoint.py builds from one); a missing one is
+    named before anything loads."""
+    _, vision_dir = pretrained_parts
+    config = _write_config(tmp_path / "cfg.yaml")
+    missing = tmp_path / "SmolLM2.gguf"
+    code = main(["build", "--llm", str(missing), "--vision", str(vision_dir), "--config", str(config), "o"])
+    assert code == 2
+    assert f"GGUF file {str(missing)!r} does not exist" in capsys.readouterr().err

@@ -94,10 +94,22 @@ def save_model_dir(model: CrossLMMForCausalLM, processor: CrossLMMProcessor, out
     processor.save_pretrained(out)
 
 
+def _llm_source(llm: str) -> tuple[str, dict]:
+    """(directory, extra from_pretrained kwargs) of an LLM given as an HF dir or a single ``.gguf`` file,
+    which transformers reads with the ``gguf`` package, dequantised to fp32."""
+    path = Path(llm)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {llm!r} does not exist")
+        return str(path.parent), {"gguf_file": path.name}
+    return llm, {}
+
+
 def build_from_pretrained(
     llm_dir: str, vision_dir: str, crosslmm_fields: dict
 ) -> tuple[CrossLMMForCausalLM, CrossLMMProcessor]:
-    """Compose a CrossLMM from a local HF causal LM (Qwen2/Llama) and a local vision tower checkpoint.
+    """Compose a CrossLMM from a local HF causal LM (Qwen2/Llama; an HF dir or a ``.gguf`` file) and a
+    local vision tower checkpoint.
 
     The LLM and vision weights are copied exactly; projector and cross-attention layers are freshly
     initialised (gates at zero). Shapes in ``crosslmm_fields`` (e.g. from ``configs/model/*.yaml``) must
@@ -105,7 +117,8 @@ def build_from_pretrained(
     """
     fields = dict(crosslmm_fields)
     check_fields(fields, "the model config")  # before loading any checkpoint
-    text_config = AutoConfig.from_pretrained(llm_dir)
+    llm_dir, llm_kwargs = _llm_source(llm_dir)
+    text_config = AutoConfig.from_pretrained(llm_dir, **llm_kwargs)
     vision_tower, vision_config = load_pretrained_vision_tower(
         vision_dir, fields.get("vision_feature_layer", -1)
     )
@@ -121,13 +134,17 @@ def build_from_pretrained(
                 f"{name} in the model config contradicts the checkpoint: "
                 + ", ".join(f"{k}: config {a!r} vs checkpoint {b!r}" for k, (a, b) in sorted(clash.items()))
             )
-    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir, **llm_kwargs)
     if VIDEO_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32, **llm_kwargs)
     if len(tokenizer) > llm.config.vocab_size:  # never shrink: Qwen2.5 pads its vocab for speed
         llm.resize_token_embeddings(len(tokenizer))
     text_config = llm.config
+    if llm_kwargs.get("gguf_file"):
+        # The weights are dequantised fp32 now; the GGUF note left in the config would make every later load
+        # a "quantized" model, which the Trainer refuses to fine-tune.
+        text_config.__dict__.pop("quantization_config", None)
     config = CrossLMMConfig.from_fields(
         "the model config",
         vision_config=vision_config,

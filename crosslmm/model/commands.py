@@ -64,7 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_init_tiny)
 
     p = subparsers.add_parser("build", help="compose a CrossLMM from local LLM + vision checkpoints")
-    p.add_argument("--llm", required=True, help="local HF Qwen2/Llama causal-LM dir")
+    p.add_argument(
+        "--llm",
+        required=True,
+        help="local HF Qwen2/Llama causal-LM dir, or a .gguf file (needs the gguf package)",
+    )
     p.add_argument("--vision", required=True, help="local SigLIP/SigLIP2/CLIP or OpenCLIP dir")
     p.add_argument("--config", required=True, help="configs/model/<name>.yaml or a preset name")
     p.add_argument("out")
