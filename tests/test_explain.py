@@ -279,6 +279,7 @@ def _result(passed: bool) -> dict:
         frames=20,
         accuracy=5 / 6,
         control=control,
+        answers_above_floor=True,
         accuracy_gate_closed={"v2v": 0.8, "t2v": 0.3},
         localisation=localisation(rows) if passed else None,
     )
@@ -295,6 +296,9 @@ def test_localisation_rates_and_the_summary_report_the_control_first():
     assert "0.800 (target 0.80: met" in text
     failed = summary(_result(passed=False))
     assert "FAILED" in failed and "hit rate (" not in failed and "no hit rate is reported" in failed
+    assert "answers at the floor" not in text
+    stuck = _result(passed=True) | {"accuracy": 0.4, "answers_above_floor": False}
+    assert "answers at the floor (0.400): the control passes trivially" in summary(stuck)
 
 
 def test_majority_floor_is_the_most_common_answers_share():
@@ -413,7 +417,9 @@ def test_run_check_reports_localisation_only_after_the_control_passes(tiny, tmp_
         monkeypatch.setattr("crosslmm.explain.maps.explain", lambda *a, **k: pytest.fail("maps taken"))
     result = check.run_check(str(tmp_path / "model"), str(tmp_path / "data"), frames=8)
     assert result["videos"] == 4 and result["design"] == "stripes"
-    assert 0 < result["control"]["majority_floor"] <= 1 and set(result["accuracy_gate_closed"]) == {
+    floor = result["control"]["majority_floor"]
+    assert result["answers_above_floor"] == (result["accuracy"] - floor > check.CONTROL_MARGIN)
+    assert 0 < floor <= 1 and set(result["accuracy_gate_closed"]) == {
         "v2v",
         "t2v",
     }

@@ -5,6 +5,8 @@ reads (:func:`crosslmm.explain.ablation.uniform_attention`) must fall to the maj
 most common answer among the scored videos), within ``CONTROL_MARGIN``. A model that still answers with
 uniform T2V weights reads its answer from an average of the memory, and where its attention peaks then
 says nothing about what it needed; so only when the control passes are the localisation rates reported.
+Both say something only about a model that answers above the floor itself (``answers_above_floor``, by
+more than the same margin): a model stuck on one answer passes the control trivially.
 
 Then, for every test video: the first answer token's T2V map (layer mean); whether the top patch of the
 whole video lies on the target cell in a target frame (the hit rate, reported over the correctly answered
@@ -207,8 +209,10 @@ def run_check(model_dir: str, data_dir: str, frames: int, limit: int | None = No
         accuracy=_accuracy(test, [answer_text(processor, ids) for ids in answers]),
         control=uniform_t2v_control(model, processor, test, questions, videos),
         accuracy_gate_closed=_closed_gate_accuracy(model, processor, test, questions, videos),
+        answers_above_floor=None,
         localisation=None,
     )
+    result["answers_above_floor"] = result["accuracy"] - result["control"]["majority_floor"] > CONTROL_MARGIN
     if not result["control"]["passed"]:
         return result  # uniform weights answer as well: where attention peaks is not what it needs
     rows = []
@@ -239,6 +243,11 @@ def summary(result: dict) -> str:
             "T2V's attention to find anything, so no hit rate is reported"
         ),
     ]
+    if not result["answers_above_floor"]:
+        lines.append(
+            f"the model itself answers at the floor ({result['accuracy']:.3f}): the control passes trivially "
+            "and the hit rate cannot show what it needed"
+        )
     where = result["localisation"]
     if where is not None:
         hit = where["hit_rate"]
