@@ -10,6 +10,8 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from crosslmm.cli import main as cli
 from crosslmm.demo.compare.plan import (
@@ -217,6 +219,13 @@ def test_quick_compare_runs_every_method_end_to_end(tmp_path):
         if r["study"] == "equal" and r["method"] != "crosslmm":
             assert r["seq_len"] - pool1 == frames * (r["fields"]["tokens_per_frame"] - 1), r["name"]
     assert any(r["method"] == "fastv" and r["seq_len"] - pool1 == frames * (patches - 1) for r in rows)
+    # one frozen tower for every model (crosslmm.demo.variants.build_model's rule), whatever its visual path
+    towers = []
+    for r in rows:
+        weights = load_file(out / "runs" / f"{r['name']}-seed0" / "final" / "model.safetensors")
+        towers.append({k: v for k, v in weights.items() if k.startswith("model.vision_tower.")})
+    assert towers[0] and all(t.keys() == towers[0].keys() for t in towers)
+    assert all(torch.equal(t[k], towers[0][k]) for t in towers for k in t)
     markdown = (out / "results.md").read_text()
     assert "### Equal compute" in markdown and "### More frames" in markdown
     assert markdown.count("majority floor (test answers)") == 2 and "Paired per-seed differences" in markdown
