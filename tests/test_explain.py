@@ -14,7 +14,7 @@ from helpers import coloured_frames, video_dependent_model
 from crosslmm.cli import main
 from crosslmm.data.video import load_video, write_video
 from crosslmm.explain.ablation import uniform_attention
-from crosslmm.explain.check import localisation, majority_floor, score_video, summary, target_of
+from crosslmm.explain.check import clears_floor, localisation, majority_floor, score_video, summary, target_of
 from crosslmm.explain.maps import answer_text, explain, generate_ids
 from crosslmm.explain.render import write_all
 from crosslmm.inference import build_prompt, generate
@@ -301,6 +301,10 @@ def test_localisation_rates_and_the_summary_report_the_control_first():
     assert "answers at the floor (0.400): the control passes trivially" in summary(stuck)
 
 
+def test_clears_floor_by_more_than_the_margin():
+    assert clears_floor(0.51, 0.4) and not clears_floor(0.5, 0.4) and not clears_floor(0.3, 0.4)
+
+
 def test_majority_floor_is_the_most_common_answers_share():
     def record(answer):
         return {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": answer}]}
@@ -418,7 +422,7 @@ def test_run_check_reports_localisation_only_after_the_control_passes(tiny, tmp_
     result = check.run_check(str(tmp_path / "model"), str(tmp_path / "data"), frames=8)
     assert result["videos"] == 4 and result["design"] == "stripes"
     floor = result["control"]["majority_floor"]
-    assert result["answers_above_floor"] == (result["accuracy"] - floor > check.CONTROL_MARGIN)
+    assert result["answers_above_floor"] == check.clears_floor(result["accuracy"], floor)
     assert 0 < floor <= 1 and set(result["accuracy_gate_closed"]) == {
         "v2v",
         "t2v",
