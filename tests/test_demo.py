@@ -13,6 +13,7 @@ from helpers import run_lmms_eval
 from crosslmm.cli import main as cli
 from crosslmm.demo.audit import CONTROL, PROBES, audit
 from crosslmm.demo.evaluate import evaluate
+from crosslmm.demo.report import ORDERINGS, RunResult, majority_floor, markdown_table, summarise
 from crosslmm.demo.run import train_variant, write_mixture
 from crosslmm.demo.synth import (
     COLOURS,
@@ -173,6 +174,50 @@ def test_invalid_arguments_give_a_clear_error(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def _runs(accuracy: dict[str, list[float]]) -> list[RunResult]:
+    return [
+        RunResult(name, seed, acc, {"colour": acc}, 10.0, 1.0, 1.0, 0.1, {b: 0.3 for b in v.blocks})
+        for v in variants(5, [0])
+        for name in [v.name]
+        for seed, acc in enumerate(accuracy[name])
+    ]
+
+
+def test_targets_hold_on_every_seed_or_not_at_all():
+    """pool-only at the floor and CrossLMM at 90% of full tokens must hold on every seed, not on average; the
+    orderings are paired per seed."""
+    good = dict(
+        full=[0.7, 0.8, 0.7, 0.9, 0.8],
+        pool=[0.35, 0.3, 0.4, 0.33, 0.3],
+        pool_v2v=[0.5, 0.6, 0.5, 0.55, 0.6],
+        pool_t2v=[0.3, 0.35, 0.33, 0.3, 0.36],  # no better than pooling: that ordering must not hold
+        crosslmm=[0.9, 0.95, 0.7, 1.0, 0.8],
+    )
+    compared = variants(5, [0])
+    report = summarise(_runs(good), compared, DemoSettings(), floor=1 / 3)
+    claims = report["claims"]
+    assert claims["pool_at_floor"] and claims["crosslmm_recovers"] and claims["full_learned"]
+    verdicts = {(o["better"], o["worse"]): o["verdict"] for o in report["orderings"]}
+    assert "holds" in verdicts["pool_v2v", "pool"] and "holds" in verdicts["crosslmm", "pool_t2v"]
+    assert "not shown" in verdicts["pool_t2v", "pool"]
+    one_bad_seed = good | dict(crosslmm=[0.9, 0.95, 0.6, 1.0, 0.8])  # 0.6 / 0.7 < 0.9 on seed 2 only
+    assert not summarise(_runs(one_bad_seed), compared, DemoSettings(), 1 / 3)["claims"]["crosslmm_recovers"]
+    leaky_pool = good | dict(pool=[0.35, 0.3, 0.45, 0.33, 0.3])  # 0.45 is 11.7 points above 1/3
+    assert not summarise(_runs(leaky_pool), compared, DemoSettings(), 1 / 3)["claims"]["pool_at_floor"]
+    table = markdown_table(report)
+    assert "Majority floor (always the train split's most common answer): 0.333" in table
+    assert "pool to 1 + V2V + T2V (CrossLMM), T2V gate closed | 0.300" in table
+
+
+def test_majority_floor_is_the_train_majority_scored_on_test(tmp_path):
+    def record(answer):
+        return {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": answer}]}
+
+    (tmp_path / "train.json").write_text(json.dumps([record(a) for a in ["red", "red", "blue"]]))
+    (tmp_path / "test.json").write_text(json.dumps([record(a) for a in ["blue", "red", "blue", "green"]]))
+    assert majority_floor(tmp_path) == 0.25
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
@@ -215,6 +260,15 @@ def test_quick_demo_end_to_end(quick_demo):
         for kind, accuracy in row["accuracy_by_type"].items():
             mine = [p["correct"] for p in predictions if p["question_type"] == kind]
             assert accuracy == pytest.approx(sum(mine) / len(mine))
+    blocks = {name: set(row["closed_per_seed"]) for name, row in rows.items()}
+    assert blocks == dict(full=set(), pool=set(), pool_v2v={"v2v"}, pool_t2v={"t2v"}, crosslmm={"v2v", "t2v"})
+    for name, row in rows.items():  # each closed-gate score is the mean of its own predictions
+        for block, accs in row["closed_per_seed"].items():
+            path = quick_demo / "runs" / f"{name}-seed0" / f"predictions-{block}-closed.jsonl"
+            closed = [json.loads(line)["correct"] for line in path.open()]
+            assert accs == [pytest.approx(sum(closed) / len(closed))]
+    assert report["claims"]["floor"] == majority_floor(quick_demo / "data")
+    assert [(o["better"], o["worse"]) for o in report["orderings"]] == list(ORDERINGS)
     assert (quick_demo / "results.md").read_text().count("\n| ") >= 5
     assert (quick_demo / "demo.png").stat().st_size > 0
 

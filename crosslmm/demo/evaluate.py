@@ -19,16 +19,21 @@ def evaluate(
     batch_size: int,
     predictions: Path,
     tokens_per_frame: int | None = None,
+    closed: tuple[str, ...] = (),
 ) -> dict:
     """Accuracy through crosslmm.inference (the lmms-eval plugin's path), plus the LLM sequence length and
     analytic prefill FLOPs of the prompts it answered. Every answer goes to ``predictions`` (JSON lines).
-    ``tokens_per_frame``: the budget to answer at (an elastic model's; None: the model's default)."""
+    ``tokens_per_frame``: the budget to answer at (an elastic model's; None: the model's default).
+    ``closed``: cross-attention blocks (``v2v``, ``t2v``) whose gates are set to 0 before answering."""
     from crosslmm.bench.flops import at_budget, prefill_flops
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_frames
     from crosslmm.inference import build_prompt, generate, load
+    from crosslmm.training.params import close_gates
 
     model, processor = load(model_dir)
+    if closed and close_gates(model, closed) == 0:
+        raise ValueError(f"{model_dir}: no {'/'.join(closed)} gate to close")
     budget = tokens_per_frame or model.config.tokens_per_frame
     model.config.check_budget(budget, source=f"--tokens-per-frame {budget}")
     counted = at_budget(model.config, budget)

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from crosslmm.demo.evaluate import evaluate
-from crosslmm.demo.report import RunResult, summarise, write_report
+from crosslmm.demo.report import RunResult, majority_floor, summarise, write_report
 from crosslmm.demo.synth import write_dataset
 from crosslmm.demo.variants import DemoSettings, Variant, build_model, variants
 from crosslmm.model.presets import CONFIG_DIR
@@ -82,6 +82,23 @@ def train_variant(variant: Variant, seed: int, settings: DemoSettings, mixture: 
     return time.perf_counter() - start
 
 
+def score_run(
+    run_dir: Path, test: list[dict], data_dir: Path, settings: DemoSettings, closed: tuple[str, ...] = ()
+) -> dict:
+    """Score ``run_dir/final`` on the test split (with the ``closed`` blocks' gates at 0); the answers go to
+    ``predictions[-<block>-closed].jsonl`` beside it."""
+    suffix = "".join(f"-{block}-closed" for block in closed)
+    return evaluate(
+        run_dir / "final",
+        test,
+        data_dir,
+        settings.data.frames,
+        settings.eval_batch_size,
+        predictions=run_dir / f"predictions{suffix}.jsonl",
+        closed=closed,
+    )
+
+
 def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
     """Generate the data, train and score every variant for every seed, write the report; returns it."""
     settings.validate()
@@ -107,20 +124,25 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
         seconds = settings.reuse and finished_training(run_dir, settings.steps)
         if not seconds:
             seconds = train_variant(variant, seed, settings, mixture, run_dir)
-        scores = evaluate(
-            run_dir / "final",
-            test,
-            data_dir,
-            settings.data.frames,
-            settings.eval_batch_size,
-            predictions=run_dir / "predictions.jsonl",
-        )
+        scores = score_run(run_dir, test, data_dir, settings)
+        closed = {
+            block: score_run(run_dir, test, data_dir, settings, (block,))["accuracy"]
+            for block in variant.blocks
+        }
         runs.append(
-            RunResult(variant.name, seed, train_seconds=seconds, final_loss=final_loss_of(run_dir), **scores)
+            RunResult(
+                variant.name,
+                seed,
+                train_seconds=seconds,
+                final_loss=final_loss_of(run_dir),
+                closed=closed,
+                **scores,
+            )
         )
+        shut = "".join(f", {block} closed {acc:.3f}" for block, acc in closed.items())
         tqdm.write(
-            f"{variant.name} seed {seed}: accuracy {scores['accuracy']:.3f} ({seconds:.0f} s training)"
+            f"{variant.name} seed {seed}: accuracy {scores['accuracy']:.3f}{shut} ({seconds:.0f} s training)"
         )
-    report = summarise(runs, variants(grid, list(settings.cross_layers)), settings)
+    report = summarise(runs, variants(grid, list(settings.cross_layers)), settings, majority_floor(data_dir))
     write_report(root, report)
     return report

@@ -16,6 +16,13 @@ class Variant:
     label: str
     fields: dict
 
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """The cross-attention blocks this variant has (``v2v``, ``t2v``), in that order."""
+        if self.fields.get("cross_attention_every") == 0:
+            return ()
+        return tuple(block for block in ("v2v", "t2v") if self.fields.get(block))
+
 
 def variants(grid: int, cross_layers: list[int]) -> list[Variant]:
     """The five visual paths of the paper's ablation (Table 2a) plus the unpooled baseline."""

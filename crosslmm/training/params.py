@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 from crosslmm.training.config import COMPONENTS, TrainConfig
@@ -47,9 +48,15 @@ def set_trainable(model: nn.Module, train: list[str], lora: bool) -> dict[str, i
     return counts
 
 
+def gate_of(name: str) -> tuple[int, str] | None:
+    """(layer, block) of a cross-attention block's tanh gate (block: v2v, t2v or mlp), with or without a
+    peft wrapper; None for any other parameter."""
+    gate = _GATE.match(name.removeprefix(_PEFT_PREFIX))
+    return (int(gate.group(1)), gate.group(2)) if gate else None
+
+
 def is_gate(name: str) -> bool:
-    """A cross-attention block's tanh gate (V2V, T2V or the gated MLP), with or without a peft wrapper."""
-    return _GATE.match(name.removeprefix(_PEFT_PREFIX)) is not None
+    return gate_of(name) is not None
 
 
 def separate_gates(config: TrainConfig) -> bool:
@@ -98,6 +105,19 @@ def gate_values(model: nn.Module) -> dict[str, float]:
 def gate_values_of(named: list[tuple[str, nn.Parameter]]) -> dict[str, float]:
     values = {}
     for name, p in named:
-        layer, block = _GATE.match(name.removeprefix(_PEFT_PREFIX)).groups()
+        layer, block = gate_of(name)
         values[f"gate/{block}.{layer}"] = float(p.detach().float().tanh().reshape(-1)[0])
     return values
+
+
+def close_gates(model: nn.Module, blocks: tuple[str, ...]) -> int:
+    """Set every gate of the named blocks (v2v, t2v, mlp) to 0 in place: tanh(0) = 0 removes the block's
+    update exactly, the ablation of a trained model without it. Returns how many gates were closed."""
+    closed = 0
+    for name, p in model.named_parameters():
+        gate = gate_of(name)
+        if gate and gate[1] in blocks:
+            with torch.no_grad():
+                p.zero_()
+            closed += 1
+    return closed

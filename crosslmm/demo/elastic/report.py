@@ -8,7 +8,7 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from crosslmm.demo.report import CHANCE, accuracy_table
+from crosslmm.demo.report import accuracy_table
 from crosslmm.demo.variants import Variant
 
 TOLERANCE_POINTS = (
@@ -17,8 +17,9 @@ TOLERANCE_POINTS = (
 RISE_POINTS = 10.0  # pool-only at the largest budget must beat its smallest by this much to count as rising
 
 
-def summarise(scores: list[dict], compared: list[Variant], settings) -> dict:
-    """One row per (model, budget): mean and spread over seeds; then the targets and the train-time cost."""
+def summarise(scores: list[dict], compared: list[Variant], settings, floor: float) -> dict:
+    """One row per (model, budget): mean and spread over seeds; then the targets and the train-time cost.
+    ``floor``: the data's majority floor (:func:`crosslmm.demo.report.majority_floor`), drawn in the plot."""
     rows = []
     for variant in compared:
         budgets = sorted({s["budget"] for s in scores if s["variant"] == variant.name})
@@ -45,6 +46,7 @@ def summarise(scores: list[dict], compared: list[Variant], settings) -> dict:
             )
     return dict(
         rows=rows,
+        floor=floor,
         claims=claims(rows, settings.budgets),
         settings=asdict(settings),
         scores=scores,
@@ -82,6 +84,7 @@ def claims(rows: list[dict], budgets: tuple[int, ...]) -> dict:
 def markdown_table(report: dict) -> str:
     """The table printed by ``crosslmm demo --elastic`` and pasted into docs/elastic.md."""
     lines = accuracy_table(report["rows"], report["settings"]["demo"]["seeds"], "model")
+    lines += ["", f"Majority floor (always the train split's most common answer): {report['floor']:.3f}.", ""]
     c = report["claims"]
     budgets = report["settings"]["budgets"]
     low, high = min(budgets), max(budgets)
@@ -134,7 +137,7 @@ def plot(report: dict, path: Path) -> None:
                 label=rows[0]["label"],
             )
     for axis, label in ((by_budget, "tokens per frame"), (by_flops, "prefill MFLOPs per sample (analytic)")):
-        axis.axhline(CHANCE, ls="--", color="k", lw=1)
+        axis.axhline(report["floor"], ls="--", color="k", lw=1)
         axis.set_xscale("log")
         axis.set_ylim(0, 1.05)
         axis.set_xlabel(label)

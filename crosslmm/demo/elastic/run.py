@@ -67,6 +67,7 @@ def elastic_variants(budgets: tuple[int, ...], cross_layers: list[int]) -> list[
 def run_elastic(out: str | os.PathLike, settings: ElasticSettings) -> dict:
     """Generate the data, train and score every model of every seed at its budgets; write the report."""
     from crosslmm.demo.elastic.report import summarise, write_report
+    from crosslmm.demo.report import majority_floor
 
     settings.validate()
     demo = settings.demo
@@ -98,6 +99,6 @@ def run_elastic(out: str | os.PathLike, settings: ElasticSettings) -> dict:
             tqdm.write(
                 f"{variant.name} seed {seed} at {budget} tokens/frame: accuracy {result['accuracy']:.3f}"
             )
-    report = summarise(scores, compared, settings)
+    report = summarise(scores, compared, settings, majority_floor(data_dir))
     write_report(root, report)
     return report
