@@ -106,7 +106,8 @@ def test_depth_outside_zero_to_one_is_refused(depth):
 
 # The fake demo's models answer one word whatever the video: a random tiny model with tied embeddings echoes
 # the prompt's last token ("\n"); a colour word whose embedding is twice that token's wins instead.
-ANSWERS = {("crosslmm", 1): " green"}  # every other model says " red"
+# Every model says " red" ("red red red red") but these; "red" with no space gives "redredredred", no word.
+ANSWERS = {("crosslmm", 1): " green", ("pool", 1): "red"}
 POSITIONS = {"full": 150}  # full tokens (25 per frame) fit 4 frames, not 8
 
 
@@ -188,8 +189,12 @@ def test_needle_end_to_end(fake_demo, tmp_path, capsys, monkeypatch):
             is_correct(r, p["response"]) for r, p in zip(records, predictions)
         ]
         assert cell["accuracy"] == pytest.approx(statistics.fmean(p["correct"] for p in predictions))
-        word = ANSWERS.get((name, seed), " red").strip()
-        assert cell["accuracy"] == pytest.approx(statistics.fmean(answer_of(r) == word for r in records))
+        token = ANSWERS.get((name, seed), " red")
+        share = statistics.fmean(answer_of(r) == token.strip() for r in records)
+        spaced = token.startswith(" ")
+        assert cell["accuracy"] == pytest.approx(share if spaced else 0.0)
+        assert cell["well_formed"] == (1.0 if spaced else 0.0)
+        assert cell["lenient_accuracy"] == pytest.approx(share)
 
     # Each model scored each cell's own videos, read as evaluate() reads them, with the target at the depth.
     assert sorted((name, root.name) for name, root, _, _ in calls) == sorted(
@@ -224,9 +229,7 @@ def test_needle_end_to_end(fake_demo, tmp_path, capsys, monkeypatch):
     assert all(s["tokens"] > s["limit"] == POSITIONS["full"] for s in report["skipped"])
     assert "n/a" in table and f"more than its {POSITIONS['full']}" in table
 
-    # The floor: the share of needle answers equal to the demo's most common training answer, in every table.
-    train = json.loads((fake_demo / "data" / "train.json").read_text())
-    majority = max(STRIPE_COLOURS, key=[answer_of(r) for r in train].count)
+    # The floor: the share of the most common answer among a length's needle videos, in every table.
     for frames in settings.frames:
         records = [
             r
@@ -238,10 +241,16 @@ def test_needle_end_to_end(fake_demo, tmp_path, capsys, monkeypatch):
                 ).read_text()
             )
         ]
-        assert report["floor"][str(frames)] == pytest.approx(
-            statistics.fmean(answer_of(r) == majority for r in records)
-        )
+        shares = {c: statistics.fmean(answer_of(r) == c for r in records) for c in STRIPE_COLOURS}
+        assert report["floor"][str(frames)] == pytest.approx(max(shares.values()))
+        assert shares[report["majority_answer"][str(frames)]] == max(shares.values())
     assert table.count("| majority floor |") == len(settings.variants)
+    for name, form in report["answer_form"].items():  # means over seeds and depths of the cells above
+        for key in ("well_formed", "lenient_accuracy"):
+            for frames in settings.frames:
+                mine = [c[key] for k, c in cells.items() if k[0] == name and k[2] == frames]
+                assert form[key][str(frames)] == (pytest.approx(statistics.fmean(mine)) if mine else None)
+    assert "| pool-only well-formed | 0.50 | 0.50 |" in table  # seed 0 always, seed 1 never
 
     # Paired per seed, accuracy averaged over depths; nothing to pair where full tokens were skipped.
     for comparison in report["paired"]:

@@ -24,17 +24,17 @@ NAMES = {
 def summarise(
     scored: list[dict],
     skipped: list[dict],
-    floors: dict[int, float],
-    majority: str,
+    floors: dict[int, tuple[str, float]],
     settings,
     source: Path,
     seconds: float,
 ) -> dict:
     """Per variant: the mean and per-seed accuracy of every (depth, frames) cell (None where the model was
-    skipped), the per-seed accuracy of each length averaged over depths, and the paired comparisons."""
+    skipped), the per-seed accuracy of each length averaged over depths, how well-formed the answers were,
+    and the paired comparisons. ``floors``: frames -> (the most common answer, its share)."""
     depths, lengths = list(settings.depths), list(settings.frames)
     variants = [v for v in settings.variants if any(s["variant"] == v for s in scored + skipped)]
-    heatmaps, by_length = {}, {}
+    heatmaps, by_length, form = {}, {}, {}
     for name in variants:
         mine = {(s["seed"], s["frames"], s["depth"]): s["accuracy"] for s in scored if s["variant"] == name}
         seeds = sorted({s["seed"] for s in scored + skipped if s["variant"] == name})
@@ -46,6 +46,13 @@ def summarise(
             for i in range(len(depths))
         ]
         heatmaps[name] = dict(seeds=seeds, mean=mean, per_seed={str(k): v for k, v in per_seed.items()})
+        form[name] = {
+            key: {
+                str(f): _mean([s[key] for s in scored if s["variant"] == name and s["frames"] == f])
+                for f in lengths
+            }
+            for key in ("well_formed", "lenient_accuracy")
+        }
         by_length[name] = {
             str(f): {str(seed): _mean([per_seed[seed][i][j] for i in range(len(depths))]) for seed in seeds}
             for j, f in enumerate(lengths)
@@ -68,10 +75,11 @@ def summarise(
     return dict(
         source=str(source),
         settings=asdict(settings),
-        majority_answer=majority,
-        floor={str(f): v for f, v in floors.items()},
+        floor={str(f): share for f, (_, share) in floors.items()},
+        majority_answer={str(f): answer for f, (answer, _) in floors.items()},
         heatmaps=heatmaps,
         by_length=by_length,
+        answer_form=form,
         paired=comparisons,
         skipped=skipped,
         cells=scored,
@@ -131,8 +139,21 @@ def markdown_table(report: dict) -> str:
             for v, f, t, lim in stops
         ]
     lines += [
-        f"- majority floor: the share of needle videos whose answer is the demo's most common training "
-        f"answer ({report['majority_answer']})",
+        "- majority floor: the share of the most common answer among a length's needle videos (the best any "
+        "one fixed answer scores); strict accuracy: the demo's scoring (the first word is the answer)",
+        "",
+        "How the answers fail (mean over seeds and depths): well-formed = the first word is a colour; lenient ="
+        " the answer starts with the right colour (e.g. 'greengreen' for green), not the demo's scoring:",
+        "",
+        "| variant | " + " | ".join(f"{f} frames" for f in report["settings"]["frames"]) + " |",
+        "|---|" + "---|" * len(report["settings"]["frames"]),
+        *(
+            f"| {NAMES.get(name, name)} {label} | "
+            + " | ".join(_fmt(report["answer_form"][name][key][str(f)]) for f in report["settings"]["frames"])
+            + " |"
+            for name in report["heatmaps"]
+            for key, label in (("well_formed", "well-formed"), ("lenient_accuracy", "lenient accuracy"))
+        ),
         "",
         "Paired per-seed differences of the accuracy averaged over depths:",
         "",
