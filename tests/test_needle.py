@@ -289,6 +289,19 @@ def test_needle_arguments_give_a_clear_error(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_one_seed_gives_no_verdict():
+    from crosslmm.demo.needle.report import summarise
+
+    scored = [
+        dict(variant=v, seed=0, frames=4, depth=0.0, accuracy=a, well_formed=1.0, lenient_accuracy=a)
+        for v, a in (("crosslmm", 1.0), ("pool", 0.0))
+    ]
+    settings = replace(NeedleSettings.quick(), depths=(0.0,), frames=(4,), variants=("crosslmm", "pool"))
+    (comparison,) = summarise(scored, [], {4: ("red", 0.5)}, settings, Path("demo"), 1.0)["paired"]
+    assert comparison["differences"] == [1.0]
+    assert comparison["verdict"] == "one seed only (+100.0 points): no interval, no test"
+
+
 def test_needle_settings_refuse_a_bad_grid():
     with pytest.raises(ValueError, match="depths must be distinct numbers in"):
         replace(NeedleSettings(), depths=(0.0, 2.0)).validate()

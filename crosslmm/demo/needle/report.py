@@ -68,9 +68,13 @@ def summarise(
                 comparisons.append(dict(a=a, b=b, frames=f, seeds=[], verdict="no common seed scored"))
                 continue
             p = paired([sa[s] for s in seeds], [sb[s] for s in seeds])
+            said = (  # one seed gives a point, not an interval: verdict() would call it a result
+                verdict(p, NAMES[a], NAMES[b])
+                if len(seeds) > 1
+                else f"one seed only ({100 * p.mean:+.1f} points): no interval, no test"
+            )
             comparisons.append(
-                dict(a=a, b=b, frames=f, seeds=[int(s) for s in seeds], **p.as_dict())
-                | dict(verdict=verdict(p, NAMES[a], NAMES[b]))
+                dict(a=a, b=b, frames=f, seeds=[int(s) for s in seeds], **p.as_dict()) | dict(verdict=said)
             )
     return dict(
         source=str(source),
