@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import statistics
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -118,20 +119,9 @@ def fake_demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     settings = DemoSettings.quick()
     write_dataset(root / "data", settings.data, progress=False)
-    for variant in variants(settings.data.size // settings.patch_size, list(settings.cross_layers)):
-        if variant.name not in NeedleSettings().variants:
-            continue
+    for name in NeedleSettings().variants:
         for seed in (0, 1):
-            model, processor = build_model(variant, seed, settings)
-            tok = processor.tokenizer
-            word = ANSWERS.get((variant.name, seed), " red")
-            (answer,), (newline,) = tok.encode(word), tok.encode("\n")
-            embeddings = model.get_input_embeddings().weight
-            with torch.no_grad():
-                embeddings[answer] = 2 * embeddings[newline]
-            if variant.name in POSITIONS:
-                model.config.text_config.max_position_embeddings = POSITIONS[variant.name]
-            save_model_dir(model, processor, root / "runs" / f"{variant.name}-seed{seed}" / "final")
+            save_answering(root, name, seed, ANSWERS.get((name, seed), " red"))
     return root
 
 
@@ -273,6 +263,48 @@ def test_needle_end_to_end(fake_demo, tmp_path, capsys, monkeypatch):
     assert [(c["a"], c["b"]) for c in report["paired"]] == [("crosslmm", "pool")] * 2 + [
         ("crosslmm", "full")
     ] * 2
+
+
+def save_answering(demo: Path, name: str, seed: int, word: str) -> None:
+    """Save the demo variant ``name`` (seed ``seed``) as a model that always answers ``word``."""
+    settings = DemoSettings.quick()
+    variant = next(v for v in variants(settings.data.size // settings.patch_size, [0]) if v.name == name)
+    model, processor = build_model(variant, seed, settings)
+    (answer,), (newline,) = processor.tokenizer.encode(word), processor.tokenizer.encode("\n")
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embeddings[answer] = 2 * embeddings[newline]
+    if name in POSITIONS:
+        model.config.text_config.max_position_embeddings = POSITIONS[name]
+    save_model_dir(model, processor, demo / "runs" / f"{name}-seed{seed}" / "final")
+
+
+@pytest.mark.slow
+def test_needle_reuse_keeps_only_what_the_same_model_scored(fake_demo, tmp_path, monkeypatch):
+    demo, out = tmp_path / "demo", tmp_path / "needle"
+    shutil.copytree(fake_demo, demo)
+    argv = ["demo", "--needle", "--quick", "--from", str(demo), "--out", str(out)]
+    assert cli(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    calls, real = [], needle_run.evaluate
+
+    def spy(model_dir, *args, **kwargs):
+        calls.append(Path(model_dir).parent.name)
+        return real(model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(needle_run, "evaluate", spy)
+    assert cli(argv + ["--reuse"]) == 0
+    assert calls == []  # nothing scored again, the same report
+    again = json.loads((out / "results.json").read_text())
+    assert again["cells"] == first["cells"] and again["heatmaps"] == first["heatmaps"]
+
+    save_answering(demo, "pool", 1, " green")  # retrained: new weights, the old scores no longer apply
+    assert cli(argv + ["--reuse"]) == 0
+    assert set(calls) == {"pool-seed1"} and len(calls) == 4  # its 2 lengths x 2 depths
+    for cell in json.loads((out / "results.json").read_text())["cells"]:
+        if (cell["variant"], cell["seed"]) == ("pool", 1):
+            records = [json.loads(line) for line in (out / cell["predictions"]).open()]
+            assert {r["response"] for r in records} == {"green green green green"}
 
 
 @pytest.mark.parametrize(

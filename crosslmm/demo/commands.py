@@ -93,7 +93,7 @@ def _needle(args: argparse.Namespace) -> int:
     from crosslmm.demo.needle.report import markdown_table
     from crosslmm.demo.needle.run import NeedleSettings, run_needle
 
-    given = [flag for flag, on in [("--elastic", args.elastic), ("--reuse", args.reuse)] if on]
+    given = ["--elastic"] if args.elastic else []
     given += [flag for flag, value in [("--steps", args.steps), ("--questions", args.questions)] if value]
     if given:
         raise ValueError(f"--needle scores the demo's trained models; {', '.join(given)} do not apply")
@@ -102,6 +102,8 @@ def _needle(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, videos=args.videos)
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
+    if args.reuse:
+        settings = dataclasses.replace(settings, reuse=True)
     source = args.source or "runs/demo"
     return _run(
         "needle test",
@@ -170,7 +172,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reuse",
         action="store_true",
-        help="keep the data (same spec) and every run in OUT that finished its steps; train and score the rest",
+        help="keep the data (same spec) and every run in OUT that finished its steps; train and score the rest; "
+        "with --needle: keep every cell the same model weights already scored",
     )
     p.add_argument(
         "--questions",

@@ -13,6 +13,7 @@ answer there would measure nothing (full tokens, 25 per frame, stop below 4096 /
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,6 +44,7 @@ class NeedleSettings:
     seed: int = 1  # the needle videos' generator seed (the demo's data uses seed 0)
     eval_batch_size: int = 25  # videos per batch, fewer when the prompts are long (batch_tokens)
     batch_tokens: int = 16384  # LLM tokens per batch at most: a few 128-frame full-token prompts at a time
+    reuse: bool = False  # keep a cell's scores when the same model weights already scored the same videos
 
     @classmethod
     def quick(cls) -> NeedleSettings:
@@ -128,6 +130,26 @@ def prompt_length(model_dir: Path, question: str, frames: int, size: int) -> tup
     return len(ids) + ANSWER_TOKENS, config.text_config.max_position_embeddings
 
 
+def model_stamp(model_dir: Path) -> str:
+    """sha256 of the model's config and weights: what a kept score must have been computed with."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def kept_scores(scores_file: Path, stamp: str, records: list[dict]) -> dict | None:
+    """The scores saved next to a cell's predictions if they were computed by the model ``stamp`` on
+    ``records`` (the same videos: the cell's spec is in the ids' data dir, regenerated when it changes)."""
+    if not scores_file.is_file():
+        return None
+    kept = json.loads(scores_file.read_text())
+    same = kept.get("model") == stamp and kept.get("ids") == [r["id"] for r in records]
+    same = same and kept.get("answers") == [answer_of(r) for r in records]
+    return kept["scores"] if same else None
+
+
 def majority_floor(records: list[dict]) -> tuple[str, float]:
     """The most common answer of ``records`` and its share: the best any one fixed answer scores on them."""
     answer, count = Counter(answer_of(r) for r in records).most_common(1)[0]
@@ -175,12 +197,18 @@ def run_needle(source: str | os.PathLike, out: str | os.PathLike, settings: Need
             tqdm.write(f"{name} seed {seed} {frames} frames: skipped, {tokens} tokens > {limit} positions")
             continue
         batch = max(1, min(settings.eval_batch_size, settings.batch_tokens // tokens))
-        tick, accuracies = time.perf_counter(), []
+        tick, accuracies, stamp, kept = time.perf_counter(), [], model_stamp(model_dir), 0
         for depth in settings.depths:
             predictions = root / "runs" / f"{name}-seed{seed}" / f"{cell_name(frames, depth)}.jsonl"
             predictions.parent.mkdir(parents=True, exist_ok=True)
-            data_dir = root / "data" / cell_name(frames, depth)
-            scores = evaluate(model_dir, cells[frames, depth], data_dir, frames, batch, predictions)
+            data_dir, records = root / "data" / cell_name(frames, depth), cells[frames, depth]
+            scores_file = predictions.with_suffix(".scores.json")
+            scores = kept_scores(scores_file, stamp, records) if settings.reuse else None
+            kept += scores is not None
+            if scores is None:
+                scores = evaluate(model_dir, records, data_dir, frames, batch, predictions)
+                ids, answers = [r["id"] for r in records], [answer_of(r) for r in records]
+                scores_file.write_text(json.dumps(dict(model=stamp, ids=ids, answers=answers, scores=scores)))
             accuracies.append(scores["accuracy"])
             scored.append(
                 dict(
@@ -198,7 +226,7 @@ def run_needle(source: str | os.PathLike, out: str | os.PathLike, settings: Need
         tqdm.write(
             f"{name} seed {seed} {frames} frames: accuracy by depth "
             + " ".join(f"{a:.2f}" for a in accuracies)
-            + f" ({time.perf_counter() - tick:.0f} s)"
+            + f" ({time.perf_counter() - tick:.0f} s{f'; {kept} cell(s) kept' if kept else ''})"
         )
     floors = {f: majority_floor([r for d in settings.depths for r in cells[f, d]]) for f in settings.frames}
     report = summarise(scored, skipped, floors, settings, source, time.perf_counter() - start)
