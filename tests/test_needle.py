@@ -112,6 +112,20 @@ ANSWERS = {("crosslmm", 1): " green", ("pool", 1): "red"}
 POSITIONS = {"full": 150}  # full tokens (25 per frame) fit 4 frames, not 8
 
 
+def save_answering(demo: Path, name: str, seed: int, word: str) -> None:
+    """Save the demo variant ``name`` (seed ``seed``) as a model that always answers ``word``."""
+    settings = DemoSettings.quick()
+    variant = next(v for v in variants(settings.data.size // settings.patch_size, [0]) if v.name == name)
+    model, processor = build_model(variant, seed, settings)
+    (answer,), (newline,) = processor.tokenizer.encode(word), processor.tokenizer.encode("\n")
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embeddings[answer] = 2 * embeddings[newline]
+    if name in POSITIONS:
+        model.config.text_config.max_position_embeddings = POSITIONS[name]
+    save_model_dir(model, processor, demo / "runs" / f"{name}-seed{seed}" / "final")
+
+
 @pytest.fixture(scope="module")
 def fake_demo(tmp_path_factory) -> Path:
     """A demo output dir (data/, runs/<variant>-seed<k>/final) like ``crosslmm demo --quick`` leaves, with
@@ -265,20 +279,6 @@ def test_needle_end_to_end(fake_demo, tmp_path, capsys, monkeypatch):
     ] * 2
 
 
-def save_answering(demo: Path, name: str, seed: int, word: str) -> None:
-    """Save the demo variant ``name`` (seed ``seed``) as a model that always answers ``word``."""
-    settings = DemoSettings.quick()
-    variant = next(v for v in variants(settings.data.size // settings.patch_size, [0]) if v.name == name)
-    model, processor = build_model(variant, seed, settings)
-    (answer,), (newline,) = processor.tokenizer.encode(word), processor.tokenizer.encode("\n")
-    embeddings = model.get_input_embeddings().weight
-    with torch.no_grad():
-        embeddings[answer] = 2 * embeddings[newline]
-    if name in POSITIONS:
-        model.config.text_config.max_position_embeddings = POSITIONS[name]
-    save_model_dir(model, processor, demo / "runs" / f"{name}-seed{seed}" / "final")
-
-
 @pytest.mark.slow
 def test_needle_reuse_keeps_only_what_the_same_model_scored(fake_demo, tmp_path, monkeypatch):
     demo, out = tmp_path / "demo", tmp_path / "needle"
@@ -305,6 +305,9 @@ def test_needle_reuse_keeps_only_what_the_same_model_scored(fake_demo, tmp_path,
         if (cell["variant"], cell["seed"]) == ("pool", 1):
             records = [json.loads(line) for line in (out / cell["predictions"]).open()]
             assert {r["response"] for r in records} == {"green green green green"}
+    calls.clear()  # other videos (a changed spec): every cell is scored again
+    assert cli(argv + ["--reuse", "--videos", "4"]) == 0
+    assert len(calls) == 20  # (4 + 4 + 2 full-token cells) x 2 seeds
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --needle: the output dir of the demo whose models to score (default: runs/demo)",
     )
     p.add_argument(
-        "--videos", type=int, default=None, help="with --needle: needle videos per (depth, frames) cell (40)"
+        "--videos", type=int, default=None, help="with --needle: needle videos per (depth, frames) cell (30)"
     )
     p.set_defaults(func=_demo)

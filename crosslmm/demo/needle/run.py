@@ -38,7 +38,7 @@ class NeedleSettings:
 
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     frames: tuple[int, ...] = (16, 32, 64, 128, 256)
-    videos: int = 40
+    videos: int = 30  # 5 seeds x 3 models x 25 cells in about 15 min of one CPU thread (docs/needle.md)
     variants: tuple[str, ...] = ("crosslmm", "pool", "full")
     seeds: int | None = None  # score seeds 0 .. seeds-1 only; None: every seed whose models exist
     seed: int = 1  # the needle videos' generator seed (the demo's data uses seed 0)
@@ -139,15 +139,13 @@ def model_stamp(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def kept_scores(scores_file: Path, stamp: str, records: list[dict]) -> dict | None:
-    """The scores saved next to a cell's predictions if they were computed by the model ``stamp`` on
-    ``records`` (the same videos: the cell's spec is in the ids' data dir, regenerated when it changes)."""
+def kept_scores(scores_file: Path, stamp: str, data: str) -> dict | None:
+    """The scores saved next to a cell's predictions if the model ``stamp`` computed them on the videos of
+    ``data`` (the cell's spec.json text: the same spec writes the same videos); None otherwise."""
     if not scores_file.is_file():
         return None
     kept = json.loads(scores_file.read_text())
-    same = kept.get("model") == stamp and kept.get("ids") == [r["id"] for r in records]
-    same = same and kept.get("answers") == [answer_of(r) for r in records]
-    return kept["scores"] if same else None
+    return kept["scores"] if kept.get("model") == stamp and kept.get("data") == data else None
 
 
 def majority_floor(records: list[dict]) -> tuple[str, float]:
@@ -203,12 +201,12 @@ def run_needle(source: str | os.PathLike, out: str | os.PathLike, settings: Need
             predictions.parent.mkdir(parents=True, exist_ok=True)
             data_dir, records = root / "data" / cell_name(frames, depth), cells[frames, depth]
             scores_file = predictions.with_suffix(".scores.json")
-            scores = kept_scores(scores_file, stamp, records) if settings.reuse else None
+            data = (data_dir / "spec.json").read_text()
+            scores = kept_scores(scores_file, stamp, data) if settings.reuse else None
             kept += scores is not None
             if scores is None:
                 scores = evaluate(model_dir, records, data_dir, frames, batch, predictions)
-                ids, answers = [r["id"] for r in records], [answer_of(r) for r in records]
-                scores_file.write_text(json.dumps(dict(model=stamp, ids=ids, answers=answers, scores=scores)))
+                scores_file.write_text(json.dumps(dict(model=stamp, data=data, scores=scores)))
             accuracies.append(scores["accuracy"])
             scored.append(
                 dict(
