@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 
 from crosslmm.model.tiny import TinySpec, make_tiny
 from crosslmm.training.config import TrainConfig
-from crosslmm.training.params import is_gate, set_trainable
+from crosslmm.training.params import close_gates, gate_values, is_gate, set_trainable
 from crosslmm.training.trainer import CrossLMMTrainer
 
 STEPS, WARMUP = 10, 2
@@ -93,3 +93,22 @@ def test_training_logs_carry_tanh_of_every_gate(tmp_path):
     }
     trainer.log({"train_runtime": 1.0})  # the end-of-training summary is not a training step
     assert not any(k.startswith("gate/") for k in trainer.state.log_history[-1])
+
+
+def test_close_gates_zeroes_only_the_named_blocks():
+    """The demo's ablation of a trained model: closing T2V sets its gates to 0 (tanh(0) = 0, the block adds
+    nothing) and leaves every other weight as it was."""
+    model, _ = make_tiny(TinySpec(), seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if is_gate(name):
+                p.fill_(0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert close_gates(model, ("t2v",)) == 2
+    for name, p in model.named_parameters():
+        expected = torch.zeros_like(p) if is_gate(name) and ".t2v." in name else before[name]
+        assert torch.equal(p, expected), name
+    assert gate_values(model) == {"gate/t2v.0": 0.0, "gate/t2v.2": 0.0} | {
+        f"gate/v2v.{layer}": pytest.approx(math.tanh(0.5)) for layer in (0, 2)
+    }
+    assert close_gates(model, ("mlp",)) == 0  # the tiny model has no gated MLP: nothing to close
