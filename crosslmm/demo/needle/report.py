@@ -115,7 +115,7 @@ def heatmap_table(report: dict, name: str) -> list[str]:
 
     def cell(mean: float | None, values: list[float | None]) -> str:
         per = "/".join(_fmt(v) for v in values)
-        return _fmt(mean) if len(values) == 1 else f"{_fmt(mean)} ({per})"
+        return _fmt(mean) if len(values) == 1 or all(v is None for v in values) else f"{_fmt(mean)} ({per})"
 
     for i, depth in enumerate(settings["depths"]):
         row = [f"{100 * depth:.0f}%"]
