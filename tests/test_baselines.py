@@ -142,7 +142,9 @@ def test_exactly_k_tokens_per_frame_reach_the_llm(name):
         for b, count in enumerate([3, 2]):
             alone, _ = inner.encode_video(inputs["pixel_values_videos"][b, :count])
             assert alone.shape == (count, k, model.config.text_config.hidden_size)
-            torch.testing.assert_close(in_sequence[b], alone.flatten(0, 1), rtol=0, atol=0)
+            # Not bit-exact: with 2 intra-op threads a batch of 2 videos and one video alone sum in another
+            # order (1e-8 here); a token reduced from the wrong frames differs by its whole size.
+            torch.testing.assert_close(in_sequence[b], alone.flatten(0, 1), rtol=1e-5, atol=1e-6)
 
 
 def test_random_drop_is_a_fixed_function_of_seed_and_frame_position():
