@@ -209,10 +209,18 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def write_outputs(root: Path, report: dict, markdown, plots: dict[str, object]) -> dict[str, Path]:
+    """results.json, results.md (``markdown(report)``) and each ``plots`` file name -> ``plot(report, path)``
+    in ``root``: the one writer of the demo, elastic, needle and compare reports."""
+    paths = {"json": root / "results.json", "markdown": root / "results.md"}
+    paths["json"].write_text(json.dumps(report, indent=1))
+    paths["markdown"].write_text(markdown(report))
+    for name, draw in plots.items():
+        paths[name] = root / name
+        draw(report, paths[name])
+    return paths
+
+
 def write_report(root: Path, report: dict) -> dict[str, Path]:
     """results.json, results.md and demo.png in the output dir."""
-    paths = {"json": root / "results.json", "markdown": root / "results.md", "plot": root / "demo.png"}
-    paths["json"].write_text(json.dumps(report, indent=1))
-    paths["markdown"].write_text(markdown_table(report))
-    plot(report, paths["plot"])
-    return paths
+    return write_outputs(root, report, markdown_table, {"demo.png": plot})

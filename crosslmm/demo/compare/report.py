@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from crosslmm.demo.compare.plan import LABELS, METHODS, CompareSettings, Planned
-from crosslmm.demo.report import RunResult
+from crosslmm.demo.report import RunResult, write_outputs
 from crosslmm.demo.stats import paired, verdict
 from crosslmm.demo.synth import answer_of
 
@@ -338,17 +338,9 @@ def plot_frames(report: dict, path: Path) -> None:
 
 def write_report(root: Path, report: dict) -> dict[str, Path]:
     """results.json, results.md and the two plots in the output dir."""
-    paths = {
-        "json": root / "results.json",
-        "markdown": root / "results.md",
-        "equal": root / "comparisons_equal.png",
-        "frames": root / "comparisons_frames.png",
-    }
-    paths["json"].write_text(json.dumps(report, indent=1))
-    paths["markdown"].write_text(markdown(report))
-    plot_equal(report, paths["equal"])
-    plot_frames(report, paths["frames"])
-    return paths
+    return write_outputs(
+        root, report, markdown, {"comparisons_equal.png": plot_equal, "comparisons_frames.png": plot_frames}
+    )
 
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"

@@ -3,12 +3,11 @@ train-time cost of elastic training, and the table and plot (results.json, resul
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from crosslmm.demo.report import accuracy_table
+from crosslmm.demo.report import accuracy_table, write_outputs
 from crosslmm.demo.variants import Variant
 
 TOLERANCE_POINTS = (
@@ -154,8 +153,4 @@ def plot(report: dict, path: Path) -> None:
 
 def write_report(root: Path, report: dict) -> dict[str, Path]:
     """results.json, results.md and elastic.png in the output dir."""
-    paths = {"json": root / "results.json", "markdown": root / "results.md", "plot": root / "elastic.png"}
-    paths["json"].write_text(json.dumps(report, indent=1))
-    paths["markdown"].write_text(markdown_table(report))
-    plot(report, paths["plot"])
-    return paths
+    return write_outputs(root, report, markdown_table, {"elastic.png": plot})

@@ -3,11 +3,11 @@ majority floor, and paired per-seed comparisons per video length (results.json, 
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 
+from crosslmm.demo.report import write_outputs
 from crosslmm.demo.stats import paired, verdict
 
 # What CrossLMM is compared with, seed by seed, at each length (accuracy averaged over the depths).
@@ -205,8 +205,4 @@ def plot(report: dict, path: Path) -> None:
 
 def write_report(root: Path, report: dict) -> dict[str, Path]:
     """results.json, results.md and needle.png in the output dir."""
-    paths = {"json": root / "results.json", "markdown": root / "results.md", "plot": root / "needle.png"}
-    paths["json"].write_text(json.dumps(report, indent=1))
-    paths["markdown"].write_text(markdown_table(report))
-    plot(report, paths["plot"])
-    return paths
+    return write_outputs(root, report, markdown_table, {"needle.png": plot})
