@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from crosslmm.model.tiny import TinySpec, make_tiny
 from crosslmm.training.config import TrainConfig
@@ -76,6 +77,15 @@ def test_scaled_gates_still_follow_the_schedule_when_asked(tmp_path):
     assert rates["gate"] == pytest.approx([20e-3 / WARMUP])
     rates = rates_after(trainer, 5)
     assert rates["gate"] == pytest.approx([20e-3 * (STEPS - 6) / (STEPS - WARMUP)])
+
+
+def test_undecayed_gates_refuse_a_schedule_they_cannot_follow(tmp_path):
+    """ReduceLROnPlateau has no per-step multiplier to keep the gates out of: refused, not ignored."""
+    trainer = trainer_for(tmp_path, gate_lr_scale=20.0, gate_lr_decay=False)
+    trainer.lr_scheduler = None
+    trainer.args.lr_scheduler_type = SchedulerType.REDUCE_ON_PLATEAU
+    with pytest.raises(ValueError, match="gate_lr_decay: false needs a per-step multiplier schedule"):
+        trainer.create_scheduler(STEPS, trainer.optimizer)
 
 
 def test_training_logs_carry_tanh_of_every_gate(tmp_path):

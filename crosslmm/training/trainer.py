@@ -41,8 +41,13 @@ class CrossLMMTrainer(Trainer):
         ``gate_lr_decay: false``): it warms up with the others, then keeps its peak rate."""
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         groups = scheduler.optimizer.param_groups
-        if all(g.get("decays", True) for g in groups) or not isinstance(scheduler, LambdaLR):
+        if all(g.get("decays", True) for g in groups):
             return scheduler
+        if not isinstance(scheduler, LambdaLR):
+            raise ValueError(
+                f"gate_lr_decay: false needs a per-step multiplier schedule (linear, cosine, constant, ...); "
+                f"lr_scheduler {self.args.lr_scheduler_type!r} gives a {type(scheduler).__name__}"
+            )
         warmup = self.args.get_warmup_steps(num_training_steps)
         decayed = scheduler.lr_lambdas[0]
         for group in groups:  # undo the first step's scaling; LambdaLR scales initial_lr again below
