@@ -165,6 +165,7 @@ def test_audit_flags_the_marker_design_and_passes_the_stripes_design(tmp_path):
         (["synth", "{out}", "--frames", "2"], "--frames must be >= 4"),
         (["synth", "{out}", "--videos", "1"], "--videos must be >= 2"),
         (["synth", "{out}", "--questions", "colour,shape"], "questions must be a non-empty subset"),
+        (["synth", "{out}", "--design", "dots"], "design must be one of ('stripes', 'marker')"),
         (["demo", "--out", "{out}", "--seeds", "0"], "--seeds must be >= 1"),
         (["demo", "--out", "{out}", "--steps", "0"], "steps, batch_size and seeds must be >= 1"),
     ],

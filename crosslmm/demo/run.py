@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from crosslmm.demo.evaluate import evaluate
 from crosslmm.demo.report import RunResult, majority_floor, summarise, write_report
-from crosslmm.demo.synth import write_dataset
+from crosslmm.demo.synth import has_dataset, write_dataset
 from crosslmm.demo.variants import DemoSettings, Variant, build_model, variants
 from crosslmm.model.presets import CONFIG_DIR
 
@@ -104,12 +104,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
     settings.validate()
     root = Path(out)
     data_dir = root / "data"
-    same_data = json.dumps(asdict(settings.data), indent=1)
-    if (
-        settings.reuse
-        and (data_dir / "spec.json").is_file()
-        and (data_dir / "spec.json").read_text() == same_data
-    ):
+    if settings.reuse and has_dataset(data_dir, settings.data):
         tqdm.write(f"reusing the data in {data_dir} (same spec)")
     else:
         write_dataset(data_dir, settings.data)

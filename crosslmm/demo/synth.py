@@ -311,6 +311,17 @@ def process_results(doc, results):
 '''
 
 
+def has_dataset(out: str | os.PathLike, spec: SynthSpec) -> bool:
+    """Whether ``out`` holds the dataset :func:`write_dataset` writes for ``spec`` (its spec.json says so:
+    the same spec gives the same data)."""
+    written = Path(out) / "spec.json"
+    return written.is_file() and written.read_text() == _spec_text(spec)
+
+
+def _spec_text(spec: SynthSpec) -> str:
+    return json.dumps(asdict(spec), indent=1)
+
+
 def write_dataset(out: str | os.PathLike, spec: SynthSpec, progress: bool = True) -> dict[str, Path]:
     """Write videos/*.mp4, train.json, test.json, the lmms-eval task (YAML + hooks) and spec.json to ``out``.
 
@@ -341,5 +352,5 @@ def write_dataset(out: str | os.PathLike, spec: SynthSpec, progress: bool = True
     paths["test"].write_text(json.dumps(records[-n_test:], indent=1))
     paths["task"].write_text(task_yaml(str(paths["test"].resolve())))
     (root / "utils.py").write_text(TASK_UTILS)
-    paths["spec"].write_text(json.dumps(asdict(spec), indent=1))
+    paths["spec"].write_text(_spec_text(spec))
     return paths

@@ -72,14 +72,23 @@ class DemoSettings:
             )
 
 
-def build_model(variant: Variant, seed: int, settings: DemoSettings):
-    """The variant's tiny model (weights drawn from ``seed``) with the shared frozen tower of
-    ``settings.tower_seed``, and its processor."""
+def _tiny(seed: int, settings: DemoSettings, **fields):
     from crosslmm.model.tiny import TinySpec, make_tiny
 
     spec = TinySpec(layers=settings.llm_layers, image_size=settings.data.size, patch_size=settings.patch_size)
-    build = dict(vision_feature_layer=settings.vision_feature_layer)
-    model, processor = make_tiny(spec, seed=seed, **build, **variant.fields)
-    tower, _ = make_tiny(spec, seed=settings.tower_seed, **build, tokens_per_frame=1, cross_attention_every=0)
+    return make_tiny(spec, seed=seed, vision_feature_layer=settings.vision_feature_layer, **fields)
+
+
+def shared_tower(settings: DemoSettings):
+    """The pool-only tiny model of ``settings.tower_seed`` and its processor: its frozen vision tower is the
+    one every demo model reads (and the one the audit's pooled-feature probe reads)."""
+    return _tiny(settings.tower_seed, settings, tokens_per_frame=1, cross_attention_every=0)
+
+
+def build_model(variant: Variant, seed: int, settings: DemoSettings):
+    """The variant's tiny model (weights drawn from ``seed``) with the shared frozen tower of
+    ``settings.tower_seed``, and its processor."""
+    model, processor = _tiny(seed, settings, **variant.fields)
+    tower, _ = shared_tower(settings)
     model.model.vision_tower.load_state_dict(tower.model.vision_tower.state_dict())
     return model, processor

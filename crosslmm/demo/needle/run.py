@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,15 @@ import torch
 from tqdm import tqdm
 
 from crosslmm.demo.evaluate import evaluate
-from crosslmm.demo.synth import SynthSpec, answer_of, answers_of, normalise, question_of, write_dataset
+from crosslmm.demo.synth import (
+    SynthSpec,
+    answer_of,
+    answers_of,
+    has_dataset,
+    normalise,
+    question_of,
+    write_dataset,
+)
 
 ANSWER_TOKENS = 4  # evaluate() generates this many tokens; they need positions too
 
@@ -107,8 +115,7 @@ def needle_data(
                 questions=("colour",),
             )
             root = out / "data" / cell_name(frames, depth)
-            spec_file = root / "spec.json"
-            if not (spec_file.is_file() and spec_file.read_text() == json.dumps(asdict(spec), indent=1)):
+            if not has_dataset(root, spec):
                 write_dataset(root, spec, progress=False)
             records = [
                 r for split in ("train", "test") for r in json.loads((root / f"{split}.json").read_text())
