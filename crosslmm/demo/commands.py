@@ -154,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seeds",
         type=int,
         default=None,
-        help="seeds per variant (default 1, 3 with --elastic); the table shows the mean; with --needle: "
+        help="seeds per variant (default 1, 5 with --elastic); the table shows the mean; with --needle: "
         "score seeds 0 .. N-1 only (default: every seed whose models exist)",
     )
     p.add_argument(

@@ -1,5 +1,6 @@
-"""The elastic demo's report: accuracy per model and budget (mean over seeds), the issue's targets, the
-train-time cost of elastic training, and the table and plot (results.json, results.md, elastic.png)."""
+"""The elastic demo's report: accuracy per model and budget (mean over seeds, and per seed), the targets,
+the paired per-seed differences they rest on, the train-time cost of elastic training, and the table and plot
+(results.json, results.md, elastic.png)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from crosslmm.demo.report import accuracy_table, write_outputs
+from crosslmm.demo.stats import paired, verdict
 from crosslmm.demo.variants import Variant
 
 TOLERANCE_POINTS = (
@@ -47,9 +49,30 @@ def summarise(scores: list[dict], compared: list[Variant], settings, floor: floa
         rows=rows,
         floor=floor,
         claims=claims(rows, settings.budgets),
+        paired=comparisons(rows, settings.budgets),
         settings=asdict(settings),
         scores=scores,
     )
+
+
+def comparisons(rows: list[dict], budgets: tuple[int, ...]) -> list[dict]:
+    """The targets' comparisons, paired per seed (every model trains on the same seeds and frozen tower):
+    each as ``a - b`` with its bootstrap interval, sign test and verdict (:mod:`crosslmm.demo.stats`)."""
+    low, high = min(budgets), max(budgets)
+    per_seed = {(r["variant"], r["tokens_per_frame"]): r["accuracy_per_seed"] for r in rows}
+    label = {r["variant"]: r["label"] for r in rows}
+    pairs = [
+        (("fixed_crosslmm_" + str(low), low), ("elastic_crosslmm", low)),
+        (("fixed_crosslmm_" + str(high), high), ("elastic_crosslmm", high)),
+        (("elastic_pool", high), ("elastic_pool", low)),
+        (("elastic_crosslmm", low), ("elastic_pool", high)),
+    ]
+    out = []
+    for a, b in pairs:
+        test = paired(per_seed[a], per_seed[b])
+        names = [label[v] + (f" at {k}" if v.startswith("elastic") else "") for v, k in (a, b)]
+        out.append(dict(a=list(a), b=list(b), **test.as_dict(), verdict=verdict(test, *names)))
+    return out
 
 
 def claims(rows: list[dict], budgets: tuple[int, ...]) -> dict:
@@ -84,6 +107,12 @@ def markdown_table(report: dict) -> str:
     """The table printed by ``crosslmm demo --elastic`` and pasted into docs/elastic.md."""
     lines = accuracy_table(report["rows"], report["settings"]["demo"]["seeds"], "model")
     lines += ["", f"Majority floor (always the train split's most common answer): {report['floor']:.3f}.", ""]
+    seeds = range(len(report["rows"][0]["accuracy_per_seed"]))
+    head = ["model", "tokens/frame", *(f"seed {s}" for s in seeds)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in report["rows"]:
+        cells = [row["label"], str(row["tokens_per_frame"]), *(f"{a:.3f}" for a in row["accuracy_per_seed"])]
+        lines.append("| " + " | ".join(cells) + " |")
     c = report["claims"]
     budgets = report["settings"]["budgets"]
     low, high = min(budgets), max(budgets)
@@ -100,6 +129,10 @@ def markdown_table(report: dict) -> str:
         f"- training one elastic CrossLMM took {cost[str(low)]:.2f}x the time of the fixed model at {low} and "
         f"{cost[str(high)]:.2f}x the one at {high} (same steps); it replaces {len(budgets)} fixed models",
         f"- target {'met' if c['target_met'] else 'NOT met'}",
+        "",
+        "Paired per seed (a minus b):",
+        "",
+        *(f"- {p['verdict']}" for p in report["paired"]),
     ]
     return "\n".join(lines) + "\n"
 

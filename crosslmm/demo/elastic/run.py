@@ -31,7 +31,7 @@ from crosslmm.model.configuration import invalid_budgets
 class ElasticSettings:
     """The run's size: the default demo's data and models, trained ``steps`` steps each at ``budgets``."""
 
-    demo: DemoSettings = field(default_factory=lambda: DemoSettings(seeds=3, steps=500))
+    demo: DemoSettings = field(default_factory=lambda: DemoSettings(seeds=5))
     budgets: tuple[int, ...] = (1, 4, 9, 16)
 
     @classmethod
