@@ -88,14 +88,6 @@ class StreamingSession:
         with torch.inference_mode():
             return self.model(input_ids=new, cache=self.cache, use_cache=True, **visual).logits
 
-    def _feed_video_end(self) -> None:
-        """Cache the end slot that closes a run of frames. The model writes its learned embedding
-        (``video_end_embedding``) only in a forward that carries frames, as the offline prompt's end slot
-        comes with its video; the run's frames are already cached, so the slot is fed as that embedding."""
-        embedding = self.model.model.video_end_embedding
-        with torch.inference_mode():
-            self.model(inputs_embeds=embedding.view(1, 1, -1), cache=self.cache, use_cache=True)
-
     def add_frames(self, frames: np.ndarray) -> torch.Tensor:
         """Append (T, H, W, 3) uint8 frames to the video; returns the logits of the tokens fed (1, n, V).
         Either it completes or the session is left as it was."""
@@ -193,8 +185,7 @@ class StreamingSession:
         ids = list(self.ids)
         end_id = self.processor.video_end_token_id
         if end_id is not None and self._rendered.endswith(self.processor.video_token):
-            ids.append(end_id)  # the end slot closes the run of frames
-            self._feed_video_end()
+            ids.append(end_id)  # the end slot closes the run of frames (fed with the question)
         ids += self._text_ids(self._rendered, prompt)
         generate_kwargs.setdefault("do_sample", False)
         with torch.inference_mode():

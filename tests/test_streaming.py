@@ -244,6 +244,20 @@ def with_video_end():
     return _with_video_end()
 
 
+def test_a_text_only_forward_reads_the_learned_video_end_embedding(with_video_end):
+    """A ``<video_end>`` id in a forward without frames (a streaming question after cached frames, or any
+    text-only call) is the learned end embedding, as in the forward that carries the video."""
+    model, processor = with_video_end
+    end = processor.video_end_token_id
+    ids = torch.tensor([[processor.tokenizer.eos_token_id, end, end]])
+    embedding = model.model.video_end_embedding.detach()
+    assert not torch.allclose(model.get_input_embeddings().weight[end], embedding)  # the two differ
+    by_hand = model.get_input_embeddings()(ids).detach().clone()
+    by_hand[0, 1:] = embedding
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, model(inputs_embeds=by_hand).logits)
+
+
 def _three_turns(model, processor, session, answers_by_turn=None):
     """Three runs of frames, a question after each; turn i's answer is forced to ``answers_by_turn[i]``'s
     token ids when given. Returns the runs, the conversation as a user would write it (the answers as

@@ -143,10 +143,16 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
         pooled = pooled.reshape(-1, flat.shape[-1]).to(flat.dtype)
         embeds = flat.index_copy(0, layout.video_positions, pooled).view_as(inputs_embeds)
+        return embeds, layout, memory
+
+    def embed_text(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Token embeddings, with every ``<video_end>`` slot as the learned end embedding: whether the frames
+        come in the same forward or were cached before it (streaming), the slot reads the same vector."""
+        embeds = self.get_input_embeddings()(input_ids)
         if self.video_end_embedding is not None:
             is_end = (input_ids == self.config.video_end_token_id).unsqueeze(-1)
             embeds = torch.where(is_end, self.video_end_embedding.to(embeds.dtype), embeds)
-        return embeds, layout, memory
+        return embeds
 
     def forward(
         self,
@@ -163,7 +169,7 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self.embed_text(input_ids)
         if use_cache and cache is None:
             cache = self.cache_class(config=self.config.text_config)
         if self.cross_layers and cache is not None and not isinstance(cache, CrossLMMCache):
