@@ -53,6 +53,14 @@ def load(
     return model, processor
 
 
+def load_processor(model_dir: str | os.PathLike) -> CrossLMMProcessor:
+    """A saved CrossLMM dir's processor alone (a second, no weights): commands read its ``frame_size`` to
+    decode the video, and fail on a bad video path, before loading the model."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"{model_dir}: no such model directory")
+    return AutoProcessor.from_pretrained(model_dir)
+
+
 def build_prompt(processor: CrossLMMProcessor, question: str, num_videos: int = 1) -> str:
     """Chat prompt with the videos first (the paper's [visual ; text] order), then the question."""
     content = [{"type": "video"}] * num_videos + [{"type": "text", "text": question}]
@@ -112,7 +120,7 @@ def answer(
 ) -> str:
     """The answer to ``question`` about ``video`` (greedy). Pass a transformers ``TextStreamer`` to see
     it as it is generated."""
-    frames = load_frames(video, FrameSampling.resolve(num_frames, fps, max_frames))
+    frames = load_frames(video, FrameSampling.resolve(num_frames, fps, max_frames), size=processor.frame_size)
     prompt = build_prompt(processor, question)
     return generate(
         model,

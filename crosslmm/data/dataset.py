@@ -136,9 +136,10 @@ class VideoChatDataset(Dataset):
         return len(self.records)
 
     def encode(self, record: Record) -> tuple[Encoded, torch.Tensor] | None:
-        """Token ids/labels and resized uint8 frames (T, 3, S, S) of a record (None: over-length, dropped)."""
+        """Token ids/labels and resized uint8 frames (T, 3, S, S) of a record (None: over-length, dropped).
+        Frames leave the reader at the processor's ``frame_size``, so no full-size clip is held."""
         try:
-            frames = load_frames(record.media, self.sampling)
+            frames = load_frames(record.media, self.sampling, size=self.processor.frame_size)
         except VideoError as e:
             raise RecordError(record.source, record.index, f"unreadable media: {e}") from None
         encoded = encode_conversation(

@@ -1,18 +1,26 @@
 """Video/image loading for long-video LMMs, under a :class:`~crosslmm.data.sampling.FrameSampling`.
 
-decord is fast (keyframe seeking, batched decode) but fails or miscounts frames on some files, so
-``backend="auto"`` falls back to PyAV, which decodes sequentially and keeps only the sampled frames.
-Failures are raised as :class:`VideoError` (never replaced by a blank or different sample) so that a
-broken file is visible instead of silently degrading training or evaluation.
+Frames can leave the reader already at the vision tower's input size (``size``, the processor's
+``frame_size``): each decoded frame is resized as soon as it is decoded, by :func:`resize_frames` (the
+processor's own rule), so memory holds the resized clip plus one full-size frame, not the full-size clip.
+
+Backends (docs/video.md): ``decord`` and ``torchcodec`` seek to the keyframe before each sampled frame;
+``pyav`` decodes sequentially, keeping only the sampled frames; ``pyav-keyframes`` decodes only the keyframe
+nearest to each sampled frame (different frames: opt-in, with their real indices and times recorded);
+``auto`` picks an exact backend per video from its sampling density and keyframe interval
+(:func:`auto_order`) and falls back to the next one if a backend cannot decode the file.
+Failures are raised as :class:`VideoError` (never replaced by a blank, shorter or different sample) so that
+a broken file is visible instead of silently degrading training or evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -23,11 +31,23 @@ from crosslmm.data.sampling import FrameSampling, check_sampling_args, sample_in
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "decord", "pyav")
+# Exact backends return the frames the sampling rule picked; "pyav-keyframes" returns the nearest keyframes.
+EXACT_BACKENDS = ("decord", "pyav", "torchcodec")
+KEYFRAME_BACKEND = "pyav-keyframes"
+BACKENDS = ("auto", *EXACT_BACKENDS, KEYFRAME_BACKEND)
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
 # Still-image formats PIL may sniff from content; restricting the list keeps PIL from claiming video files
 # (it "identifies" MPEG-1 streams without being able to decode them).
 _PIL_STILL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
+# Frames decoded per call by the batch backends (decord, torchcodec) when resizing: bounds the full-size
+# frames alive at once (8 x 6 MB at 1080p) while keeping their batched seeking.
+_CHUNK = 8
+
+TORCHCODEC_INSTALL = (
+    "torchcodec needs FFmpeg's shared libraries (libavutil, libavcodec, ...; major versions 4-8), which it "
+    "does not bundle: on Debian/Ubuntu `apt install ffmpeg`, with conda `conda install -c conda-forge "
+    "ffmpeg`; or use backend 'pyav' or 'decord', which bundle their own"
+)
 
 _fallback_logged: set[str] = set()
 
@@ -46,20 +66,113 @@ class VideoError(ValueError):
 
 @dataclass
 class VideoClip:
-    """Sampled frames plus where they came from (indices/fps let callers compute timestamps)."""
+    """Sampled frames plus where they came from.
 
-    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
-    indices: np.ndarray  # (T,) int64 source frame indices that were sampled
+    ``times`` are the frames' own presentation times in seconds from the stream's start, as the backend
+    read them; ``indices`` the frames' positions in the stream. An exact backend returns the frames the
+    sampling rule picked; ``pyav-keyframes`` returns the keyframe nearest to each of them, and ``indices``
+    and ``times`` are then those keyframes' (see ``backend``)."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB; (T, h, w, 3) when load_video was given size=(h, w)
+    indices: np.ndarray  # (T,) int64 source frame indices of the returned frames
     fps: float  # source average fps (0.0 for an image)
     duration: float  # seconds (0.0 for an image)
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (T,) float64 seconds
+    backend: str = ""  # which backend decoded it ("" for an image)
 
 
 # A picker maps (total_frames, src_fps) to the indices to decode; it raises VideoError for argument/window
 # problems, which must propagate instead of triggering a backend fallback.
 Picker = Callable[[int, float], np.ndarray]
+Size = tuple[int, int]  # (height, width)
 
 
-def _read_decord(path: str, pick: Picker) -> VideoClip:
+def resize_frames(frames: np.ndarray | torch.Tensor, size: Size | None) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, h, w, 3) uint8 with ``size = (h, w)``: the processor's resize rule
+    (``CrossLMMProcessor.preprocess_frames``: SiglipImageProcessor's torchvision resize, bicubic,
+    antialiased, no crop, aspect ratio not kept), applied here so readers can resize each frame as it is
+    decoded. Frames already at ``size`` (or ``size=None``) are returned unchanged; tests check that this
+    equals the processor's output exactly."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvF
+
+    if size is None or tuple(frames.shape[1:3]) == tuple(size):
+        return frames.numpy() if isinstance(frames, torch.Tensor) else frames
+    tensor = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    resized = tvF.resize(
+        tensor.permute(0, 3, 1, 2), list(size), interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
+    if resized.dtype != torch.uint8:
+        resized = resized.round().clamp_(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
+
+
+def _check_size(size) -> Size | None:
+    if size is None:
+        return None
+    if (
+        not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n > 0 for n in size)
+    ):
+        raise ValueError(f"size must be (height, width) in positive ints or None, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+# ---------------------------------------------------------------- backends
+
+
+@functools.cache
+def backend_unavailable(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine (what to install), or None if it can. Cached per process."""
+    if backend in ("pyav", KEYFRAME_BACKEND):
+        module, hint = "av", "pip install av"
+    elif backend == "decord":
+        module, hint = "decord", "pip install decord"
+    elif backend == "torchcodec":
+        module, hint = "torchcodec", "pip install torchcodec (the release that matches your torch)"
+    else:
+        return f"unknown backend {backend!r}"
+    try:
+        __import__(module)
+    except Exception as e:  # ImportError, or a broken binary extension
+        return f"{module} does not import ({e}): {hint}"
+    if backend == "torchcodec":
+        return _torchcodec_unloadable()
+    return None
+
+
+def _torchcodec_unloadable() -> str | None:
+    """torchcodec imports without FFmpeg and loads its libraries on first use; load them now to know."""
+    try:
+        from torchcodec._internally_replaced_utils import load_core_libraries  # private, hence the guard
+    except ImportError:
+        return None  # a later layout: the first decode says whether it loads
+    try:
+        load_core_libraries()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"torchcodec cannot load ({first}). {TORCHCODEC_INSTALL}"
+    return None
+
+
+def available_backends() -> list[str]:
+    """The concrete backends (never "auto") that run on this machine, in :data:`BACKENDS` order."""
+    return [b for b in BACKENDS[1:] if backend_unavailable(b) is None]
+
+
+def _clip(frames: list[np.ndarray], indices, times, src_fps: float, total: int, backend: str) -> VideoClip:
+    return VideoClip(
+        np.stack(frames),
+        np.asarray(indices, dtype=np.int64),
+        src_fps,
+        total / src_fps,
+        np.asarray(times, dtype=np.float64),
+        backend,
+    )
+
+
+def _read_decord(path: str, pick: Picker, size: Size | None) -> VideoClip:
     import decord
 
     # One thread: loaders run many workers, and decord's auto threading oversubscribes the CPU.
@@ -68,12 +181,60 @@ def _read_decord(path: str, pick: Picker) -> VideoClip:
     if total <= 0:
         raise RuntimeError("decord reports zero frames")
     indices = pick(total, src_fps)
-    batch = vr.get_batch(indices.tolist())
-    # Another library may have switched decord's global bridge to torch, in which case there is no asnumpy.
-    frames = np.asarray(batch.asnumpy() if hasattr(batch, "asnumpy") else batch)
-    if frames.shape[0] != len(indices) or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise RuntimeError(f"decord returned frames of shape {frames.shape} for {len(indices)} indices")
-    return VideoClip(np.ascontiguousarray(frames, dtype=np.uint8), indices, src_fps, total / src_fps)
+    # Full-size batches of _CHUNK frames when resizing (memory), else one batch as decord likes best.
+    step = _CHUNK if size is not None else len(indices)
+    frames = []
+    for at in range(0, len(indices), step):
+        wanted = indices[at : at + step].tolist()
+        batch = vr.get_batch(wanted)
+        # Another library may have switched decord's global bridge to torch, in which case there is no asnumpy.
+        chunk = np.asarray(batch.asnumpy() if hasattr(batch, "asnumpy") else batch)
+        if chunk.shape[0] != len(wanted) or chunk.ndim != 4 or chunk.shape[-1] != 3:
+            raise RuntimeError(f"decord returned frames of shape {chunk.shape} for {len(wanted)} indices")
+        frames.extend(resize_frames(chunk, size))
+    times = vr.get_frame_timestamp(indices.tolist())[:, 0]
+    return _clip(frames, indices, times, src_fps, total, "decord")
+
+
+def _torchcodec_decoder(path: str, **kwargs):
+    if (reason := backend_unavailable("torchcodec")) is not None:
+        raise VideoError(path, f"backend torchcodec: {reason}")
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        return VideoDecoder(path, **kwargs)
+    except RuntimeError as e:
+        if "libtorchcodec" in str(e):  # the libraries, not the file
+            raise VideoError(path, f"backend torchcodec: cannot load. {TORCHCODEC_INSTALL}") from None
+        raise
+
+
+def _read_torchcodec(path: str, pick: Picker, size: Size | None) -> VideoClip:
+    # exact seek mode scans the file once for a frame-accurate index (as decord does on open).
+    decoder = _torchcodec_decoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
+    meta = decoder.metadata
+    total, src_fps = int(meta.num_frames or 0), float(meta.average_fps or 0.0)
+    if total <= 0 or not src_fps > 0:
+        raise RuntimeError(f"torchcodec reports {total} frames at {src_fps} fps")
+    indices = pick(total, src_fps)
+    begin = float(meta.begin_stream_seconds or 0.0)
+    frames, times = [], []
+    for at in range(0, len(indices), _CHUNK):
+        batch = decoder.get_frames_at(indices[at : at + _CHUNK].tolist())
+        frames.extend(resize_frames(batch.data, size))
+        times.extend((batch.pts_seconds.double() - begin).tolist())
+    return _clip(frames, indices, times, src_fps, total, "torchcodec")
+
+
+def _stream_info(container, path: str):
+    """(stream, fps, seconds per pts unit, first pts) of the first video stream."""
+    if not container.streams.video:
+        raise RuntimeError("no video stream")
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise RuntimeError("unknown frame rate")
+    return stream, float(rate), float(stream.time_base), stream.start_time or 0
 
 
 def _count_packets(path: str) -> int:
@@ -84,38 +245,114 @@ def _count_packets(path: str) -> int:
         return sum(1 for p in container.demux(video=0) if p.size > 0)
 
 
-def _read_pyav(path: str, pick: Picker) -> VideoClip:
+def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
     import av
 
     with av.open(path) as container:
-        if not container.streams.video:
-            raise RuntimeError("no video stream")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        if not rate:
-            raise RuntimeError("unknown frame rate")
-        src_fps = float(rate)
+        stream, src_fps, seconds, first_pts = _stream_info(container, path)
         total = stream.frames or _count_packets(path)
         if total <= 0:
             raise RuntimeError("video has zero frames")
         indices = pick(total, src_fps)
         stream.thread_type = "AUTO"
-        # Sequential decode, converting and keeping only the sampled frames so memory stays bounded; stop
+        # Sequential decode, converting (and resizing) only the sampled frames so memory stays bounded; stop
         # at the last wanted index. Frame-accurate, unlike pts-based seeking on odd timestamps.
         frames: list[np.ndarray] = []
+        times: list[float] = []
         last = int(indices[-1])
         decoded = 0
         for i, frame in enumerate(container.decode(stream)):
             decoded = i + 1
             if i == indices[len(frames)]:
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(resize_frames(frame.to_ndarray(format="rgb24")[None], size)[0])
+                times.append((frame.pts - first_pts) * seconds if frame.pts is not None else i / src_fps)
                 if i == last:
                     break
     if len(frames) != len(indices):
         raise RuntimeError(
             f"stream ended after {decoded} frames but frame {last} was requested ({total} expected)"
         )
-    return VideoClip(np.stack(frames), indices, src_fps, total / src_fps)
+    return _clip(frames, indices, times, src_fps, total, "pyav")
+
+
+def nearest_keyframes(indices: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
+    """For each sampled frame index, the nearest keyframe index (the earlier one on a tie)."""
+    pos = np.searchsorted(keyframes, indices)
+    before = keyframes[np.clip(pos - 1, 0, len(keyframes) - 1)]
+    after = keyframes[np.clip(pos, 0, len(keyframes) - 1)]
+    return np.where(np.abs(after - indices) < np.abs(indices - before), after, before)
+
+
+def _read_pyav_keyframes(path: str, pick: Picker, size: Size | None) -> VideoClip:
+    """Decode only the keyframe nearest to each sampled frame: one pass over the packets finds the
+    keyframes (no decoding), a second feeds the decoder only the chosen keyframes' packets. Refuses (rather
+    than returning fewer frames) a sampling so dense that two sampled frames share a nearest keyframe."""
+    import av
+
+    with av.open(path) as container:
+        stream, src_fps, seconds, first_pts = _stream_info(container, path)
+        key_pts, packets = [], 0
+        for packet in container.demux(stream):
+            if packet.size > 0:
+                packets += 1
+                if packet.is_keyframe and packet.pts is not None:
+                    key_pts.append(packet.pts)
+    total = stream.frames or packets
+    if total <= 0:
+        raise RuntimeError("video has zero frames")
+    if not key_pts:
+        raise RuntimeError("the container marks no keyframes")
+    indices = pick(total, src_fps)
+    key_pts = np.unique(np.asarray(key_pts, dtype=np.int64))
+    key_index = np.rint((key_pts - first_pts) * seconds * src_fps).astype(np.int64)
+    chosen = nearest_keyframes(indices, key_index)
+    if len(np.unique(chosen)) != len(chosen):
+        shared = int(indices[np.flatnonzero(np.diff(chosen) == 0)[0]])
+        interval = total / len(key_index) / src_fps
+        raise VideoError(
+            path,
+            f"backend {KEYFRAME_BACKEND}: {len(indices)} sampled frames but fewer distinct nearest keyframes "
+            f"(frame {shared} at {shared / src_fps:.2f}s shares its keyframe with the next sampled frame; "
+            f"a keyframe every {interval:.2f}s on average): sample more sparsely or use an exact backend",
+        )
+    wanted = dict(zip(key_pts[np.searchsorted(key_index, chosen)].tolist(), range(len(chosen))))
+    frames: list[np.ndarray | None] = [None] * len(chosen)
+    times = np.zeros(len(chosen))
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONKEY"
+
+        def keep(decoded) -> None:
+            for frame in decoded:
+                at = wanted.get(frame.pts)
+                if at is not None and frames[at] is None:
+                    frames[at] = resize_frames(frame.to_ndarray(format="rgb24")[None], size)[0]
+                    times[at] = (frame.pts - first_pts) * seconds
+
+        remaining = len(wanted)
+        for packet in container.demux(stream):
+            if packet.pts in wanted:
+                keep(stream.decode(packet))
+                remaining -= 1
+                if remaining == 0:
+                    break
+        keep(stream.decode(None))  # frames the decoder still holds (reordering delay)
+    missing = [int(chosen[i]) for i, f in enumerate(frames) if f is None]
+    if missing:
+        raise RuntimeError(f"keyframes {missing[:5]} were not decoded")
+    return _clip(frames, chosen, times, src_fps, total, KEYFRAME_BACKEND)
+
+
+_READERS = {
+    "decord": "_read_decord",
+    "pyav": "_read_pyav",
+    "torchcodec": "_read_torchcodec",
+    KEYFRAME_BACKEND: "_read_pyav_keyframes",
+}
+
+
+def _reader(backend: str):
+    return globals()[_READERS[backend]]  # looked up at call time, so tests can replace a reader
 
 
 def _image_format(path: str) -> str | None:
@@ -127,13 +364,51 @@ def _image_format(path: str) -> str | None:
         return None
 
 
-def _read_image(path: str) -> VideoClip:
+def _read_image(path: str, size: Size | None) -> VideoClip:
     try:
         with Image.open(path) as img:  # GIF/WebP animations: PIL opens the first frame
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except Exception as e:
         raise VideoError(path, f"cannot read image: {e}") from e
-    return VideoClip(rgb[None].copy(), np.zeros(1, dtype=np.int64), 0.0, 0.0)
+    return VideoClip(
+        resize_frames(rgb[None].copy(), size), np.zeros(1, dtype=np.int64), 0.0, 0.0, np.zeros(1)
+    )
+
+
+def auto_order(
+    sampled_step: float | None, keyframe_interval: float | None, available: Sequence[str]
+) -> list[str]:
+    """The exact backends ``auto`` tries, best first, for one video (docs/video.md has the measurements).
+
+    ``sampled_step``: median distance between sampled frames, ``keyframe_interval``: frames per keyframe,
+    both in frames (None when unknown). Sampling at or below the keyframe rate (step >= interval): a
+    seeking backend (torchcodec, then decord) decodes about half a GOP per sampled frame instead of every
+    frame. Denser sampling, or unknown density: every frame up to the last sampled one is decoded anyway,
+    and decord does that fastest, then PyAV. Backends that do not run here are left out."""
+    if sampled_step is not None and keyframe_interval is not None and sampled_step >= keyframe_interval:
+        order = ["torchcodec", "decord", "pyav"]
+    else:
+        order = ["decord", "pyav", "torchcodec"]
+    return [b for b in order if b in available]
+
+
+def _density(path: str, pick: Picker) -> tuple[float | None, float | None]:
+    """(median sampled step, mean keyframe interval) in frames, from decord's index of the container (read
+    on open, no decoding); (None, None) when decord is missing or cannot open the file."""
+    if backend_unavailable("decord") is not None:
+        return None, None
+    import decord
+
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        total, src_fps, keys = len(vr), float(vr.get_avg_fps()), len(vr.get_key_indices())
+    except Exception:  # the readers report the file's problems; this is only a hint
+        return None, None
+    if total <= 0 or keys <= 0:
+        return None, None
+    indices = pick(total, src_fps)
+    step = float(np.median(np.diff(indices))) if len(indices) > 1 else float(total)
+    return step, total / keys
 
 
 def load_video(
@@ -145,11 +420,16 @@ def load_video(
     end: float | None = None,
     backend: str = "auto",
     min_frames: int | None = None,
+    size: Size | None = None,
 ) -> VideoClip:
     """Decode the frames chosen by :func:`sample_indices` (see there for the sampling rules).
 
+    ``size=(height, width)`` (the processor's ``frame_size``) resizes each frame by :func:`resize_frames`
+    as soon as it is decoded; None keeps the full-resolution frames.
     Images (by extension or content) are one-frame clips: indices ``[0]``, fps/duration 0, start/end ignored.
-    ``backend``: "decord", "pyav", or "auto" (decord, falling back to PyAV if it cannot open/decode).
+    ``backend``: one of :data:`BACKENDS`; "auto" tries the exact backends in :func:`auto_order`'s order for
+    this video, falling back to the next when one cannot open or decode it. "pyav-keyframes" (never chosen
+    by auto) returns the keyframe nearest to each sampled frame.
     Every failure raises :class:`VideoError` naming the file and the reason.
     """
     path = os.fspath(path)
@@ -157,6 +437,7 @@ def load_video(
         raise VideoError(path, f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     try:
         check_sampling_args(num_frames, fps, min_frames, max_frames, start, end)
+        size = _check_size(size)
     except ValueError as e:
         raise VideoError(path, str(e)) from None
     if not os.path.exists(path):
@@ -166,7 +447,7 @@ def load_video(
     if os.path.getsize(path) == 0:
         raise VideoError(path, "empty file")
     if os.path.splitext(path)[1].lower() in IMAGE_EXTS or _image_format(path) is not None:
-        return _read_image(path)
+        return _read_image(path, size)
 
     def pick(total: int, src_fps: float) -> np.ndarray:
         try:
@@ -174,30 +455,33 @@ def load_video(
         except ValueError as e:
             raise VideoError(path, str(e)) from None
 
-    readers = {"decord": _read_decord, "pyav": _read_pyav}
     if backend != "auto":
+        if (reason := backend_unavailable(backend)) is not None:
+            raise VideoError(path, f"backend {backend}: {reason}")
         try:
-            return readers[backend](path, pick)
+            return _reader(backend)(path, pick, size)
         except VideoError:
             raise
         except Exception as e:
             raise VideoError(path, f"cannot decode with {backend}: {e}") from e
 
-    try:
-        return _read_decord(path, pick)
-    except VideoError:
-        raise
-    except Exception as e:
-        decord_error = e
-    if path not in _fallback_logged:
-        _fallback_logged.add(path)
-        logger.info("decord failed on %s (%s); falling back to PyAV", path, decord_error)
-    try:
-        return _read_pyav(path, pick)
-    except VideoError:
-        raise
-    except Exception as e:
-        raise VideoError(path, f"unreadable video (decord: {decord_error}; pyav: {e})") from e
+    order = auto_order(*_density(path, pick), available_backends())
+    if not order:
+        raise VideoError(path, f"no video backend runs here: {backend_unavailable('pyav')}")
+    errors: list[str] = []
+    for name in order:
+        try:
+            clip = _reader(name)(path, pick, size)
+        except VideoError:
+            raise
+        except Exception as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if errors and path not in _fallback_logged:
+            _fallback_logged.add(path)
+            logger.info("%s failed on %s (%s); decoded with %s", order[0], path, errors[0], name)
+        return clip
+    raise VideoError(path, f"unreadable video ({'; '.join(errors)})")
 
 
 # What a caller may hand over as one video: a video/image file, decoded (T, H, W, 3) uint8 frames, or PIL
@@ -205,20 +489,26 @@ def load_video(
 VideoLike = str | os.PathLike | np.ndarray | torch.Tensor | Image.Image | Sequence[Image.Image]
 
 
-def load_frames(video: VideoLike, sampling: FrameSampling) -> np.ndarray:
-    """Any :data:`VideoLike` -> (T, H, W, 3) uint8 frames under ``sampling``.
+def load_frames(
+    video: VideoLike, sampling: FrameSampling, size: Size | None = None, backend: str = "auto"
+) -> np.ndarray:
+    """Any :data:`VideoLike` -> (T, H, W, 3) uint8 frames under ``sampling``, resized to ``size`` =
+    (height, width) by :func:`resize_frames` when given (the processor's ``frame_size``; then the processor
+    does not resize again).
 
     Files are decoded by :func:`load_video` (which names the file in every error).
     Already decoded frames have no known frame rate, so only the frame budget applies to them: they are
-    subsampled uniformly to ``sampling.budget``. Anything else raises TypeError saying what is accepted.
+    subsampled uniformly to ``sampling.budget``, then resized. Anything else raises TypeError saying what is
+    accepted.
     """
     if isinstance(video, (str, os.PathLike)):
-        return load_video(video, **dataclasses.asdict(sampling)).frames
+        return load_video(video, **dataclasses.asdict(sampling), size=size, backend=backend).frames
+    size = _check_size(size)
     if isinstance(video, Image.Image):
         video = [video]
     if isinstance(video, (list, tuple)) and video and all(isinstance(im, Image.Image) for im in video):
-        size = video[0].size  # the processor takes one array per video, so frames must share a size
-        frames = np.stack([np.asarray(im.convert("RGB").resize(size)) for im in video])
+        first = video[0].size  # the processor takes one array per video, so frames must share a size
+        frames = np.stack([np.asarray(im.convert("RGB").resize(first)) for im in video])
     elif isinstance(video, (np.ndarray, torch.Tensor)):
         frames = video.cpu().numpy() if isinstance(video, torch.Tensor) else video
         if frames.ndim == 3:
@@ -232,16 +522,22 @@ def load_frames(video: VideoLike, sampling: FrameSampling) -> np.ndarray:
         raise ValueError(f"frames must be non-empty (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     if sampling.budget is not None and len(frames) > sampling.budget:
         frames = frames[sample_indices(len(frames), 1.0, num_frames=sampling.budget)]
-    return frames
+    return resize_frames(frames, size)
 
 
 def write_video(
-    path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, crf: int | None = None
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float = 8.0,
+    crf: int | None = None,
+    gop: int | None = None,
 ) -> None:
     """Write (T, H, W, 3) uint8 RGB frames as an mp4 (H.264/yuv420p, or MPEG-4 Part 2 without libx264).
 
     Used by tests and demos to make videos that both decord and PyAV can read. yuv420p needs even H and W.
     ``crf`` sets libx264's quality (0: lossless planes; the chroma is still subsampled by yuv420p).
+    ``gop``: a keyframe exactly every ``gop`` frames (frames 0, gop, 2 gop, ...; no scene-cut keyframes);
+    None keeps the encoder's default (libx264: at most every 250 frames, plus scene cuts).
     """
     import av
 
@@ -255,12 +551,21 @@ def write_video(
         raise ValueError(f"yuv420p needs even height and width, got {height}x{width}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if gop is not None and (isinstance(gop, bool) or not isinstance(gop, int) or gop < 1):
+        raise ValueError(f"gop must be a positive int (frames between keyframes), got {gop!r}")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(os.fspath(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if crf is not None and codec == "libx264":
-            stream.options = {"crf": str(crf)}
+        options = {"crf": str(crf)} if crf is not None and codec == "libx264" else {}
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+            if codec == "libx264":
+                options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+            else:
+                options["sc_threshold"] = "1000000000"  # mpeg4: no scene-change keyframes
+        if options:
+            stream.options = options
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

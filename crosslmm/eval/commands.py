@@ -22,11 +22,12 @@ def _chat(args: argparse.Namespace) -> int:
 
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_frames
-    from crosslmm.inference import build_prompt, generate
+    from crosslmm.inference import build_prompt, generate, load_processor
 
-    # Decode the video before loading the model: a bad path fails in a second, naming the file.
+    # Decode the video (at the processor's frame size) before loading the model: a bad path fails in a
+    # second, naming the file.
     sampling = FrameSampling.resolve(args.frames, args.fps, args.max_frames, args.min_frames)
-    frames = load_frames(args.video, sampling)
+    frames = load_frames(args.video, sampling, size=load_processor(args.model).frame_size)
     model, processor = load_for(args)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
@@ -66,12 +67,15 @@ def _chat_stream(args: argparse.Namespace) -> int:
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_video
     from crosslmm.eval.live import replay
+    from crosslmm.inference import load_processor
     from crosslmm.streaming import StreamingSession
 
-    # Decode the video before loading the model: a bad path fails in a second, naming the file.
+    # Decode the video (at the processor's frame size) before loading the model: a bad path fails in a
+    # second, naming the file.
     fps = args.fps if args.fps is not None or args.frames is not None else STREAM_FPS
     sampling = FrameSampling.resolve(args.frames, fps, args.max_frames, args.min_frames)
-    clip = load_video(args.video, **dataclasses.asdict(sampling))
+    size = load_processor(args.model).frame_size
+    clip = load_video(args.video, **dataclasses.asdict(sampling), size=size)
     times = clip.indices / clip.fps if clip.fps > 0 else clip.indices * 0.0  # an image: one frame at 0 s
     model, processor = load_for(args)
     # refuses a model that cannot stream, or a budget it was not trained at, saying why

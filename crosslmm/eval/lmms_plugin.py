@@ -90,7 +90,8 @@ class CrossLMMEval(lmms):
         """A document's visuals as frame arrays, one per ``<video>`` placeholder; ``where`` names the
         document in errors."""
         try:
-            return [load_frames(visual, self.sampling) for visual in visuals or []]
+            size = self.processor.frame_size
+            return [load_frames(visual, self.sampling, size=size) for visual in visuals or []]
         except TypeError as err:
             raise TypeError(f"crosslmm cannot take the visual of {where}: {err}") from None
 

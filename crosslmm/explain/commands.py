@@ -17,11 +17,13 @@ def _explain(args: argparse.Namespace) -> int:
     from crosslmm.data.video import load_video
     from crosslmm.explain.maps import answer_text, explain, generate_ids
     from crosslmm.explain.render import write_all
-    from crosslmm.inference import build_prompt
+    from crosslmm.inference import build_prompt, load_processor
 
-    # Decode the video before loading the model: a bad path fails in a second, naming the file.
+    # Decode the video (at the processor's frame size: the maps are drawn on the frames the model saw)
+    # before loading the model: a bad path fails in a second, naming the file.
     sampling = FrameSampling.resolve(args.frames, args.fps, args.max_frames, args.min_frames)
-    clip = load_video(args.video, **dataclasses.asdict(sampling))
+    size = load_processor(args.model).frame_size
+    clip = load_video(args.video, **dataclasses.asdict(sampling), size=size)
     model, processor = load_for(args)
     if not (model.config.v2v or model.config.t2v):
         raise ValueError(f"{args.model}: this model has no cross-attention layers, so nothing to explain")

@@ -89,7 +89,7 @@ class CrossLMMProcessor(ProcessorMixin):
         are one-frame videos), rendered in the order given, blocks joined by newlines. With
         ``tokenize=True`` each video block's ``path``/``video``/``image`` is loaded by our reader under
         ``FrameSampling.resolve(num_frames, fps, max_frames, min_frames)`` (the rule training and the
-        lmms-eval plugin use; nothing given means the stage-2 default) and the prompt goes through
+        lmms-eval plugin use; nothing given means the stage-2 default), at :attr:`frame_size`, and the prompt goes through
         :meth:`__call__` (at ``tokens_per_frame``, default the processor's): ``return_dict=True`` gives the
         model inputs, else the ``input_ids``.
         """
@@ -121,7 +121,7 @@ class CrossLMMProcessor(ProcessorMixin):
                     f"a {block['type']!r} content block needs a 'path' (or 'video'/'image': decoded frames) to "
                     f"load with tokenize=True, got keys {sorted(block)}"
                 )
-            frames.append(load_frames(source, sampling))
+            frames.append(load_frames(source, sampling, size=self.frame_size))
         inputs = self(
             text=prompts,
             videos=frames or None,
@@ -198,9 +198,20 @@ class CrossLMMProcessor(ProcessorMixin):
             out.append(piece)
         return "".join(out)
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) the frames are resized to: the tower's input. Readers take it as ``size`` so
+        frames leave the decoder at this size (``load_frames(video, sampling, size=processor.frame_size)``)
+        and :meth:`preprocess_frames` has nothing left to resize."""
+        size = self.image_processor.size
+        return int(size["height"]), int(size["width"])
+
     def preprocess_frames(self, frames: VideoInput) -> torch.Tensor:
         """(T, H, W, 3) uint8 -> (T, 3, S, S) uint8, resized to the tower's input but not normalised.
 
+        Frames already at :attr:`frame_size` (a reader resized them) are only transposed; others go through
+        the image processor, whose resize :func:`crosslmm.data.video.resize_frames` reproduces exactly, so a
+        file and its full-size frames passed as an array give the same pixels.
         The model normalises on its own device with the tower's mean/std (``CrossLMMModel.normalize_frames``),
         one chunk of frames at a time: fp32 pixels would be 4x larger in every data-loader worker, collated
         batch and host-to-device copy (906 MB for 512 frames at 384 px)."""
@@ -209,6 +220,8 @@ class CrossLMMProcessor(ProcessorMixin):
         arr = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.asarray(frames))
         if arr.dim() != 4 or arr.shape[-1] != 3:
             raise ValueError(f"video frames must be (T, H, W, 3) RGB, got shape {tuple(arr.shape)}")
+        if tuple(arr.shape[1:3]) == self.frame_size and arr.dtype == torch.uint8:
+            return arr.permute(0, 3, 1, 2).contiguous()  # the image processor's resize would be a no-op
         pixel = self.image_processor(
             images=list(arr.permute(0, 3, 1, 2)), do_rescale=False, do_normalize=False, return_tensors="pt"
         )["pixel_values"]

@@ -151,14 +151,15 @@ class _Pieces(TextStreamer):
             self.out.put(("piece", text))
 
 
-def _load_clip(video: str, frames: int, fps: float):
-    """The sampled clip, or the message to show when the file cannot be used."""
+def _load_clip(video: str, frames: int, fps: float, size: tuple[int, int]):
+    """The sampled clip at ``size`` (the processor's frame size), or the message to show when the file
+    cannot be used."""
     from crosslmm.data.sampling import FrameSampling
     from crosslmm.data.video import load_video
 
     try:
         sampling = FrameSampling.resolve(None, fps, int(frames)) if fps else FrameSampling(int(frames))
-        return load_video(video, **dataclasses.asdict(sampling))
+        return load_video(video, **dataclasses.asdict(sampling), size=size)
     except ValueError as err:  # VideoError included: the file and the reason, shown in the page
         return f"**Cannot use this video:** {err}"
 
@@ -232,7 +233,7 @@ def ask(
     if not question.strip() or not frames or frames < 1:
         yield "", None, None, "**Type a question and set frames to 1 or more.**"
         return
-    clip = _load_clip(video, frames, fps)
+    clip = _load_clip(video, frames, fps, web.processor.frame_size)
     if isinstance(clip, str):
         yield "", None, None, clip
         return
