@@ -1,6 +1,6 @@
-"""``crosslmm bench flops|speed|memory``: the argument parsers, and dispatch to the module that runs each
+"""``crosslmm bench flops|speed|memory|data``: the argument parsers, and dispatch to the module that runs each
 benchmark and writes its table, JSON and plot into --out (``flops/report.py``, ``speed/report.py``,
-``preset/report.py`` for ``speed --preset``, ``memory/report.py``). Standard library only at module level:
+``preset/report.py`` for ``speed --preset``, ``memory/report.py``, ``data/report.py``). Standard library only at module level:
 ``crosslmm --help`` builds every parser."""
 
 from __future__ import annotations
@@ -121,6 +121,31 @@ def _memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from crosslmm.bench.data.measure import Throughput
+    from crosslmm.bench.data.report import FULL, DataBenchSpec, bench_data
+
+    base = DataBenchSpec.quick() if args.quick else DataBenchSpec()
+    overrides = {
+        "repeats": args.repeats,
+        "assume": Throughput(args.gpus, args.gpu_tflops, args.mfu, args.train_factor, args.text_tokens),
+    }
+    if args.frames is not None:
+        overrides["frames"] = tuple(_frames(args.frames))
+    if args.workers is not None:
+        overrides["workers"] = tuple(_frames(args.workers, "--workers"))
+    if args.backends is not None:
+        overrides["backends"] = tuple(t for t in args.backends.split(",") if t)
+    if args.sizes is not None:
+        overrides["sizes"] = tuple(_csv(args.sizes, (FULL, "resized"), "--sizes"))
+    if args.loader_frames is not None:
+        overrides["loader_frames"] = args.loader_frames
+    bench_data(replace(base, **overrides), Path(args.videos), Path(args.out), progress=not args.no_progress)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench", help="efficiency benchmarks (FLOPs, speed and memory on a CPU or a GPU)"
@@ -129,6 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_memory(sub)
     _add_flops(sub)
     _add_speed(sub)
+    _add_data(sub)
 
 
 def _add_memory(sub: argparse._SubParsersAction) -> None:
@@ -192,6 +218,40 @@ def _add_speed(sub: argparse._SubParsersAction) -> None:
     )
     _add_preset_options(p)
     p.set_defaults(func=_speed)
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="the input pipeline: seconds and peak RSS per sample for each video backend, DataLoader "
+        "samples/s, and the samples/s a stage-2 job needs",
+    )
+    p.add_argument(
+        "--videos", default="bench_videos", help="directory of the generated test videos (made once, reused)"
+    )
+    p.add_argument("--frames", default=None, help="frames per sample, comma-separated (default 64,256,512)")
+    p.add_argument(
+        "--backends", default=None, help="comma-separated (default: every backend that imports, then auto)"
+    )
+    p.add_argument(
+        "--sizes", default=None, help="full and/or resized (default both where load_video takes size=)"
+    )
+    p.add_argument("--workers", default=None, help="DataLoader workers, comma-separated (default 1,4,8)")
+    p.add_argument(
+        "--loader-frames", type=int, default=None, help="frames per DataLoader sample (default 512)"
+    )
+    p.add_argument("--repeats", type=int, default=1, help="fresh-process decodes per cell (median time)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs of the stage-2 job")
+    p.add_argument("--gpu-tflops", type=float, default=989.0, help="GPU peak TFLOP/s (H100 SXM bf16 dense)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed")
+    p.add_argument(
+        "--train-factor", type=float, default=3.0, help="training FLOPs per sample / forward FLOPs"
+    )
+    p.add_argument("--text-tokens", type=int, default=256, help="text tokens per stage-2 sample (assumed)")
+    p.add_argument("--quick", action="store_true", help="one small clip, 4 and 64 frames: a smoke test")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--out", default="bench_out")
+    p.set_defaults(func=_data)
 
 
 def _add_preset_options(p: argparse.ArgumentParser) -> None:

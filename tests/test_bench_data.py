@@ -1,0 +1,152 @@
+"""``crosslmm bench data`` (crosslmm/bench/data): one --quick run checked for its outputs and for measurements
+that follow what was decoded (no timing thresholds: verdicts are checked against the measured numbers)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from crosslmm.bench.data import videos
+from crosslmm.bench.data.measure import MB, Throughput, frames_mb, reader_resizes
+from crosslmm.bench.data.report import DataBenchSpec, _loader, targets
+from crosslmm.bench.flops import prefill_flops
+from crosslmm.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_data")
+    argv = ["bench", "data", "--quick", "--backends", "pyav,auto", "--no-progress"]
+    argv += ["--videos", str(root / "videos"), "--out", str(root / "out"), "--mfu", "0.5"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # capsys is function-scoped; one run serves the module
+        assert main(argv) == 0
+    return root, json.loads((root / "out" / "data.json").read_text()), out.getvalue()
+
+
+def test_quick_writes_table_json_and_plot(quick):
+    root, result, printed = quick
+    assert (root / "out" / "data.png").stat().st_size > 0
+    assert {"machine", "videos", "decode", "loader", "needed", "targets", "seconds"} <= set(result)
+    assert result["machine"]["cores"] >= 1 and f"{result['machine']['cores']} cores" in printed
+    sizes = {"full", "resized"} if reader_resizes() else {"full"}
+    assert set(result["sizes"]) == sizes
+    cells = {(r["backend"], r["frames"], r["size"]) for r in result["decode"]}
+    assert cells == {(b, f, s) for b in ("pyav", "auto") for f in (4, 64) for s in sizes}
+    for heading in ("Test videos", "One sample", "DataLoader", "What a stage-2 job needs", "Targets"):
+        assert heading in printed
+    for assumption in ("MFU (assumed)", "GPUs", "text tokens per sample (assumed)", "H100"):
+        assert assumption in printed
+    assert [r["workers"] for r in result["loader"]] == [1, 2]
+
+
+def test_peak_rss_follows_the_decoded_frames(quick):
+    """At full resolution 64 frames hold 16x the pixels of 4: the measured peak must grow by at least the
+    frames' own size (a broken RSS measurement reads flat or zero)."""
+    _, result, _ = quick
+    for backend in ("pyav", "auto"):
+        rows = {r["frames"]: r for r in result["decode"] if (r["backend"], r["size"]) == (backend, "full")}
+        assert rows[64]["frames_mb"] == pytest.approx(64 * 240 * 320 * 3 / MB)
+        grown = rows[64]["peak_mb"] - rows[4]["peak_mb"]
+        assert grown >= rows[64]["frames_mb"] - rows[4]["frames_mb"], (backend, rows)
+        assert rows[64]["worker_peak_mb"] == pytest.approx(rows[64]["baseline_mb"] + rows[64]["peak_mb"])
+
+
+def test_needed_samples_per_second_is_the_flops_formula(quick):
+    _, result, _ = quick
+    from crosslmm.model.configuration import CrossLMMConfig
+    from crosslmm.model.presets import load_config_yaml
+
+    config = CrossLMMConfig(**load_config_yaml("crosslmm-7b-9tok"))
+    forward = prefill_flops(config, 512, 256, lm_head_all_positions=True).total
+    needed = result["needed"]
+    assert needed["frames"] == 512  # the stage-2 recipe's max_frames
+    assert needed["assumptions"]["mfu"] == 0.5  # --mfu reached the formula
+    assert needed["per_gpu"] == pytest.approx(989e12 * 0.5 / (3 * forward))
+    assert needed["job"] == pytest.approx(8 * needed["per_gpu"])
+
+
+def test_loader_rate_and_targets_follow_the_measurements(quick):
+    _, result, _ = quick
+    for row in result["loader"]:
+        assert row["samples"] == 2 * row["workers"]
+        assert row["samples_per_s"] == pytest.approx(row["samples"] / row["seconds"])
+        assert row["worker_peak_mb"] > 0
+    found = {t["name"]: t for t in result["targets"]}
+    assert len(found) == 4  # RSS per backend (pyav, auto), the 720p time, auto vs best
+    for t in found.values():
+        assert t["met"] == (t["value"] is not None and t["value"] <= t["limit"])
+    seconds = {(r["backend"], r["frames"], r["size"]): r["seconds"] for r in result["decode"]}
+    ratio = found["auto s / best backend's s, worst point"]["value"]
+    points = [(f, s) for f in (4, 64) for s in result["sizes"]]
+    assert ratio == pytest.approx(max(seconds["auto", f, s] / seconds["pyav", f, s] for f, s in points))
+    path = "resized" if reader_resizes() else "full"  # the RSS target reads the resized path where it exists
+    rss = found[f"peak RSS / resized frames, pyav, {path}, 64 frames"]["value"]
+    pyav_peak = next(
+        r["peak_mb"] for r in result["decode"] if (r["backend"], r["frames"], r["size"]) == ("pyav", 64, path)
+    )
+    assert rss == pytest.approx(pyav_peak / frames_mb(64, (64, 64)))
+    assert found["s per 64-frame sample, fastest backend, 720p"]["value"] is None  # no 720p clip in --quick
+
+
+def test_targets_pick_the_long_720p_video_and_the_fastest_backend():
+    spec = DataBenchSpec(frames=(512,), size=(384, 384))
+    video = {"name": "long", "label": "720p 10 min", "spec": {"height": 720, "seconds": 600}}
+    short = {"name": "short", "label": "720p 2 min", "spec": {"height": 720, "seconds": 120}}
+    rows = [
+        {
+            "video": "long",
+            "size": "full",
+            "frames": 512,
+            "backend": "decord",
+            "seconds": 30.0,
+            "peak_mb": 400.0,
+        },
+        {"video": "long", "size": "full", "frames": 512, "backend": "pyav", "seconds": 8.0, "peak_mb": 300.0},
+        {"video": "long", "size": "full", "frames": 512, "backend": "auto", "seconds": 8.5, "peak_mb": 320.0},
+        {"video": "short", "size": "full", "frames": 512, "backend": "pyav", "seconds": 1.0, "peak_mb": 1.0},
+    ]
+    result = {
+        "decode": rows,
+        "sizes": ["full"],
+        "backends": ["decord", "pyav", "auto"],
+        "videos": [video, short],
+    }
+    found = {t.name: t for t in targets(result, spec)}
+    assert found["s per 512-frame sample, fastest backend, 720p 10 min"].value == 8.0
+    assert found["auto s / best backend's s, worst point"].value == pytest.approx(8.5 / 8.0)
+    assert found["auto s / best backend's s, worst point"].met
+    assert found["peak RSS / resized frames, decord, full, 512 frames"].value == pytest.approx(
+        400 / frames_mb(512, (384, 384))
+    )
+
+
+def test_videos_are_cached_and_have_the_stated_keyframes(tmp_path, monkeypatch):
+    spec = videos.VideoSpec(128, 96, 3, 10, 1, 300, "ultrafast")
+    (record,) = videos.ensure_videos(tmp_path, (spec,), progress=False)
+    assert record["frames"] == 30 and record["keyframes"] == 3  # GOP 1 s at 10 fps, no scene-cut keyframes
+    assert record["duration_s"] == pytest.approx(3.0)
+    assert not list(tmp_path.glob("*.partial.mp4"))
+
+    def no_encode(*args):
+        raise AssertionError("a cached video was encoded again")
+
+    monkeypatch.setattr(videos, "encode_video", no_encode)
+    assert videos.ensure_videos(tmp_path, (spec,), progress=False) == [record]
+
+
+def test_loader_cells_that_would_not_fit_are_skipped(tmp_path):
+    spec = DataBenchSpec(videos=videos.QUICK_VIDEOS, workers=(1, 2), memory_fraction=0.0, loader_frames=4)
+    record = {"name": "v", "path": str(tmp_path / "never_read.mp4"), "frames": 100}
+    record["spec"] = {"height": 240, "width": 320}
+    rows = _loader(spec, [record], ["full"], {"max_frames": 512}, progress=False)
+    assert [r["workers"] for r in rows] == [1, 2]
+    assert all("skipped" in r and "samples_per_s" not in r for r in rows)
+
+
+def test_throughput_assumptions_are_the_stated_defaults():
+    assume = Throughput()
+    assert (assume.gpus, assume.peak_tflops, assume.mfu, assume.train_factor) == (8, 989.0, 0.4, 3.0)
