@@ -161,9 +161,40 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS[1:] if backend_unavailable(b) is None]
 
 
-def _clip(frames: list[np.ndarray], indices, times, src_fps: float, total: int, backend: str) -> VideoClip:
+class _Frames:
+    """A clip's (T, h, w, 3) uint8 frames, allocated once at the first (resized) frame's shape and filled in
+    place: no list of frames to stack at the end, which would hold the clip twice."""
+
+    def __init__(self, count: int, size: Size | None) -> None:
+        self.count, self.size = count, size
+        self.array: np.ndarray | None = None
+        self.filled = np.zeros(count, dtype=bool)
+
+    def put(self, at: int, frames: np.ndarray | torch.Tensor) -> None:
+        """Resize ``frames`` (n, H, W, 3) and store them as frames ``at`` .. ``at + n - 1`` of the clip."""
+        resized = resize_frames(frames, self.size)
+        n = len(resized)
+        if self.array is None and n == self.count:
+            self.array = np.ascontiguousarray(resized)  # the whole clip in one batch: keep it, no copy
+        else:
+            if self.array is None:
+                self.array = np.empty((self.count, *resized.shape[1:]), dtype=np.uint8)
+            if resized.shape[1:] != self.array.shape[1:]:
+                raise RuntimeError(
+                    f"frame size changes mid-stream: {resized.shape[1:3]} after {self.array.shape[1:3]}"
+                )
+            self.array[at : at + n] = resized
+        self.filled[at : at + n] = True
+
+    def missing(self) -> np.ndarray:
+        return np.flatnonzero(~self.filled)
+
+
+def _clip(frames: _Frames, indices, times, src_fps: float, total: int, backend: str) -> VideoClip:
+    if frames.array is None or len(frames.missing()):
+        raise RuntimeError(f"{len(frames.missing())} of {frames.count} frames were not decoded")
     return VideoClip(
-        np.stack(frames),
+        frames.array,
         np.asarray(indices, dtype=np.int64),
         src_fps,
         total / src_fps,
@@ -183,7 +214,7 @@ def _read_decord(path: str, pick: Picker, size: Size | None) -> VideoClip:
     indices = pick(total, src_fps)
     # Full-size batches of _CHUNK frames when resizing (memory), else one batch as decord likes best.
     step = _CHUNK if size is not None else len(indices)
-    frames = []
+    frames = _Frames(len(indices), size)
     for at in range(0, len(indices), step):
         wanted = indices[at : at + step].tolist()
         batch = vr.get_batch(wanted)
@@ -191,7 +222,8 @@ def _read_decord(path: str, pick: Picker, size: Size | None) -> VideoClip:
         chunk = np.asarray(batch.asnumpy() if hasattr(batch, "asnumpy") else batch)
         if chunk.shape[0] != len(wanted) or chunk.ndim != 4 or chunk.shape[-1] != 3:
             raise RuntimeError(f"decord returned frames of shape {chunk.shape} for {len(wanted)} indices")
-        frames.extend(resize_frames(chunk, size))
+        frames.put(at, chunk)
+        del batch, chunk
     times = vr.get_frame_timestamp(indices.tolist())[:, 0]
     return _clip(frames, indices, times, src_fps, total, "decord")
 
@@ -218,10 +250,10 @@ def _read_torchcodec(path: str, pick: Picker, size: Size | None) -> VideoClip:
         raise RuntimeError(f"torchcodec reports {total} frames at {src_fps} fps")
     indices = pick(total, src_fps)
     begin = float(meta.begin_stream_seconds or 0.0)
-    frames, times = [], []
+    frames, times = _Frames(len(indices), size), []
     for at in range(0, len(indices), _CHUNK):
         batch = decoder.get_frames_at(indices[at : at + _CHUNK].tolist())
-        frames.extend(resize_frames(batch.data, size))
+        frames.put(at, batch.data)
         times.extend((batch.pts_seconds.double() - begin).tolist())
     return _clip(frames, indices, times, src_fps, total, "torchcodec")
 
@@ -257,18 +289,18 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
         stream.thread_type = "AUTO"
         # Sequential decode, converting (and resizing) only the sampled frames so memory stays bounded; stop
         # at the last wanted index. Frame-accurate, unlike pts-based seeking on odd timestamps.
-        frames: list[np.ndarray] = []
+        frames = _Frames(len(indices), size)
         times: list[float] = []
         last = int(indices[-1])
         decoded = 0
         for i, frame in enumerate(container.decode(stream)):
             decoded = i + 1
-            if i == indices[len(frames)]:
-                frames.append(resize_frames(frame.to_ndarray(format="rgb24")[None], size)[0])
+            if i == indices[len(times)]:
+                frames.put(len(times), frame.to_ndarray(format="rgb24")[None])
                 times.append((frame.pts - first_pts) * seconds if frame.pts is not None else i / src_fps)
                 if i == last:
                     break
-    if len(frames) != len(indices):
+    if len(times) != len(indices):
         raise RuntimeError(
             f"stream ended after {decoded} frames but frame {last} was requested ({total} expected)"
         )
@@ -316,7 +348,7 @@ def _read_pyav_keyframes(path: str, pick: Picker, size: Size | None) -> VideoCli
             f"a keyframe every {interval:.2f}s on average): sample more sparsely or use an exact backend",
         )
     wanted = dict(zip(key_pts[np.searchsorted(key_index, chosen)].tolist(), range(len(chosen))))
-    frames: list[np.ndarray | None] = [None] * len(chosen)
+    frames = _Frames(len(chosen), size)
     times = np.zeros(len(chosen))
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -325,8 +357,8 @@ def _read_pyav_keyframes(path: str, pick: Picker, size: Size | None) -> VideoCli
         def keep(decoded) -> None:
             for frame in decoded:
                 at = wanted.get(frame.pts)
-                if at is not None and frames[at] is None:
-                    frames[at] = resize_frames(frame.to_ndarray(format="rgb24")[None], size)[0]
+                if at is not None and not frames.filled[at]:
+                    frames.put(at, frame.to_ndarray(format="rgb24")[None])
                     times[at] = (frame.pts - first_pts) * seconds
 
         remaining = len(wanted)
@@ -337,9 +369,8 @@ def _read_pyav_keyframes(path: str, pick: Picker, size: Size | None) -> VideoCli
                 if remaining == 0:
                     break
         keep(stream.decode(None))  # frames the decoder still holds (reordering delay)
-    missing = [int(chosen[i]) for i, f in enumerate(frames) if f is None]
-    if missing:
-        raise RuntimeError(f"keyframes {missing[:5]} were not decoded")
+    if len(missing := frames.missing()):
+        raise RuntimeError(f"keyframes {chosen[missing][:5].tolist()} were not decoded")
     return _clip(frames, chosen, times, src_fps, total, KEYFRAME_BACKEND)
 
 

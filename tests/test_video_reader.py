@@ -1,0 +1,349 @@
+"""Tests for the reader's side of issue 26: frames resized at decode time by the processor's rule, the
+memory that saves, keyframe-only decoding, ``auto``'s choice and torchcodec's availability and errors."""
+
+from __future__ import annotations
+
+import sys
+import tracemalloc
+import types
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from crosslmm.data import video as video_mod
+from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import (
+    TORCHCODEC_INSTALL,
+    VideoError,
+    auto_order,
+    available_backends,
+    backend_unavailable,
+    load_frames,
+    load_video,
+    nearest_keyframes,
+    resize_frames,
+    write_video,
+)
+
+N, FPS, H, W, GOP = 30, 10.0, 48, 64, 5
+
+
+def make_frames(n: int = N, h: int = H, w: int = W) -> np.ndarray:
+    """Frame t: background brightness 4 + 8t (identifies it), a bright square moving right, vertical
+    stripes (detail a resize must handle)."""
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        frames[t] = 4 + 8 * t
+        frames[t, h // 2 :, ::4] = 250
+        frames[t, h // 2 : h // 2 + 8, 2 * t : 2 * t + 8] = 255
+    return frames
+
+
+def frame_ids(frames: np.ndarray) -> np.ndarray:
+    """Source frame numbers from the background brightness of the top rows."""
+    top = frames[:, : frames.shape[1] // 3].reshape(len(frames), -1).mean(1)
+    return np.rint((top - 4) / 8).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def gop_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 frames at 10 fps with a keyframe exactly every 5 frames (0, 5, ..., 25)."""
+    path = tmp_path_factory.mktemp("reader") / "gop5.mp4"
+    write_video(path, make_frames(), fps=FPS, gop=GOP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    from crosslmm.inference import load_processor
+
+    return load_processor(tiny_dir)
+
+
+@pytest.fixture
+def fresh_backends():
+    """Forget the cached availability before and after a test that fakes a module."""
+    backend_unavailable.cache_clear()
+    yield
+    backend_unavailable.cache_clear()
+
+
+def keyframe_positions(path: Path) -> list[int]:
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size > 0]
+    pts = sorted(p.pts for p in packets)
+    return sorted(pts.index(p.pts) for p in packets if p.is_keyframe)
+
+
+# ---------------------------------------------------------------- the resize rule
+
+
+@pytest.mark.parametrize("shape", [(3, 50, 70), (2, 10, 16), (2, 72, 128), (1, 32, 32)])
+def test_resize_frames_is_the_processors_resize(processor, shape) -> None:
+    """Down, up, non-square and already-sized frames: the reader's rule gives the processor's pixels."""
+    frames = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    from_processor = processor.image_processor(
+        images=list(torch.from_numpy(frames).permute(0, 3, 1, 2)),
+        do_rescale=False,
+        do_normalize=False,
+        return_tensors="pt",
+    )["pixel_values"]
+    ours = resize_frames(frames, processor.frame_size)
+    assert ours.dtype == np.uint8 and ours.shape == (shape[0], *processor.frame_size, 3)
+    np.testing.assert_array_equal(ours, from_processor.permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord", "auto"])
+def test_reader_side_resize_equals_decode_then_processor(gop_video, processor, backend) -> None:
+    """Tolerance 0: resizing in the reader gives exactly today's decode-full-size-then-processor pixels,
+    and the processor passes such frames through unchanged (no second resize)."""
+    size = processor.frame_size
+    assert size != (H, W)
+    today = processor.preprocess_frames(load_video(gop_video, num_frames=6, backend=backend).frames)
+    clip = load_video(gop_video, num_frames=6, backend=backend, size=size)
+    assert clip.frames.shape == (6, *size, 3)
+    np.testing.assert_array_equal(torch.from_numpy(clip.frames).permute(0, 3, 1, 2), today)
+    np.testing.assert_array_equal(processor.preprocess_frames(clip.frames), today)
+    # full-size arrays from a user still work, and give the same pixels
+    full = load_video(gop_video, num_frames=6, backend=backend).frames
+    np.testing.assert_array_equal(load_frames(full, FrameSampling(num_frames=6), size=size), clip.frames)
+
+
+def test_processor_does_not_resize_frames_at_its_size(processor, monkeypatch) -> None:
+    frames = np.random.default_rng(1).integers(0, 256, (2, *processor.frame_size, 3), dtype=np.uint8)
+
+    class MustNotRun:
+        size = processor.image_processor.size
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("the image processor ran on frames already at frame_size")
+
+    monkeypatch.setattr(processor, "image_processor", MustNotRun())
+    out = processor.preprocess_frames(frames)
+    np.testing.assert_array_equal(out, torch.from_numpy(frames).permute(0, 3, 1, 2))
+
+
+def test_apply_chat_template_decodes_at_frame_size(gop_video, processor, monkeypatch) -> None:
+    seen = []
+    real = video_mod.load_video
+
+    def spy(*args, **kwargs):
+        clip = real(*args, **kwargs)
+        seen.append(clip.frames.shape)
+        return clip
+
+    monkeypatch.setattr(video_mod, "load_video", spy)
+    content = [{"type": "video", "path": str(gop_video)}, {"type": "text", "text": "Hi?"}]
+    inputs = processor.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=True, return_dict=True, num_frames=4
+    )
+    assert seen == [(4, *processor.frame_size, 3)]
+    assert tuple(inputs["pixel_values_videos"].shape) == (1, 4, 3, *processor.frame_size)
+
+
+def test_dataset_decodes_at_frame_size(gop_video, processor, monkeypatch) -> None:
+    from crosslmm.data.dataset import VideoChatDataset
+    from crosslmm.data.records import Record
+
+    sizes = []
+    real = video_mod.load_video
+
+    def spy(*args, **kwargs):
+        sizes.append(kwargs.get("size"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "load_video", spy)
+    messages = (
+        {"role": "user", "content": "<video>\nWhat is it?"},
+        {"role": "assistant", "content": "A test."},
+    )
+    record = Record(source="mem", index=0, id="r0", media=str(gop_video), is_image=False, messages=messages)
+    sample = VideoChatDataset([record], processor, 4096, FrameSampling(num_frames=4))[0]
+    assert sizes == [processor.frame_size]
+    assert tuple(sample["frames"].shape) == (4, 3, *processor.frame_size)
+
+
+@pytest.mark.parametrize("size", [(0, 8), (8,), (8.0, 8), "8x8", (True, 8)])
+def test_bad_size_names_the_file(gop_video, size) -> None:
+    with pytest.raises(VideoError, match=r"gop5\.mp4: size must be \(height, width\)"):
+        load_video(gop_video, num_frames=2, size=size)
+
+
+def test_image_resized_too(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    clip = load_video(tmp_path / "img.png", num_frames=4, size=(8, 12))
+    np.testing.assert_array_equal(clip.frames, resize_frames(rgb[None], (8, 12)))
+    assert clip.times.tolist() == [0.0]
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _peak_traced(fn) -> int:
+    """Peak bytes of numpy buffers (numpy reports its allocations to tracemalloc) while ``fn`` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_peak_memory_tracks_resized_frames(tmp_path: Path, backend: str) -> None:
+    """24 frames of 192x256: decoded full size, the clip alone is 24 frames (3.5 MB); resized to 16x16 the
+    reader holds at most a few full-size frames (pyav: one; decord: one batch of _CHUNK) at any time."""
+    path = tmp_path / "big.mp4"
+    write_video(path, make_frames(24, 192, 256), fps=FPS)
+    full_frame = 192 * 256 * 3
+    load_video(path, num_frames=24, backend=backend, size=(16, 16))  # imports and caches out of the way
+    full = _peak_traced(lambda: load_video(path, num_frames=24, backend=backend))
+    small = _peak_traced(lambda: load_video(path, num_frames=24, backend=backend, size=(16, 16)))
+    clip = load_video(path, num_frames=24, backend=backend, size=(16, 16))
+    assert clip.frames.shape == (24, 16, 16, 3)
+    np.testing.assert_array_equal(frame_ids(clip.frames), np.arange(24))
+    held = 3 if backend == "pyav" else 2 * video_mod._CHUNK + 2
+    assert 24 * full_frame <= full < 27 * full_frame, full  # the clip once, not a list and its stack
+    assert small < held * full_frame, (small, held * full_frame)
+
+
+# ---------------------------------------------------------------- keyframes
+
+
+def test_write_video_gop_places_keyframes(tmp_path: Path, gop_video: Path, monkeypatch) -> None:
+    assert keyframe_positions(gop_video) == [0, 5, 10, 15, 20, 25]
+    monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"libx264"})
+    path = tmp_path / "mpeg4.mp4"
+    write_video(path, make_frames(), fps=FPS, gop=7)
+    assert keyframe_positions(path) == [0, 7, 14, 21, 28]
+    with pytest.raises(ValueError, match="gop must be a positive int"):
+        write_video(path, make_frames(4), gop=0)
+
+
+def test_nearest_keyframes_prefers_earlier_on_ties() -> None:
+    keys = np.array([0, 4, 10, 15])
+    sampled = np.array([0, 1, 2, 3, 6, 7, 8, 14, 99])  # 2 and 7 are halfway between two keyframes
+    np.testing.assert_array_equal(nearest_keyframes(sampled, keys), [0, 0, 0, 4, 4, 4, 10, 15, 15])
+
+
+def test_keyframes_return_nearest_keyframes_with_real_times(gop_video: Path) -> None:
+    # sampled frames 3, 11, 18, 26 -> nearest keyframes 5, 10, 20, 25 (at 0.5, 1.0, 2.0, 2.5 s)
+    clip = load_video(gop_video, num_frames=4, backend="pyav-keyframes")
+    assert clip.backend == "pyav-keyframes"
+    np.testing.assert_array_equal(clip.indices, [5, 10, 20, 25])
+    np.testing.assert_array_equal(frame_ids(clip.frames), [5, 10, 20, 25])  # the pixels are those frames
+    np.testing.assert_allclose(clip.times, [0.5, 1.0, 2.0, 2.5])
+    # sampling on the keyframes themselves: the same frames as an exact backend
+    exact = load_video(gop_video, fps=1.0, backend="pyav", size=(24, 32))
+    keys = load_video(gop_video, fps=1.0, backend="pyav-keyframes", size=(24, 32))
+    np.testing.assert_array_equal(keys.indices, [0, 10, 20])
+    np.testing.assert_array_equal(keys.indices, exact.indices)
+    np.testing.assert_array_equal(keys.frames, exact.frames)
+    np.testing.assert_allclose(keys.times, exact.times)
+
+
+def test_keyframes_refuse_sampling_denser_than_keyframes(gop_video: Path) -> None:
+    """8 samples of 6 keyframes would be fewer frames than asked: an error naming the file, not a shorter clip."""
+    with pytest.raises(VideoError, match=r"gop5\.mp4: backend pyav-keyframes: 8 sampled frames but fewer"):
+        load_video(gop_video, num_frames=8, backend="pyav-keyframes")
+
+
+def test_keyframes_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoError, match=r"corrupt\.mp4: cannot decode with pyav-keyframes"):
+        load_video(path, num_frames=2, backend="pyav-keyframes")
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_exact_backends_record_times(gop_video: Path, backend: str) -> None:
+    clip = load_video(gop_video, num_frames=4, backend=backend)
+    assert clip.backend == backend
+    np.testing.assert_allclose(clip.times, clip.indices / FPS, atol=1e-6)
+
+
+# ---------------------------------------------------------------- auto
+
+
+def test_auto_order_by_density() -> None:
+    everything = ["decord", "pyav", "torchcodec", "pyav-keyframes"]
+    assert auto_order(50.0, 25.0, everything) == ["torchcodec", "decord", "pyav"]  # sparse: seek
+    assert auto_order(25.0, 25.0, everything) == ["torchcodec", "decord", "pyav"]  # at the keyframe rate
+    assert auto_order(10.0, 25.0, everything) == ["decord", "pyav", "torchcodec"]  # dense
+    assert auto_order(None, None, everything) == ["decord", "pyav", "torchcodec"]  # unknown
+    assert auto_order(50.0, 25.0, ["decord", "pyav"]) == ["decord", "pyav"]  # what runs here
+    assert "pyav-keyframes" not in auto_order(1e9, 1.0, everything)  # never changes the frames
+
+
+def test_auto_decodes_the_sampled_frames_and_falls_back(gop_video: Path, monkeypatch) -> None:
+    clip = load_video(gop_video, num_frames=4)
+    np.testing.assert_array_equal(clip.indices, [3, 11, 18, 26])
+    assert (
+        clip.backend
+        == auto_order(*video_mod._density(str(gop_video), lambda t, f: clip.indices), available_backends())[0]
+    )
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(video_mod, f"_read_{clip.backend}", broken)
+    again = load_video(gop_video, num_frames=4)
+    assert again.backend != clip.backend
+    np.testing.assert_array_equal(again.indices, clip.indices)
+
+
+# ---------------------------------------------------------------- torchcodec
+
+
+def test_available_backends_are_concrete() -> None:
+    names = available_backends()
+    assert "auto" not in names and {"pyav", "pyav-keyframes"} <= set(names)
+    assert set(names) <= set(video_mod.BACKENDS[1:])
+
+
+def test_torchcodec_missing_is_a_clear_error(gop_video: Path, monkeypatch, fresh_backends) -> None:
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # import torchcodec -> ImportError
+    assert "torchcodec" not in available_backends()
+    with pytest.raises(
+        VideoError,
+        match=r"gop5\.mp4: backend torchcodec: torchcodec does not import .*pip install torchcodec",
+    ):
+        load_video(gop_video, num_frames=2, backend="torchcodec")
+    assert load_video(gop_video, num_frames=2).backend != "torchcodec"  # auto goes on without it
+
+
+def test_torchcodec_without_ffmpeg_names_what_to_install(
+    gop_video: Path, monkeypatch, fresh_backends
+) -> None:
+    """torchcodec imports but cannot load FFmpeg's libraries (no system FFmpeg, as on this machine)."""
+    fake = types.ModuleType("torchcodec")
+    utils = types.ModuleType("torchcodec._internally_replaced_utils")
+
+    def load_core_libraries():
+        raise RuntimeError("Could not load libtorchcodec. Likely causes: FFmpeg is not installed")
+
+    utils.load_core_libraries = load_core_libraries
+    monkeypatch.setitem(sys.modules, "torchcodec", fake)
+    monkeypatch.setitem(sys.modules, "torchcodec._internally_replaced_utils", utils)
+    assert "torchcodec" not in available_backends()
+    with pytest.raises(VideoError) as info:
+        load_video(gop_video, num_frames=2, backend="torchcodec")
+    message = str(info.value)
+    assert message.startswith(f"{gop_video}: backend torchcodec: torchcodec cannot load")
+    assert TORCHCODEC_INSTALL in message and "apt install ffmpeg" in message
+
+
+def test_torchcodec_matches_pyav_where_it_loads(gop_video: Path) -> None:
+    if "torchcodec" not in available_backends():
+        pytest.skip(f"torchcodec does not run here: {backend_unavailable('torchcodec')}")
+    a = load_video(gop_video, num_frames=4, backend="torchcodec", size=(24, 32))
+    b = load_video(gop_video, num_frames=4, backend="pyav", size=(24, 32))
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.times, b.times, atol=1e-6)
+    assert np.abs(a.frames.astype(np.int16) - b.frames).max() <= 1
