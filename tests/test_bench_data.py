@@ -14,6 +14,7 @@ from crosslmm.bench.data.measure import MB, Throughput, frames_mb, reader_resize
 from crosslmm.bench.data.report import DataBenchSpec, _loader, targets
 from crosslmm.bench.flops import prefill_flops
 from crosslmm.cli import main
+from crosslmm.data.video import KEYFRAME_BACKEND
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,18 @@ def test_loader_rate_and_targets_follow_the_measurements(quick):
     )
     assert rss == pytest.approx(pyav_peak / frames_mb(64, (64, 64)))
     assert found["s per 64-frame sample, fastest backend, 720p"]["value"] is None  # no 720p clip in --quick
+    assert all(r["seconds"] is not None for r in result["decode"])  # pyav and auto take any sampling
+
+
+def _row(video: str, backend: str, seconds: float | None, peak_mb: float | None) -> dict:
+    return {
+        "video": video,
+        "size": "full",
+        "frames": 512,
+        "backend": backend,
+        "seconds": seconds,
+        "peak_mb": peak_mb,
+    }
 
 
 def test_targets_pick_the_long_720p_video_and_the_fastest_backend():
@@ -97,31 +110,27 @@ def test_targets_pick_the_long_720p_video_and_the_fastest_backend():
     video = {"name": "long", "label": "720p 10 min", "spec": {"height": 720, "seconds": 600}}
     short = {"name": "short", "label": "720p 2 min", "spec": {"height": 720, "seconds": 120}}
     rows = [
-        {
-            "video": "long",
-            "size": "full",
-            "frames": 512,
-            "backend": "decord",
-            "seconds": 30.0,
-            "peak_mb": 400.0,
-        },
-        {"video": "long", "size": "full", "frames": 512, "backend": "pyav", "seconds": 8.0, "peak_mb": 300.0},
-        {"video": "long", "size": "full", "frames": 512, "backend": "auto", "seconds": 8.5, "peak_mb": 320.0},
-        {"video": "short", "size": "full", "frames": 512, "backend": "pyav", "seconds": 1.0, "peak_mb": 1.0},
+        _row("long", "decord", 30.0, 400.0),
+        _row("long", "pyav", 8.0, 300.0),
+        _row("long", "auto", 8.5, 320.0),
+        _row("short", "pyav", 1.0, 1.0),
+        _row("short", "decord", None, None),  # refused: left out, not a crash
     ]
-    result = {
-        "decode": rows,
-        "sizes": ["full"],
-        "backends": ["decord", "pyav", "auto"],
-        "videos": [video, short],
-    }
+    backends = ["decord", "pyav", "auto"]
+    result = {"decode": rows, "sizes": ["full"], "backends": backends, "videos": [video, short]}
     found = {t.name: t for t in targets(result, spec)}
-    assert found["s per 512-frame sample, fastest backend, 720p 10 min"].value == 8.0
+    assert found["s per 512-frame sample, fastest backend (pyav), 720p 10 min"].value == 8.0
     assert found["auto s / best backend's s, worst point"].value == pytest.approx(8.5 / 8.0)
     assert found["auto s / best backend's s, worst point"].met
     assert found["peak RSS / resized frames, decord, full, 512 frames"].value == pytest.approx(
         400 / frames_mb(512, (384, 384))
     )
+    # The keyframe-only reader counts for the fastest sample, not as auto's rival (it returns other frames).
+    result["decode"] = rows + [_row("long", KEYFRAME_BACKEND, 4.0, 50.0)]
+    result["backends"] = backends + [KEYFRAME_BACKEND]
+    found = {t.name: t for t in targets(result, spec)}
+    assert found[f"s per 512-frame sample, fastest backend ({KEYFRAME_BACKEND}), 720p 10 min"].value == 4.0
+    assert found["auto s / best backend's s, worst point"].value == pytest.approx(8.5 / 8.0)
 
 
 def test_videos_are_cached_and_have_the_stated_keyframes(tmp_path, monkeypatch):

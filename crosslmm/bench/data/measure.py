@@ -54,28 +54,49 @@ def _decode(path: str, frames: int, backend: str, size: tuple[int, int] | None) 
     return {"seconds": seconds, "shape": list(clip.frames.shape), "frames_mb": clip.frames.nbytes / MB}
 
 
-def _decode_child(path: str, frames: int, backend: str, size: tuple[int, int] | None) -> dict[str, Any]:
-    """Runs in the fresh process: import every decoder first (their import is a worker's start-up, not a
-    sample's cost), then time and measure one ``load_video`` call."""
-    import crosslmm.data.video  # noqa: F401  (torch, PIL, numpy)
+def _decode_child(
+    path: str, frames: int, backend: str, size: tuple[int, int] | None, warmup: str | None
+) -> dict[str, Any]:
+    """Runs in the fresh process. A worker pays its imports once, not per sample: the decoders are imported
+    and, with ``warmup`` (a tiny clip), one 2-frame ``load_video`` with the same backend and size runs first,
+    so what the reader imports lazily (torchvision for the resize) is in the baseline, not in the sample.
+    A backend that refuses the sampling (``VideoError``) gives a row with its ``error``."""
     from crosslmm.bench.rss import peak_rss
+    from crosslmm.data.video import VideoError, load_video
 
     for module in ("av", "decord", "torchcodec"):
         try:
             __import__(module)
         except ImportError:
             pass
-    peak, before, result = peak_rss(_decode, path, frames, backend, size)
+    if warmup is not None:
+        load_video(warmup, **_load_kwargs(2, backend, size))
+    try:
+        peak, before, result = peak_rss(_decode, path, frames, backend, size)
+    except VideoError as e:
+        return {"error": e.reason or str(e)}
     return {**result, "peak_mb": peak, "baseline_mb": before, "worker_peak_mb": before + peak}
 
 
-def decode_sample(path: str, frames: int, backend: str, size: tuple[int, int] | None) -> dict[str, Any]:
+def decode_sample(
+    path: str, frames: int, backend: str, size: tuple[int, int] | None, warmup: str | None = None
+) -> dict[str, Any]:
     """One sample of ``frames`` uniform frames (``load_video(num_frames=...)``, as stage 2 samples a video
     longer than ``max_frames`` seconds) in a fresh process: seconds, the call's peak RSS above the process's
-    resident memory before it (``peak_mb``), that memory (``baseline_mb``) and the frames' own size."""
+    resident memory before it (``peak_mb``), that memory (``baseline_mb``) and the frames' own size; or
+    ``error`` when the backend refuses the sampling (``pyav-keyframes`` on frames denser than keyframes)."""
     from crosslmm.bench.rss import in_fresh_process
 
-    return in_fresh_process(_decode_child, path, frames, backend, size)
+    return in_fresh_process(_decode_child, path, frames, backend, size, warmup)
+
+
+def exact_backends(names: list[str]) -> list[str]:
+    """The backends among ``names`` that return the frames the sampling picked: not "auto", not the
+    keyframe-only reader (``KEYFRAME_BACKEND``, nearest keyframes instead), which auto never picks."""
+    import crosslmm.data.video as video
+
+    inexact = {"auto", getattr(video, "KEYFRAME_BACKEND", None)}
+    return [n for n in names if n not in inexact]
 
 
 class DecodeDataset:

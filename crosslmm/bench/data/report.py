@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslmm.bench.data import measure
-from crosslmm.bench.data.videos import FULL_VIDEOS, QUICK_VIDEOS, VideoSpec, ensure_videos
+from crosslmm.bench.data.videos import FULL_VIDEOS, QUICK_VIDEOS, WARMUP_VIDEO, VideoSpec, ensure_videos
 from crosslmm.bench.report import format_table, write_json
 from crosslmm.bench.targets import Target, print_targets
 
@@ -56,6 +56,7 @@ def bench_data(spec: DataBenchSpec, videos_dir: Path, out: Path, progress: bool 
     started = time.perf_counter()
     machine = _machine()
     records = ensure_videos(videos_dir, spec.videos, progress)
+    (warmup,) = ensure_videos(videos_dir, (WARMUP_VIDEO,), progress=False)
     backends = list(spec.backends or measure.backends())
     resizes = measure.reader_resizes()
     sizes = list(spec.sizes or ([FULL, "resized"] if resizes else [FULL]))
@@ -68,15 +69,17 @@ def bench_data(spec: DataBenchSpec, videos_dir: Path, out: Path, progress: bool 
         if frames > video["frames"]:
             continue
         runs = [
-            measure.decode_sample(video["path"], frames, backend, _size(size, spec))
+            measure.decode_sample(video["path"], frames, backend, _size(size, spec), warmup["path"])
             for _ in range(spec.repeats)
         ]
+        row = {"video": video["name"], "size": size, "frames": frames, "backend": backend}
+        if any("error" in r for r in runs):
+            error = next(r["error"] for r in runs if "error" in r)
+            decode.append({**row, "seconds": None, "peak_mb": None, "error": error})
+            continue
         decode.append(
             {
-                "video": video["name"],
-                "size": size,
-                "frames": frames,
-                "backend": backend,
+                **row,
                 "seconds": measure.median([r["seconds"] for r in runs]),
                 "seconds_runs": [r["seconds"] for r in runs],
                 "peak_mb": max(r["peak_mb"] for r in runs),
@@ -190,7 +193,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _best(decode: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
-    rows = [r for r in decode if all(r[k] == v for k, v in where.items())]
+    rows = [r for r in decode if r["seconds"] is not None and all(r[k] == v for k, v in where.items())]
     return min(rows, key=lambda r: r["seconds"]) if rows else None
 
 
@@ -200,14 +203,15 @@ def targets(result: dict[str, Any], spec: DataBenchSpec) -> list[Target]:
     * RSS: peak RSS a sample adds to a worker / the resized uint8 frames at the largest frame count, on the
       resized path (the full-resolution one where the reader does not resize), worst video, per backend.
     * Time: the fastest backend's seconds for the largest frame count on the longest 720p video.
-    * auto: auto's seconds / the best concrete backend's, at the worst measured point (<= 1/0.9)."""
+    * auto: auto's seconds / the best exact backend's (``measure.exact_backends``: what auto chooses from),
+      at the worst measured point (<= 1/0.9). Rows whose backend refused the sampling are left out."""
     decode, frames = result["decode"], max(spec.frames)
     path = "resized" if "resized" in result["sizes"] else FULL
     resized_mb = measure.frames_mb(frames, spec.size)
     found = []
     for backend in result["backends"]:
         rows = [r for r in decode if r["backend"] == backend and r["size"] == path and r["frames"] == frames]
-        worst = max((r["peak_mb"] / resized_mb for r in rows), default=None)
+        worst = max((r["peak_mb"] / resized_mb for r in rows if r["peak_mb"] is not None), default=None)
         found.append(
             Target(f"peak RSS / resized frames, {backend}, {path}, {frames} frames", worst, RSS_LIMIT)
         )
@@ -215,20 +219,17 @@ def targets(result: dict[str, Any], spec: DataBenchSpec) -> list[Target]:
     video = max(long720, key=lambda v: v["spec"]["seconds"]) if long720 else None
     best = _best(decode, video=video["name"], frames=frames, size=path) if video else None
     label = video["label"] if video else "720p"
-    found.append(
-        Target(
-            f"s per {frames}-frame sample, fastest backend, {label}", best and best["seconds"], SECONDS_LIMIT
-        )
-    )
+    winner = f" ({best['backend']})" if best else ""
+    name = f"s per {frames}-frame sample, fastest backend{winner}, {label}"
+    found.append(Target(name, best and best["seconds"], SECONDS_LIMIT))
     ratios = []
+    exact = measure.exact_backends(result["backends"])
     for r in decode:
-        if r["backend"] == "auto":
+        if r["backend"] == "auto" and r["seconds"] is not None:
             where = {"video": r["video"], "size": r["size"], "frames": r["frames"]}
-            concrete = [
-                x for x in decode if x["backend"] != "auto" and all(x[k] == v for k, v in where.items())
-            ]
-            if concrete:
-                ratios.append(r["seconds"] / min(x["seconds"] for x in concrete))
+            rivals = [b for b in (_best(decode, backend=name, **where) for name in exact) if b is not None]
+            if rivals:
+                ratios.append(r["seconds"] / min(b["seconds"] for b in rivals))
     found.append(Target("auto s / best backend's s, worst point", max(ratios, default=None), 1 / AUTO_SPEED))
     return found
 
@@ -270,20 +271,20 @@ def _print(result: dict[str, Any]) -> None:
         "frames MiB",
         "peak/frames",
     ]
-    rows = [
-        [
-            labels[r["video"]],
-            r["size"],
-            r["frames"],
-            r["backend"],
+    rows = []
+    for r in result["decode"]:
+        row = [labels[r["video"]], r["size"], r["frames"], r["backend"]]
+        if r["seconds"] is None:
+            rows.append(row + ["refused", None, None, None, r["error"][:70]])
+            continue
+        row += [
             r["seconds"],
             r["peak_mb"],
             r["worker_peak_mb"],
             r["frames_mb"],
             r["peak_mb"] / r["frames_mb"],
         ]
-        for r in result["decode"]
-    ]
+        rows.append(row)
     print(format_table(header, rows))
     print(
         "\nDataLoader (batch of one video, default prefetch), timed from the workers' start to the last sample"
@@ -359,14 +360,13 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     videos = result["videos"]
     fig = Figure(figsize=(4.6 * (len(videos) + 2), 4.2))
     axes = fig.subplots(1, len(videos) + 2, squeeze=False)[0]
-    series = sorted({(r["backend"], r["size"]) for r in result["decode"]})
+    measured = [r for r in result["decode"] if r["seconds"] is not None]  # not the refused cells
+    series = sorted({(r["backend"], r["size"]) for r in measured})
     colors = {s: f"C{i % 10}" for i, s in enumerate(series)}
     for ax, video in zip(axes, videos):
         for backend, size in series:
             rows = [
-                r
-                for r in result["decode"]
-                if (r["video"], r["backend"], r["size"]) == (video["name"], backend, size)
+                r for r in measured if (r["video"], r["backend"], r["size"]) == (video["name"], backend, size)
             ]
             if rows:
                 style = "-" if size == FULL else "--"
@@ -383,9 +383,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     rss = axes[len(videos)]
     for backend, size in series:
         rows = [
-            r
-            for r in result["decode"]
-            if (r["video"], r["backend"], r["size"]) == (videos[0]["name"], backend, size)
+            r for r in measured if (r["video"], r["backend"], r["size"]) == (videos[0]["name"], backend, size)
         ]
         if rows:
             rss.plot(

@@ -67,6 +67,11 @@ FULL_VIDEOS = (
 QUICK_VIDEOS = (VideoSpec(320, 240, 4, 25, 1, 400, "ultrafast"),)
 
 
+# A tiny clip each fresh measuring process decodes once before the measured sample (its imports and the
+# decoder's first use); a keyframe every 5 frames so the keyframe-only reader can take 2 frames of it.
+WARMUP_VIDEO = VideoSpec(64, 48, 2, 25, 0.2, 100, "ultrafast")
+
+
 class _Scene:
     """Frame ``i`` of the synthetic content: a panning gradient, moving shapes, a little noise."""
 
