@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import check_cached_generation, coloured_frames, set_gates, video_prompt
+from helpers import check_cached_generation, coloured_frames, greedy, set_gates, video_prompt
 from transformers import AutoModelForCausalLM, AutoProcessor
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2 shares the formula
 
 from crosslmm.baselines import REDUCERS as REGISTRY
 from crosslmm.baselines import RandomDrop, SalientSelect, ToMeMerge
 from crosslmm.baselines.fastv import FastVModel, attention_row, keep_mask, query_positions
+from crosslmm.baselines.merge_model import MergeCache, MergeModel
 from crosslmm.baselines.salient import context_tokens
 from crosslmm.data.dataset import IGNORE_INDEX
 from crosslmm.model.build import save_model_dir
+from crosslmm.model.cache import CrossLMMCache
 from crosslmm.model.configuration import VISUAL_REDUCERS
 from crosslmm.model.modeling import CrossLMMModel
 from crosslmm.model.tiny import TinySpec, make_tiny
@@ -63,6 +66,11 @@ def _inputs(processor, videos=((3, 1), (2, 7)), questions=("What colour is it?",
         (FASTV | dict(fastv_layer=4), "fastv_layer"),  # TinySpec has 4 decoder layers: none left to prune
         (FASTV | dict(fastv_keep=65), "fastv_keep"),
         (FASTV | dict(v2v=True), "without cross-attention"),
+        (
+            dict(visual_reducer="random", tokens_per_frame=3, merge_proportional_attention=False),
+            "merge reduc",
+        ),
+        (dict(visual_reducer="merge", tokens_per_frame=2, merge_proportional_attention=1), "must be a bool"),
     ],
 )
 def test_bad_reducer_configs_raise(fields, match):
@@ -110,7 +118,14 @@ def test_save_load_round_trip(name, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded.model) is type(model.model)  # FastVModel for FastV, from the config alone
     assert loaded.state_dict().keys() == model.state_dict().keys()
-    for field in ("visual_reducer", "visual_reducer_seed", "tokens_per_frame", "fastv_layer", "fastv_keep"):
+    for field in (
+        "visual_reducer",
+        "visual_reducer_seed",
+        "tokens_per_frame",
+        "fastv_layer",
+        "fastv_keep",
+        "merge_proportional_attention",
+    ):
         assert getattr(loaded.config, field) == getattr(model.config, field)
     inputs = _inputs(AutoProcessor.from_pretrained(tmp_path))
     with torch.no_grad():
@@ -495,3 +510,136 @@ def test_tome_sizes_count_the_patches_and_weight_the_means():
     assert size.sum(1).tolist() == [PATCHES, PATCHES] and (size > 1).any()
     torch.testing.assert_close((merged * size[..., None]).sum(1), tokens.sum(1))
     assert torch.equal(merged, ToMeMerge(5)(tokens, torch.arange(2), False))
+
+
+# --- merge: ToMe's proportional attention in the decoder ----------------------------------------------------
+
+MERGE = REDUCERS["merge"]
+
+
+def _merge_pair(fields: dict, gates: float = 3.0):
+    """The same tiny merge model (same seed, same weights) with and without proportional attention."""
+    model, processor = _model(fields, gates)
+    plain = _model(fields | dict(merge_proportional_attention=False), gates)[0]
+    assert type(model.model) is type(plain.model) is MergeModel
+    return model, plain, processor
+
+
+def _expected_log_sizes(model, inputs) -> torch.Tensor:
+    """(B, L): log of the patches each position stands for, from ToMe run on the frames here (0 at text)."""
+    inner = model.model
+    frames = [v[:n] for v, n in zip(inputs["pixel_values_videos"], inputs["video_frame_counts"].tolist())]
+    with torch.no_grad():
+        _, sizes = ToMeMerge(inner.config.tokens_per_frame).merge(inner.encode_frames(torch.cat(frames)))
+    log_size = torch.zeros(inputs["input_ids"].shape)
+    log_size[inputs["input_ids"] == inner.config.video_token_id] = sizes.flatten().log()
+    return log_size
+
+
+def test_merge_bias_is_zero_when_every_token_is_one_patch():
+    """k = 64 of 64 patches merges nothing (every size 1): the biased float masks give the plain model's
+    logits, on a left-padded batch."""
+    model, plain, processor = _merge_pair(MERGE | dict(tokens_per_frame=PATCHES))
+    inputs = _inputs(processor)
+    valid = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        assert isinstance(out.cache, MergeCache) and torch.equal(
+            out.cache.key_log_size, torch.zeros(valid.shape)
+        )
+        torch.testing.assert_close(out.logits[valid], plain(**inputs).logits[valid], rtol=0, atol=1e-6)
+
+
+def test_merge_attention_weights_are_softmax_of_logits_plus_log_size_by_hand():
+    """Every decoder layer's attention weights (eager, which returns them) equal
+    softmax(q k^T / sqrt(d) + log s_key) computed here from the layer's own projections, s from ToMe run on
+    the frames by this test; SDPA gives the eager model's logits; and the bias moves the weights."""
+    model, plain, processor = _merge_pair(MERGE)
+    inputs = _inputs(processor)
+    log_size = _expected_log_sizes(model, inputs)
+    assert log_size.max() > 1  # some token holds 3 or more patches
+    with torch.no_grad():
+        sdpa_logits = model(**inputs).logits
+    model.set_attn_implementation("eager")
+    plain.set_attn_implementation("eager")
+    seen = {}
+
+    def capture(name):
+        def pre(module, args, kwargs):
+            seen[name, "in"] = (kwargs["hidden_states"], kwargs["position_embeddings"])
+
+        def post(module, args, kwargs, output):
+            seen[name, "weights"] = output[1]
+
+        return pre, post
+
+    layers = model.model.language_model.layers
+    handles = []
+    for i, layer in enumerate(layers):
+        pre, post = capture(i)
+        handles.append(layer.self_attn.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.self_attn.register_forward_hook(post, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            eager_logits = model(**inputs).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    valid = inputs["attention_mask"].bool()  # (B, L)
+    torch.testing.assert_close(sdpa_logits[valid], eager_logits[valid], rtol=0, atol=1e-5)
+    length = valid.shape[1]
+    allowed = torch.ones(length, length).tril().bool()[None] & valid[:, None, :]  # (B, Lq, Lk)
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        hidden, (cos, sin) = seen[i, "in"]
+        batch = hidden.shape[0]
+        q = attn.q_proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = attn.k_proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # (B, KVH, L, hd)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
+        logits = q @ k.transpose(2, 3) * attn.head_dim**-0.5  # (B, H, L, L)
+        logits = (logits + log_size[:, None, None, :]).masked_fill(~allowed[:, None], float("-inf"))
+        expected = logits.softmax(-1).transpose(1, 2)[valid]  # (valid queries, H, L)
+        weights = seen[i, "weights"].transpose(1, 2)[valid]
+        torch.testing.assert_close(weights, expected, rtol=0, atol=1e-6)
+        without_bias = (logits - log_size[:, None, None, :]).softmax(-1).transpose(1, 2)[valid]
+        assert (weights - without_bias).abs().max() > 1e-2  # the sizes matter: a positive control
+
+
+@pytest.mark.parametrize("cross", [True, False], ids=["cross", "no_cross"])
+def test_merge_cached_generation_keeps_the_size_bias(cross):
+    """Greedy decoding with the cache equals one full forward over prompt + answer, both with the bias (the
+    cache keeps each position's log size), with and without cross-attention (without, a decode step has no
+    layout: the sizes come from the cache alone); the bias changes the step logits."""
+    model, plain, processor = _merge_pair(MERGE if cross else MERGE | dict(v2v=False, t2v=False))
+    inputs = _inputs(processor)
+    step_logits = check_cached_generation(model, inputs)
+    tokens, _ = greedy(model, inputs)
+    with torch.no_grad():
+        full = dict(
+            input_ids=torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1),
+            attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(tokens[:, :-1])], dim=1),
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_frame_counts=inputs["video_frame_counts"],
+        )
+        unbiased = plain(**full).logits[:, -step_logits.shape[1] :]
+    assert (step_logits - unbiased).abs().max() > 1e-3
+
+
+def test_merge_refuses_what_would_drop_the_bias():
+    """A kernel without float masks (flash-attention), sliding-window layers, a cache without the sizes, a
+    mask dict: each refused before any attention runs."""
+    model, processor = _model(MERGE)
+    inputs = _inputs(processor)
+    with pytest.raises(TypeError, match="MergeCache"):
+        model(**inputs, cache=CrossLMMCache(config=model.config.text_config))
+    with pytest.raises(ValueError, match="not a dict"):
+        model(**(inputs | dict(attention_mask={"full_attention": None})))
+    config = model.model.language_model.config
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    with pytest.raises(ValueError, match="sliding-window"):
+        model(**inputs, use_cache=False)  # (a cache for these layer types would need a sliding_window)
+    config.layer_types = ["full_attention"] * config.num_hidden_layers
+    config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="'flash_attention_2' attention does not take"):
+        model(**inputs)

@@ -5,7 +5,9 @@ Each is a small, parameter-free module kept out of the model core; docs/baseline
 * ``"pool"``: uniform pooling to ``tokens_per_frame`` (the connector's ``pool_frames``, not here).
 * ``"random"`` (:mod:`.random_drop`), ``"salient"`` (:mod:`.salient`, VisionZip-style) and ``"merge"``
   (:mod:`.merge`, ToMe-style): frame reducers, (F, N, C) -> (F, k, C), run where pooling runs. Salient
-  ranks by the tower's attention, which its model subclass (:mod:`.salient_model`) hands the connector.
+  ranks by the tower's attention, which its model subclass (:mod:`.salient_model`) hands the connector;
+  merge's model subclass (:mod:`.merge_model`) adds ToMe's proportional attention (log of each merged
+  token's size) to the decoder's attention logits.
 * ``"fastv"`` (:mod:`.fastv`): every patch enters the LLM; decoder layers from ``fastv_layer`` on see only
   the ``fastv_keep`` visual tokens per frame that the last prompt token attended to most.
 
@@ -28,7 +30,8 @@ REDUCERS = ("pool", *FRAME_REDUCERS, *DECODER_REDUCERS)
 
 def decoder_model_class(name: str) -> type | None:
     """The model class of a reducer that needs more than the connector (None: CrossLMMModel): FastV's
-    decoder loop, salient's tower attention. Both import the model core, which imports this package."""
+    decoder loop, salient's tower attention, merge's proportional attention. Each imports the model core,
+    which imports this package."""
     if name == "fastv":
         from crosslmm.baselines.fastv import FastVModel
 
@@ -37,6 +40,10 @@ def decoder_model_class(name: str) -> type | None:
         from crosslmm.baselines.salient_model import SalientModel
 
         return SalientModel
+    if name == "merge":
+        from crosslmm.baselines.merge_model import MergeModel
+
+        return MergeModel
     return None
 
 

@@ -11,9 +11,7 @@ tower on the tokens pooling would see (features, not keys), repeating the step w
 r = min(n - k, max(1, floor(n / 4))) until k tokens are left (729 -> 4: 20 steps). Sizes are kept through
 every step, so each output token is the size-weighted mean of exactly the patches it holds
 (:meth:`ToMeMerge.merge` returns them). ToMe's proportional attention (log s added to the attention logits
-of a merged key) is left out: inside the LLM it needs float 4D masks with log s in the merged tokens'
-columns at prefill and every decode step, i.e. a decoder-loop subclass as FastV has, not written yet
-(docs/baselines.md).
+of a merged key) is the merge baseline's model, :mod:`crosslmm.baselines.merge_model`, which reads them.
 A quarter per step, not ToMe's ceiling of half: r = n / 2 would merge every A token, similar or not (on two
 alternating clusters it averages them). Between steps tokens go back to grid order (of the position each
 kept: an unmerged token's own, a merged group's B token's), so A and B stay interleaved in space as in ToMe's

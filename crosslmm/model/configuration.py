@@ -92,6 +92,8 @@ class CrossLMMConfig(PretrainedConfig):
     attended to most in layer ``fastv_layer - 1``. Reducers have one fixed budget and FastV no cross-attention.
     ``salient_layer`` (``"salient"`` only): the vision tower's transformer layer (an index into its encoder
     layers, negative from the end, as HF's ``attentions``) whose attention ranks the patches; None: the last.
+    ``merge_proportional_attention`` (``"merge"`` only): ToMe's proportional attention, log(size) of each
+    merged visual token added to its attention logits in every decoder layer (eager or SDPA attention).
     """
 
     model_type = "crosslmm"
@@ -126,6 +128,7 @@ class CrossLMMConfig(PretrainedConfig):
         fastv_layer: int | None = None,
         fastv_keep: int | None = None,
         salient_layer: int | None = None,
+        merge_proportional_attention: bool = True,
         **kwargs,
     ):
         if isinstance(vision_config, dict):
@@ -161,6 +164,7 @@ class CrossLMMConfig(PretrainedConfig):
         self.fastv_layer = fastv_layer
         self.fastv_keep = fastv_keep
         self.salient_layer = salient_layer
+        self.merge_proportional_attention = merge_proportional_attention
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_crosslmm()
@@ -223,6 +227,14 @@ class CrossLMMConfig(PretrainedConfig):
     def validate_crosslmm(self) -> None:
         """Fail at construction, naming the field, instead of deep inside a forward pass."""
         _choice("visual_reducer", self.visual_reducer, VISUAL_REDUCERS)
+        if not isinstance(self.merge_proportional_attention, bool):
+            raise ValueError(
+                f"merge_proportional_attention must be a bool, got {self.merge_proportional_attention!r}"
+            )
+        if not self.merge_proportional_attention and self.visual_reducer != "merge":
+            raise ValueError(
+                f"merge_proportional_attention is the merge reducer's; visual_reducer is {self.visual_reducer!r}"
+            )
         tpf = self.tokens_per_frame
         if self.visual_reducer != "pool":
             self._validate_reducer()

@@ -123,8 +123,13 @@ class PoolingProjector(nn.Sequential):
         else:
             projected = self.project(original)  # (F, N, D)
             pooled = self.pool(projected, tokens_per_frame, frame_index, saliency)  # (F, k, D)
+        return pooled, self.memory(original, projected)
+
+    def memory(self, original: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The cross-attention memory of original (F, N, Dv): itself (F, N, Dv), its projection (F, N, D)
+        (``projected`` if already computed) or None without cross-attention."""
         if self.memory_source is None:
-            return pooled, None
+            return None
         if self.memory_source == "encoder":
-            return pooled, original  # (F, N, Dv)
-        return pooled, projected if projected is not None else self.project(original)  # (F, N, D)
+            return original
+        return projected if projected is not None else self.project(original)

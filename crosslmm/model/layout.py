@@ -31,6 +31,9 @@ class VisualLayout:
     text_groups: list[QueryGroup]
     appends_frames: bool = False  # these frames follow frames already cached (streaming, batch of 1)
     tokens_per_frame: int = 0  # pooled tokens per frame of this input (its budget); 0 when decoding
+    # (F_total * tokens_per_frame,) patches each visual token stands for, in ``video_positions`` order, from a
+    # merging reducer (ToMe's proportional attention reads them); None: the reducer keeps no sizes.
+    token_sizes: torch.Tensor | None = None
 
     @property
     def total_frames(self) -> int:

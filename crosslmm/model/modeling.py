@@ -118,6 +118,17 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         (None: the frames are one video), read by the random-drop baseline."""
         return self.projector(self.encode_frames(frames), tokens_per_frame, frame_index)
 
+    def encode_video_with_sizes(
+        self,
+        frames: torch.Tensor,
+        tokens_per_frame: int | None = None,
+        frame_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`encode_video` plus the patches each pooled token stands for, (F, k), or None from a reducer that
+        keeps no sizes (pooling, selection). A merging reducer's model returns its sizes, which ``embed_video``
+        puts in the layout (``VisualLayout.token_sizes``) for its decoder loop."""
+        return (*self.encode_video(frames, tokens_per_frame, frame_index), None)
+
     def embed_video(
         self,
         input_ids: torch.LongTensor,
@@ -139,7 +150,9 @@ class CrossLMMModel(CrossLMMPreTrainedModel):
         )
         first_frame = torch.repeat_interleave(layout.frame_offsets, layout.frame_counts)  # (F,)
         frame_index = torch.arange(len(first_frame), device=first_frame.device) - first_frame + frames_before
-        pooled, memory = self.encode_video(frames, budget, frame_index)
+        pooled, memory, sizes = self.encode_video_with_sizes(frames, budget, frame_index)
+        if sizes is not None:
+            layout.token_sizes = sizes.reshape(-1)  # the order of pooled's rows, i.e. of video_positions
         flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
         pooled = pooled.reshape(-1, flat.shape[-1]).to(flat.dtype)
         embeds = flat.index_copy(0, layout.video_positions, pooled).view_as(inputs_embeds)
