@@ -397,3 +397,46 @@ def test_quick_elastic_demo_scores_every_model_at_each_of_its_budgets(tmp_path):
     }
     assert "| CrossLMM, elastic | 4 |" in (out / "results.md").read_text()
     assert (out / "elastic.png").stat().st_size > 0
+
+
+def _elastic_rows(per_seed: dict[tuple[str, int], list[float]]) -> list[dict]:
+    """Report rows (only what the claims read) from per-seed accuracies."""
+    return [
+        dict(
+            variant=name,
+            label=name,
+            tokens_per_frame=budget,
+            accuracy=sum(accs) / len(accs),
+            accuracy_per_seed=accs,
+            train_seconds=1.0,
+        )
+        for (name, budget), accs in per_seed.items()
+    ]
+
+
+@pytest.mark.parametrize(
+    "fixed, elastic, matches",
+    [
+        ([0.9] * 5, [0.9] * 5, True),  # equal on every seed
+        ([1.0, 0.7, 1.0, 0.7, 1.0], [0.7, 1.0, 1.0, 1.0, 0.7], False),  # mean gap 0, seeds disagree by 30
+        ([0.95] * 5, [0.9] * 5, False),  # 5 points worse on every seed
+    ],
+)
+def test_elastic_targets_are_decided_on_paired_intervals_not_means(fixed, elastic, matches):
+    """A mean gap within the tolerance is not "met" when the seeds cannot rule out a larger gap."""
+    from crosslmm.demo.elastic.report import claims, comparisons
+
+    budgets = (1, 16)
+    per_seed = {
+        ("elastic_crosslmm", 1): elastic,
+        ("elastic_crosslmm", 16): elastic,
+        ("fixed_crosslmm_1", 1): fixed,
+        ("fixed_crosslmm_16", 16): fixed,
+        ("elastic_pool", 1): [0.3] * 5,
+        ("elastic_pool", 16): [0.3, 0.6, 0.3, 0.6, 0.3],  # rises by 12 on average, not on every seed
+    }
+    rows = _elastic_rows(per_seed)
+    result = claims(rows, budgets, comparisons(rows, budgets))
+    assert result["elastic_matches_fixed"] is matches
+    assert abs(result["pool_rise_points"] - 12.0) < 1e-9 and not result["pool_rises"]
+    assert result["crosslmm_low_beats_pool_high"]
