@@ -18,6 +18,10 @@ Probes (one feature vector per video):
 - ``pooled_tower``: the model's own frozen tower features averaged over each frame (what pool-only sees), one
   vector per frame, concatenated;
 - control ``target_patch``: the target's patch, averaged over the frames that show it.
+
+Where the question varies between videos (the ``textures`` design names the texture to look for), every probe
+also reads the question: its features are given per question (one block of weights per question text, plus
+the question itself), so a probe can learn a different read-out for each question, as a model can.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from crosslmm.data.video import load_video
-from crosslmm.demo.synth import SynthSpec, answer_of
+from crosslmm.demo.synth import SynthSpec, answer_of, question_of
 
 PROBES = ("frame_means", "standardised_mean", "frame_moments", "most_saturated", "pooled_tower")
 CONTROL = "target_patch"
@@ -144,6 +148,15 @@ def _features(
     return {name: np.stack(values) for name, values in rows.items()}
 
 
+def per_question(x: np.ndarray, questions: np.ndarray, count: int) -> np.ndarray:
+    """(N, d) features -> (N, count * (d + 1)): each video's features (and a bias) in its question's block,
+    zeros elsewhere; a linear probe on these is one probe per question. ``questions`` (N,) in [0, count)."""
+    blocks = np.zeros((len(x), count, x.shape[1] + 1), dtype=x.dtype)
+    blocks[np.arange(len(x)), questions, :-1] = x
+    blocks[np.arange(len(x)), questions, -1] = 1
+    return blocks.reshape(len(x), -1)
+
+
 def audit(data_dir: str | os.PathLike, tower=None, thresholds=AuditThresholds(), progress=True) -> dict:
     """Run every probe on the dataset in ``data_dir`` (written by ``crosslmm synth``); returns the report.
 
@@ -166,13 +179,22 @@ def audit(data_dir: str | os.PathLike, tower=None, thresholds=AuditThresholds(),
     labels = sorted({answer_of(r) for r in split["train"] + split["test"]})
     y = {name: np.array([labels.index(answer_of(r)) for r in records]) for name, records in split.items()}
     x = {name: _features(root, records, spec, tower, progress) for name, records in split.items()}
-    majority = Counter(y["train"].tolist()).most_common(1)[0][0]
-    floor = float((y["test"] == majority).mean())
+    texts = sorted({question_of(r) for r in split["train"] + split["test"]})
+    q = {name: np.array([texts.index(question_of(r)) for r in records]) for name, records in split.items()}
+    # The floor answers each question with its most common training answer (one question: the usual floor).
+    majority = {
+        k: Counter(y["train"][q["train"] == k].tolist() or [0]).most_common(1)[0][0]
+        for k in range(len(texts))
+    }
+    floor = float(np.mean([y["test"][i] == majority[k] for i, k in enumerate(q["test"])]))
     probes = {}
     for name in (*PROBES, CONTROL):
         if name not in x["train"]:
             continue
-        predicted = ridge_probe(x["train"][name], y["train"], x["test"][name], len(labels))
+        train_x, test_x = x["train"][name], x["test"][name]
+        if len(texts) > 1 and name != CONTROL:  # the control reads the named patch already
+            train_x, test_x = (per_question(x[s][name], q[s], len(texts)) for s in ("train", "test"))
+        predicted = ridge_probe(train_x, y["train"], test_x, len(labels))
         accuracy = float((predicted == y["test"]).mean())
         ok = accuracy >= thresholds.control_min if name == CONTROL else accuracy - floor <= thresholds.margin
         probes[name] = {"accuracy": accuracy, "ok": bool(ok)}
@@ -181,6 +203,7 @@ def audit(data_dir: str | os.PathLike, tower=None, thresholds=AuditThresholds(),
         "design": spec.design,
         "train": len(split["train"]),
         "test": len(split["test"]),
+        "questions": len(texts),
         "majority_floor": floor,
         "margin": thresholds.margin,
         "control_min": thresholds.control_min,
@@ -193,7 +216,8 @@ def markdown_table(report: dict) -> str:
     floor = report["majority_floor"]
     lines = [
         f"audit of {report['data']} (design {report['design']}; {report['train']} train / {report['test']} "
-        f"test colour questions; majority floor {floor:.3f})",
+        f"test colour questions in {report['questions']} wording(s), each probe reading the question; "
+        f"majority floor {floor:.3f})",
         "",
         "| probe | test accuracy | above floor | verdict |",
         "|---|---|---|---|",

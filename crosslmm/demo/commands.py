@@ -56,10 +56,12 @@ def _demo(args: argparse.Namespace) -> int:
     if args.videos is not None or args.source is not None:
         raise ValueError("--videos and --from apply to --needle only")
     if args.elastic:
-        if args.reuse:
-            raise ValueError("--reuse applies to the default demo, not to --elastic")
+        if args.reuse or args.variants:
+            raise ValueError("--reuse and --variants apply to the default demo, not to --elastic")
         return _elastic(args)
     settings = _sized(DemoSettings.quick() if args.quick else DemoSettings(), args)
+    if args.variants is not None:
+        settings = dataclasses.replace(settings, variants=tuple(args.variants.split(",")))
     return _run("demo", run_demo, markdown_table, args.out or "runs/demo", settings)
 
 
@@ -74,10 +76,12 @@ def _run(name: str, run, table, out: str, settings) -> int:
 
 
 def _sized(settings, args: argparse.Namespace):
-    """``settings`` (DemoSettings) with the --seeds / --steps / --questions the user gave."""
+    """``settings`` (DemoSettings) with the --seeds / --steps / --questions / --design the user gave."""
     if args.questions is not None:
         data = dataclasses.replace(settings.data, questions=tuple(args.questions.split(",")))
         settings = dataclasses.replace(settings, data=data)
+    if args.design is not None:
+        settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, design=args.design))
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
     if args.steps is not None:
@@ -92,7 +96,16 @@ def _needle(args: argparse.Namespace) -> int:
     from crosslmm.demo.needle.run import NeedleSettings, run_needle
 
     given = ["--elastic"] if args.elastic else []
-    given += [flag for flag, value in [("--steps", args.steps), ("--questions", args.questions)] if value]
+    given += [
+        flag
+        for flag, value in [
+            ("--steps", args.steps),
+            ("--questions", args.questions),
+            ("--design", args.design),
+            ("--variants", args.variants),
+        ]
+        if value
+    ]
     if given:
         raise ValueError(f"--needle scores the demo's trained models; {', '.join(given)} do not apply")
     settings = NeedleSettings.quick() if args.quick else NeedleSettings()
@@ -132,7 +145,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="probe the dataset in OUT for shortcuts to the answer instead of writing one (exit 1 on a leak)",
     )
-    p.add_argument("--design", default="stripes", help="task design: stripes or marker (docs/demo.md)")
+    p.add_argument(
+        "--design", default="stripes", help="task design: stripes, textures or marker (docs/demo.md)"
+    )
     p.add_argument("--videos", type=int, default=1400, help="videos in train + test (10%% test)")
     p.add_argument("--frames", type=int, default=20, help="frames per video (>= 4)")
     p.add_argument("--seed", type=int, default=0)
@@ -175,6 +190,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--questions",
         default=None,
         help="comma-separated question types of the data (default: colour; see crosslmm synth)",
+    )
+    p.add_argument(
+        "--design", default=None, help="task design of the data (default: stripes; see crosslmm synth)"
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variants to train (default: full,pool,pool_v2v,pool_t2v,crosslmm; pool and "
+        "crosslmm are required)",
     )
     p.add_argument(
         "--needle",

@@ -69,24 +69,27 @@ def summarise(runs: list[RunResult], compared: list[Variant], settings: DemoSett
     rows = [_row(v, [r for r in runs if r.variant == v.name]) for v in compared]
     seeds = sorted({r.seed for r in runs})
     by_name = {row["variant"]: row for row in rows}
-    full, pool, cross = (by_name[n]["accuracy_per_seed"] for n in ("full", "pool", "crosslmm"))
-    recovery = [c / f if f else float("nan") for c, f in zip(cross, full)]
+    pool, cross = (by_name[n]["accuracy_per_seed"] for n in ("pool", "crosslmm"))
     claims = dict(
         floor=floor,
         seeds=seeds,
         pool_above_floor_per_seed=[a - floor for a in pool],
-        crosslmm_recovery_per_seed=recovery,
-        full_above_floor_per_seed=[a - floor for a in full],
-        seq_shorter=by_name["full"]["seq_len"] / by_name["crosslmm"]["seq_len"],
-        flops_lower=by_name["full"]["prefill_flops"] / by_name["crosslmm"]["prefill_flops"],
+        pool_at_floor=all(a - floor <= FLOOR_MARGIN for a in pool),
     )
-    claims |= dict(
-        pool_at_floor=all(d <= FLOOR_MARGIN for d in claims["pool_above_floor_per_seed"]),
-        crosslmm_recovers=all(r >= RECOVERY for r in recovery),
-        full_learned=all(d >= LEARNED for d in claims["full_above_floor_per_seed"]),
-    )
+    if "full" in by_name:  # the ceiling; a run without it (DemoSettings.variants) states no recovery target
+        full = by_name["full"]["accuracy_per_seed"]
+        recovery = [c / f if f else float("nan") for c, f in zip(cross, full)]
+        claims |= dict(
+            crosslmm_recovery_per_seed=recovery,
+            full_above_floor_per_seed=[a - floor for a in full],
+            seq_shorter=by_name["full"]["seq_len"] / by_name["crosslmm"]["seq_len"],
+            flops_lower=by_name["full"]["prefill_flops"] / by_name["crosslmm"]["prefill_flops"],
+            crosslmm_recovers=all(r >= RECOVERY for r in recovery),
+            full_learned=all(a - floor >= LEARNED for a in full),
+        )
     claims["target_met"] = bool(
-        claims["pool_at_floor"]
+        "full" in by_name
+        and claims["pool_at_floor"]
         and claims["crosslmm_recovers"]
         and claims["full_learned"]
         and claims["seq_shorter"] >= 9
@@ -145,17 +148,25 @@ def markdown_table(report: dict) -> str:
         for block, accs in row["closed_per_seed"].items():
             label = f"{row['label']}, {block.upper()} gate closed"
             lines.append("| " + " | ".join([label, *(f"{a:.3f}" for a in accs)]) + " |")
-    per_seed = ", ".join(f"{r:.2f}" for r in c["crosslmm_recovery_per_seed"])
     pool_gap = ", ".join(f"{100 * d:+.1f}" for d in c["pool_above_floor_per_seed"])
     lines += [
         "",
         f"- pool-only above the floor by {pool_gap} points per seed (target <= {100 * FLOOR_MARGIN:.0f} on every "
         f"seed): {'met' if c['pool_at_floor'] else 'NOT met'}",
-        f"- CrossLMM / full tokens per seed: {per_seed} (target >= {RECOVERY} on every seed): "
-        f"{'met' if c['crosslmm_recovers'] else 'NOT met'}",
-        f"- full tokens learned the task on every seed (>= floor + {LEARNED}): {'yes' if c['full_learned'] else 'NO'}",
-        f"- CrossLMM's LLM sequence is {c['seq_shorter']:.1f}x shorter (target >= 9x), "
-        f"{c['flops_lower']:.1f}x fewer prefill FLOPs",
+    ]
+    if "crosslmm_recovery_per_seed" in c:
+        per_seed = ", ".join(f"{r:.2f}" for r in c["crosslmm_recovery_per_seed"])
+        lines += [
+            f"- CrossLMM / full tokens per seed: {per_seed} (target >= {RECOVERY} on every seed): "
+            f"{'met' if c['crosslmm_recovers'] else 'NOT met'}",
+            f"- full tokens learned the task on every seed (>= floor + {LEARNED}): "
+            f"{'yes' if c['full_learned'] else 'NO'}",
+            f"- CrossLMM's LLM sequence is {c['seq_shorter']:.1f}x shorter (target >= 9x), "
+            f"{c['flops_lower']:.1f}x fewer prefill FLOPs",
+        ]
+    else:
+        lines.append("- full tokens not trained in this run: no recovery target")
+    lines += [
         f"- target {'met' if c['target_met'] else 'NOT met'}",
         "",
         "Paper's ablation ordering, paired per seed:",

@@ -111,7 +111,8 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
     mixture = write_mixture(data_dir)
     test = json.loads((data_dir / "test.json").read_text())
     grid = settings.data.size // settings.patch_size
-    todo = [(seed, v) for seed in range(settings.seeds) for v in variants(grid, list(settings.cross_layers))]
+    compared = variants(grid, list(settings.cross_layers), settings.variants)
+    todo = [(seed, v) for seed in range(settings.seeds) for v in compared]
     runs: list[RunResult] = []
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     for seed, variant in tqdm(todo, desc="demo variants", unit="model"):
@@ -138,6 +139,6 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings) -> dict:
         tqdm.write(
             f"{variant.name} seed {seed}: accuracy {scores['accuracy']:.3f}{shut} ({seconds:.0f} s training)"
         )
-    report = summarise(runs, variants(grid, list(settings.cross_layers)), settings, majority_floor(data_dir))
+    report = summarise(runs, compared, settings, majority_floor(data_dir))
     write_report(root, report)
     return report

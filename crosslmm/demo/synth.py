@@ -12,6 +12,13 @@ Two designs of the ``colour`` question (``SynthSpec.design``):
   a frame, the most saturated patch, and a linear read-out of the average of patch-linear features all carry
   no trace of the answer; only the orientation inside the right patch does. ``crosslmm synth --audit`` checks
   this with probes (:mod:`crosslmm.demo.audit`).
+- ``textures``: as ``stripes``, but the three patches carry three different grey textures (vertical
+  stripes, horizontal stripes, 2-px checks; each covers half the patch), assigned to the colours at random,
+  and each video's question names one of them ("What colour are the checks?"). The sum of the patches again
+  does not depend on which colour carries which texture. It closes the stripes design's cheapest second
+  route: there every marked frame shows the three colours, so "the colour that is not horizontally striped"
+  answers without the target; here the other two patches' textures change from video to video and the
+  question decides which patch matters, so answering without the named patch means reading both others.
 - ``marker`` (the earlier design, kept to show what the audit catches): one patch-sized square fully
   saturated in the answer colour, the only pixels at 0 or 255. With ``constant_mean`` the pixels around it
   are shifted to cancel its colour cast, which puts the negated answer into every other patch: a per-patch
@@ -38,11 +45,15 @@ from crosslmm.data.synthetic import COLOURS
 from crosslmm.data.video import write_video
 
 QUARTERS = ("first", "second", "third", "last")
-DESIGNS = ("stripes", "marker")
+DESIGNS = ("stripes", "textures", "marker")
 QUESTIONS = {
     "stripes": {
         "colour": "What colour are the vertical stripes?",
         "quarter": "Which quarter of the video shows the vertical stripes?",
+    },
+    "textures": {
+        "colour": "What colour are the {texture}?",
+        "quarter": "Which quarter of the video shows the {texture}?",
     },
     "marker": {
         "colour": "What colour is the marker?",
@@ -55,6 +66,11 @@ DIRECTIONS = ("left", "right", "up", "down")
 # per-patch mean and standard deviation; STRIPE adds the same grey to every channel of the bright stripes.
 STRIPE_HI, STRIPE_LO, STRIPE = 190.0, 30.0, 60.0
 STRIPE_COLOURS = ("red", "green", "blue")
+TEXTURES = (
+    "vertical stripes",
+    "horizontal stripes",
+    "checks",
+)  # the textures design's, as questions name them
 BLOCK_VALUE = 215.0  # the moving block's grey: above the noise (80..175), below saturation
 TASK_NAME = "crosslmm_synth"
 
@@ -66,7 +82,7 @@ def questions_of(design: str) -> dict[str, str]:
 
 def answers_of(design: str) -> dict[str, tuple[str, ...]]:
     """Question type -> the possible answers for ``design`` (the majority floor's classes)."""
-    colours = STRIPE_COLOURS if design == "stripes" else tuple(COLOURS)
+    colours = tuple(COLOURS) if design == "marker" else STRIPE_COLOURS
     return {"colour": colours, "quarter": QUARTERS, "motion": DIRECTIONS}
 
 
@@ -115,7 +131,7 @@ class SynthSpec:
             raise ValueError(f"questions must be a non-empty subset of {known}, got {self.questions}")
         if self.depth is not None and not 0 <= self.depth <= 1:
             raise ValueError(f"depth must be in [0, 1] (0: the first frames, 1: the last), got {self.depth}")
-        if self.design == "stripes" and self.cell % 4:
+        if self.design != "marker" and self.cell % 4:
             raise ValueError(
                 f"the stripes design needs cell to be a multiple of 4 (2-px stripes), got {self.cell}"
             )
@@ -156,8 +172,11 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
         start = round(spec.depth * (spec.frames - length))
         quarter = quarter_of(start + (length - 1) // 2, spec.frames)
     shown = slice(start, start + length)
+    texture = {}
     if spec.design == "stripes":
         r, c = _paint_stripes(frames, shown, colour, spec, rng)
+    elif spec.design == "textures":
+        (r, c), texture = _paint_textures(frames, shown, colour, spec, rng)
     else:
         r, c = divmod(int(rng.integers(cells * cells)), cells)
     # Drawn after everything else and only when asked, so the default spec's videos stay as they were.
@@ -171,18 +190,29 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
             cell=[r, c],
             marker_frames=[start, start + length],
         )
+        | texture
         | motion
     )
     return np.rint(frames).astype(np.uint8), truth
 
 
-def stripe_patch(colour: int, vertical: bool, cell: int) -> np.ndarray:
-    """(cell, cell, 3) float: the stripes design's patch of ``STRIPE_COLOURS[colour]``, 2-px grey stripes."""
+def texture_patch(colour: int, texture: str, cell: int) -> np.ndarray:
+    """(cell, cell, 3) float: a patch of ``STRIPE_COLOURS[colour]`` with one of ``TEXTURES`` added in grey
+    (2-px stripes or checks, the same phase in every patch; each covers half the patch)."""
     base = np.full(3, STRIPE_LO, dtype=np.float32)
     base[colour] = STRIPE_HI
-    bright = (np.arange(cell) // 2) % 2 == 0  # 2 px on, 2 px off, the same phase in every patch
-    stripes = np.broadcast_to(bright[None, :] if vertical else bright[:, None], (cell, cell))
-    return base + STRIPE * stripes[..., None]
+    on = (np.arange(cell) // 2) % 2 == 0  # 2 px on, 2 px off
+    grey = {
+        "vertical stripes": on[None, :] & np.ones((cell, 1), bool),
+        "horizontal stripes": on[:, None] & np.ones((1, cell), bool),
+        "checks": on[:, None] ^ on[None, :],
+    }[texture]
+    return base + STRIPE * grey[..., None]
+
+
+def stripe_patch(colour: int, vertical: bool, cell: int) -> np.ndarray:
+    """(cell, cell, 3) float: the stripes design's patch of ``STRIPE_COLOURS[colour]``, 2-px grey stripes."""
+    return texture_patch(colour, TEXTURES[0] if vertical else TEXTURES[1], cell)
 
 
 def _paint_stripes(
@@ -196,6 +226,21 @@ def _paint_stripes(
         rows, cols = _square(*divmod(int(cell), cells), spec.cell)
         frames[shown, rows, cols] = stripe_patch(colour, colour == target, spec.cell)
     return divmod(int(where[target]), cells)
+
+
+def _paint_textures(
+    frames: np.ndarray, shown: slice, target: int, spec: SynthSpec, rng: np.random.Generator
+) -> tuple[tuple[int, int], dict]:
+    """Paint every answer colour with its own texture (a random assignment) at distinct random cells, the
+    same in each frame of ``shown``; the question names the target's texture. Returns the target's cell and
+    the truth's ``texture``."""
+    cells = spec.size // spec.cell
+    where = rng.choice(cells * cells, len(STRIPE_COLOURS), replace=False)
+    textures = rng.permutation(len(TEXTURES))
+    for colour, cell in enumerate(where):
+        rows, cols = _square(*divmod(int(cell), cells), spec.cell)
+        frames[shown, rows, cols] = texture_patch(colour, TEXTURES[textures[colour]], spec.cell)
+    return divmod(int(where[target]), cells), dict(texture=TEXTURES[textures[target]])
 
 
 def _paint_marker(
@@ -241,7 +286,7 @@ def _record(vid: str, video: str, kind: str, truth: dict, design: str) -> dict:
         "question_type": kind,
         "target": {"cell": truth["cell"], "frames": truth["marker_frames"]},
         "conversations": [
-            {"from": "human", "value": f"<video>\n{questions_of(design)[kind]}"},
+            {"from": "human", "value": "<video>\n" + questions_of(design)[kind].format(**truth)},
             {"from": "gpt", "value": truth[kind]},
         ],
     }

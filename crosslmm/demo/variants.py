@@ -24,10 +24,11 @@ class Variant:
         return tuple(block for block in ("v2v", "t2v") if self.fields.get(block))
 
 
-def variants(grid: int, cross_layers: list[int]) -> list[Variant]:
-    """The five visual paths of the paper's ablation (Table 2a) plus the unpooled baseline."""
+def variants(grid: int, cross_layers: list[int], names: tuple[str, ...] | None = None) -> list[Variant]:
+    """The five visual paths of the paper's ablation (Table 2a) plus the unpooled baseline (``names``: only
+    those, in this order)."""
     pooled = dict(tokens_per_frame=1, cross_attention_layers=cross_layers)
-    return [
+    every = [
         Variant(
             "full",
             f"full tokens ({grid * grid}/frame)",
@@ -38,6 +39,7 @@ def variants(grid: int, cross_layers: list[int]) -> list[Variant]:
         Variant("pool_t2v", "pool to 1 + T2V", pooled | dict(v2v=False, t2v=True)),
         Variant("crosslmm", "pool to 1 + V2V + T2V (CrossLMM)", pooled | dict(v2v=True, t2v=True)),
     ]
+    return [v for v in every if names is None or v.name in names]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class DemoSettings:
     patch_size: int = 8  # 40 px frames -> 5x5 = 25 tokens per frame before pooling
     vision_feature_layer: int = 0  # the frozen random tower's patch embeddings (see docs/demo.md)
     tower_seed: int = 0  # one frozen tower for every seed: the seed varies the training, not the tower
+    # Which of variants() to train; pool and CrossLMM are the least a report needs (full tokens: the ceiling).
+    variants: tuple[str, ...] = ("full", "pool", "pool_v2v", "pool_t2v", "crosslmm")
     reuse: bool = False  # keep runs whose training finished (an interrupted or extended run trains the rest)
     eval_batch_size: int = 25
 
@@ -66,6 +70,9 @@ class DemoSettings:
             raise ValueError(
                 f"steps, batch_size and seeds must be >= 1, got {self.steps}, {self.batch_size}, {self.seeds}"
             )
+        known = [v.name for v in variants(1, [0])]
+        if not {"pool", "crosslmm"} <= set(self.variants) or not set(self.variants) <= set(known):
+            raise ValueError(f"variants must include pool and crosslmm, from {known}; got {self.variants}")
         if self.data.size % self.patch_size or self.data.cell != self.patch_size:
             raise ValueError(
                 "the marker must fill exactly one patch: cell == patch_size, size % patch_size == 0"
