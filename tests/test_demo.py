@@ -165,9 +165,11 @@ def test_audit_flags_the_marker_design_and_passes_the_stripes_design(tmp_path):
         (["synth", "{out}", "--frames", "2"], "--frames must be >= 4"),
         (["synth", "{out}", "--videos", "1"], "--videos must be >= 2"),
         (["synth", "{out}", "--questions", "colour,shape"], "questions must be a non-empty subset"),
-        (["synth", "{out}", "--design", "dots"], "design must be one of ('stripes', 'marker')"),
+        (["synth", "{out}", "--design", "dots"], "design must be one of ('stripes', 'textures', 'marker')"),
         (["demo", "--out", "{out}", "--seeds", "0"], "--seeds must be >= 1"),
         (["demo", "--out", "{out}", "--steps", "0"], "steps, batch_size and seeds must be >= 1"),
+        (["demo", "--out", "{out}", "--variants", "full,pool"], "variants must include pool and crosslmm"),
+        (["demo", "--needle", "--design", "textures"], "--design do not apply"),
     ],
 )
 def test_invalid_arguments_give_a_clear_error(tmp_path, capsys, argv, message):
@@ -363,3 +365,44 @@ def test_multiple_choice_agrees_with_generation_through_lmms_eval(answering_demo
     assert generated >= 0.6, measured  # far above chance (0.25): the answers depend on the video
     assert abs(chosen - generated) <= 0.05, measured
     assert abs(greedy - generated) <= 0.05, measured
+
+
+def test_textures_design_asks_for_the_target_texture_and_balances_the_patches():
+    """The question names the target's texture; the target cell shows that texture in the target colour;
+    every texture is asked; and the three patches' sum is the same whichever colour carries which texture."""
+    from crosslmm.demo.synth import TEXTURES, _record, question_of, texture_patch
+
+    spec = SynthSpec(design="textures")
+    rng = np.random.default_rng(0)
+    asked = set()
+    for _ in range(30):
+        frames, truth = make_video(spec, rng)
+        (r, c), (start, _) = truth["cell"], truth["marker_frames"]
+        patch = frames[start, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell]
+        expected = texture_patch(STRIPE_COLOURS.index(truth["colour"]), truth["texture"], spec.cell)
+        np.testing.assert_array_equal(patch, np.rint(expected).astype(np.uint8))
+        assert question_of(_record("v", "v.mp4", "colour", truth, "textures")) == (
+            f"What colour are the {truth['texture']}?"
+        )
+        asked.add(truth["texture"])
+    assert asked == set(TEXTURES)
+    sums = {
+        tuple(order): sum(texture_patch(colour, TEXTURES[t], spec.cell) for colour, t in enumerate(order))
+        for order in ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1))
+    }
+    assert all(np.array_equal(s, sums[(0, 1, 2)]) for s in sums.values())
+
+
+def test_the_audit_gives_each_question_wording_its_own_probe():
+    """Where the answer depends on the question, a probe that reads the question answers and one that does
+    not stays near chance: the audit must not miss a leak that only shows per question."""
+    from crosslmm.demo.audit import per_question, ridge_probe
+
+    rng = np.random.default_rng(0)
+    x, q = rng.normal(size=(600, 4)).astype(np.float32), rng.integers(0, 2, 600)
+    y = np.where(q == 0, x[:, 0] > 0, x[:, 0] < 0).astype(int)  # the sign flips with the question
+    train, test = slice(0, 400), slice(400, None)
+    blind = (ridge_probe(x[train], y[train], x[test], 2) == y[test]).mean()
+    cond = per_question(x, q, 2)
+    reading = (ridge_probe(cond[train], y[train], cond[test], 2) == y[test]).mean()
+    assert blind < 0.65 and reading > 0.9
