@@ -244,6 +244,27 @@ def test_score_video_on_and_next_to_the_target():
     assert not score_video(t2v, marked, (0, 0))["top_on"]  # the right cell in a frame without the target
     t2v[0, 0, 0] = 0.01
     assert score_video(t2v, marked, (1, 3))["top_on"]
+    assert row["on_other"] is None  # the record names no other patches
+    assert score_video(t2v, marked, (2, 2), [(1, 3), (4, 4)])["on_other"]  # elimination's place
+    assert not score_video(t2v, marked, (1, 3), [(2, 2), (4, 4)])["on_other"]
+    assert score_video(t2v, marked, (2, 2), [(1, 3), (4, 4)])["chance_on_other"] == 2 / 25
+
+
+def test_records_of_the_striped_designs_name_the_other_answer_patches():
+    """explain-check can tell "looked at another answer patch" from "looked at the target" from the record."""
+    from crosslmm.demo.synth import SynthSpec, _record, make_video
+    from crosslmm.explain.check import others_of
+
+    for design in ("stripes", "textures"):
+        spec = SynthSpec(design=design)
+        frames, truth = make_video(spec, np.random.default_rng(1))
+        others = others_of(_record("v", "v.mp4", "colour", truth, design))
+        start = truth["marker_frames"][0]
+        assert len(others) == 2 and tuple(truth["cell"]) not in others
+        for r, c in others:  # each is a saturated answer patch: one channel at the stripes' high value
+            patch = frames[start, r * spec.cell : (r + 1) * spec.cell, c * spec.cell : (c + 1) * spec.cell]
+            assert patch.reshape(-1, 3).min(0).max() >= 180
+    assert others_of({"target": {"cell": [0, 0], "frames": [0, 1]}}) == []
 
 
 def _result(passed: bool) -> dict:

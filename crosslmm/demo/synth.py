@@ -172,11 +172,11 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
         start = round(spec.depth * (spec.frames - length))
         quarter = quarter_of(start + (length - 1) // 2, spec.frames)
     shown = slice(start, start + length)
-    texture = {}
+    texture, others = {}, []
     if spec.design == "stripes":
-        r, c = _paint_stripes(frames, shown, colour, spec, rng)
+        (r, c), others = _paint_stripes(frames, shown, colour, spec, rng)
     elif spec.design == "textures":
-        (r, c), texture = _paint_textures(frames, shown, colour, spec, rng)
+        (r, c), others, texture = _paint_textures(frames, shown, colour, spec, rng)
     else:
         r, c = divmod(int(rng.integers(cells * cells)), cells)
     # Drawn after everything else and only when asked, so the default spec's videos stay as they were.
@@ -190,6 +190,7 @@ def make_video(spec: SynthSpec, rng: np.random.Generator) -> tuple[np.ndarray, d
             cell=[r, c],
             marker_frames=[start, start + length],
         )
+        | (dict(others=others) if others else {})
         | texture
         | motion
     )
@@ -217,30 +218,36 @@ def stripe_patch(colour: int, vertical: bool, cell: int) -> np.ndarray:
 
 def _paint_stripes(
     frames: np.ndarray, shown: slice, target: int, spec: SynthSpec, rng: np.random.Generator
-) -> tuple[int, int]:
+) -> tuple[tuple[int, int], list[list[int]]]:
     """Paint every answer colour as a striped patch (target vertical, others horizontal) at distinct random
-    cells, the same cells in each frame of ``shown``; returns the target's cell."""
+    cells, the same cells in each frame of ``shown``; returns the target's cell and the other patches'."""
     cells = spec.size // spec.cell
     where = rng.choice(cells * cells, len(STRIPE_COLOURS), replace=False)
     for colour, cell in enumerate(where):
         rows, cols = _square(*divmod(int(cell), cells), spec.cell)
         frames[shown, rows, cols] = stripe_patch(colour, colour == target, spec.cell)
-    return divmod(int(where[target]), cells)
+    return _cells_of(where, target, cells)
+
+
+def _cells_of(where: np.ndarray, target: int, cells: int) -> tuple[tuple[int, int], list[list[int]]]:
+    """The target's (row, col) and the other painted patches' [row, col] (what explain-check tells apart)."""
+    others = [list(divmod(int(cell), cells)) for i, cell in enumerate(where) if i != target]
+    return divmod(int(where[target]), cells), others
 
 
 def _paint_textures(
     frames: np.ndarray, shown: slice, target: int, spec: SynthSpec, rng: np.random.Generator
-) -> tuple[tuple[int, int], dict]:
+) -> tuple[tuple[int, int], list[list[int]], dict]:
     """Paint every answer colour with its own texture (a random assignment) at distinct random cells, the
-    same in each frame of ``shown``; the question names the target's texture. Returns the target's cell and
-    the truth's ``texture``."""
+    same in each frame of ``shown``; the question names the target's texture. Returns the target's cell, the
+    other patches' and the truth's ``texture``."""
     cells = spec.size // spec.cell
     where = rng.choice(cells * cells, len(STRIPE_COLOURS), replace=False)
     textures = rng.permutation(len(TEXTURES))
     for colour, cell in enumerate(where):
         rows, cols = _square(*divmod(int(cell), cells), spec.cell)
         frames[shown, rows, cols] = texture_patch(colour, TEXTURES[textures[colour]], spec.cell)
-    return divmod(int(where[target]), cells), dict(texture=TEXTURES[textures[target]])
+    return (*_cells_of(where, target, cells), dict(texture=TEXTURES[textures[target]]))
 
 
 def _paint_marker(
@@ -279,12 +286,14 @@ def _draw_block(frames: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -
 
 
 def _record(vid: str, video: str, kind: str, truth: dict, design: str) -> dict:
-    """A LLaVA-format record; ``target`` (the target's cell and frames) is what the audit's control reads."""
+    """A LLaVA-format record; ``target`` (the target's cell and frames, and for the striped designs the other
+    patches' cells) is what the audit's control and ``crosslmm explain-check`` read."""
+    target = {"cell": truth["cell"], "frames": truth["marker_frames"]}
     return {
         "id": f"{vid}_{kind}",
         "video": video,
         "question_type": kind,
-        "target": {"cell": truth["cell"], "frames": truth["marker_frames"]},
+        "target": target | ({"others": truth["others"]} if "others" in truth else {}),
         "conversations": [
             {"from": "human", "value": "<video>\n" + questions_of(design)[kind].format(**truth)},
             {"from": "gpt", "value": truth[kind]},

@@ -52,20 +52,29 @@ def target_of(record: dict, frame_indices) -> tuple[np.ndarray, tuple[int, int]]
     return marked, (int(row), int(col))
 
 
+def others_of(record: dict) -> list[tuple[int, int]]:
+    """The cells of the record's other answer patches (``target.others``, written for the striped designs):
+    where a model that answers by elimination looks instead of the target. Empty when the record has none."""
+    return [(int(r), int(c)) for r, c in record.get("target", {}).get("others", [])]
+
+
 def _to_patch(rc: tuple[int, int], cells: int, grid: int) -> tuple[int, int]:
     """A target cell of a ``cells`` x ``cells`` frame -> the patch of a ``grid`` x ``grid`` tower holding its
     centre (the same cell when the target is one patch, as in the demo)."""
     return tuple(int((v + 0.5) * grid / cells) for v in rc)
 
 
-def score_video(t2v: np.ndarray, marked: np.ndarray, patch: tuple[int, int]) -> dict:
+def score_video(
+    t2v: np.ndarray, marked: np.ndarray, patch: tuple[int, int], others: list[tuple[int, int]] = ()
+) -> dict:
     """t2v (F, g, g) one token's layer-mean map; ``marked`` (F,) bool: frames showing the target; the
-    target's patch (row, col)."""
+    target's patch (row, col); ``others``: the other answer patches of the target frames, if known."""
     grid = t2v.shape[-1]
     f, r, c = np.unravel_index(t2v.argmax(), t2v.shape)  # the top patch of the whole video
     top_on = bool(marked[f]) and (int(r), int(c)) == tuple(patch)
     inside = t2v[marked]
     _, r, c = np.unravel_index(inside.argmax(), inside.shape)  # the top patch of the target frames
+    on_other = (int(r), int(c)) in [tuple(o) for o in others] if others else None
     distance = max(abs(int(r) - patch[0]), abs(int(c) - patch[1]))
     near = [
         (i, j) for i in range(grid) for j in range(grid) if max(abs(i - patch[0]), abs(j - patch[1])) <= 1
@@ -79,6 +88,8 @@ def score_video(t2v: np.ndarray, marked: np.ndarray, patch: tuple[int, int]) -> 
         chance_marked_in_top=float(marked.mean()),
         on=distance == 0,
         chance_on=1 / grid**2,
+        on_other=on_other,
+        chance_on_other=len(others) / grid**2,
         touches=distance <= 1,
         chance_touches=len(near) / grid**2,
         marked_mass=float(mass[marked].mean()),
@@ -180,6 +191,11 @@ def localisation(rows: list[dict]) -> dict:
         chance_hit=statistics.fmean(r["chance_top_on"] for r in rows),
         top_patch_of_target_frames_on_target=statistics.fmean(r["on"] for r in rows),
         chance_on=statistics.fmean(r["chance_on"] for r in rows),
+        # where elimination looks: the other answer patches (records that name them)
+        top_patch_of_target_frames_on_other_patch=_rate(
+            [r["on_other"] for r in rows if r["on_other"] is not None]
+        ),
+        chance_on_other=_rate([r["chance_on_other"] for r in rows if r.get("on_other") is not None]),
         top_patch_of_target_frames_touches_target=statistics.fmean(r["touches"] for r in rows),
         chance_touches=statistics.fmean(r["chance_touches"] for r in rows),
         target_share_of_top_frames=statistics.fmean(r["marked_in_top"] for r in rows),
@@ -225,9 +241,11 @@ def run_check(model_dir: str, data_dir: str, frames: int, limit: int | None = No
         expl = explain(
             model, processor, clip.frames, question, answer_ids, frame_indices=clip.indices.tolist()
         )
-        patch = _to_patch(rc, clip.frames.shape[1] // spec["cell"], expl.grid)
+        cells = clip.frames.shape[1] // spec["cell"]
+        others = [_to_patch(o, cells, expl.grid) for o in others_of(record)]
         rows.append(
-            score_video(expl.t2v[0].mean(0), marked, patch) | dict(correct=is_correct(record, expl.answer))
+            score_video(expl.t2v[0].mean(0), marked, _to_patch(rc, cells, expl.grid), others)
+            | dict(correct=is_correct(record, expl.answer))
         )
     result["localisation"] = localisation(rows)
     return result
@@ -263,6 +281,13 @@ def summary(result: dict) -> str:
             + f" (target {where['hit_target']:.2f}: {verdict}; chance {where['chance_hit']:.3f}; "
             f"all videos {where['hit_rate_all']:.3f})"
         )
+        if where["top_patch_of_target_frames_on_other_patch"] is not None:
+            lines.append(
+                "top T2V patch of the target frames: on the target "
+                f"{where['top_patch_of_target_frames_on_target']:.3f}, on another answer patch "
+                f"{where['top_patch_of_target_frames_on_other_patch']:.3f} (chance {where['chance_on']:.3f} "
+                f"and {where['chance_on_other']:.3f}): the second is where elimination looks"
+            )
     return "\n".join(lines)
 
 
