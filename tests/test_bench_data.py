@@ -159,3 +159,12 @@ def test_loader_cells_that_would_not_fit_are_skipped(tmp_path):
 def test_throughput_assumptions_are_the_stated_defaults():
     assume = Throughput()
     assert (assume.gpus, assume.peak_tflops, assume.mfu, assume.train_factor) == (8, 989.0, 0.4, 3.0)
+
+
+def test_only_picks_test_videos_by_name_and_refuses_a_name_that_matches_none(tmp_path, capsys, monkeypatch):
+    picked = []
+    monkeypatch.setattr("crosslmm.bench.data.report.bench_data", lambda spec, *a, **k: picked.append(spec))
+    assert main(["bench", "data", "--only", "1080p_,720p_120s", "--out", str(tmp_path)]) == 0
+    assert [v.name for v in picked[0].videos] == [videos.FULL_VIDEOS[1].name, videos.FULL_VIDEOS[2].name]
+    assert main(["bench", "data", "--only", "480p", "--out", str(tmp_path)]) == 2
+    assert "matches none of the test videos" in capsys.readouterr().err

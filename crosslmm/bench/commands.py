@@ -142,6 +142,12 @@ def _data(args: argparse.Namespace) -> int:
         overrides["sizes"] = tuple(_csv(args.sizes, (FULL, "resized"), "--sizes"))
     if args.loader_frames is not None:
         overrides["loader_frames"] = args.loader_frames
+    if args.only is not None:
+        prefixes = [t for t in args.only.split(",") if t]
+        overrides["videos"] = tuple(v for v in base.videos if any(v.name.startswith(p) for p in prefixes))
+        if not overrides["videos"]:
+            names = ", ".join(v.name for v in base.videos)
+            raise ValueError(f"--only {args.only!r} matches none of the test videos: {names}")
     bench_data(replace(base, **overrides), Path(args.videos), Path(args.out), progress=not args.no_progress)
     return 0
 
@@ -228,6 +234,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--videos", default="bench_videos", help="directory of the generated test videos (made once, reused)"
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        help="test videos whose names start with these, comma-separated (e.g. 720p_600s)",
     )
     p.add_argument("--frames", default=None, help="frames per sample, comma-separated (default 64,256,512)")
     p.add_argument(
