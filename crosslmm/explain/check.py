@@ -193,7 +193,7 @@ def localisation(rows: list[dict]) -> dict:
         chance_on=statistics.fmean(r["chance_on"] for r in rows),
         # where elimination looks: the other answer patches (records that name them)
         top_patch_of_target_frames_on_other_patch=_rate(
-            [r["on_other"] for r in rows if r["on_other"] is not None]
+            [r["on_other"] for r in rows if r.get("on_other") is not None]
         ),
         chance_on_other=_rate([r["chance_on_other"] for r in rows if r.get("on_other") is not None]),
         top_patch_of_target_frames_touches_target=statistics.fmean(r["touches"] for r in rows),
