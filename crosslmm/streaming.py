@@ -26,8 +26,6 @@ import copy
 import numpy as np
 import torch
 
-from crosslmm.model.cache import CrossLMMCache
-
 # generate() arguments a session passes itself: its tokens, its cache, its frames (already in the cache)
 _SESSION_OWNS = frozenset(
     {"input_ids", "inputs_embeds", "attention_mask", "cache", "past_key_values", "use_cache"}
@@ -46,7 +44,9 @@ class StreamingSession:
         self.model, self.processor = model, processor
         self.tokens_per_frame = processor.budget(tokens_per_frame)
         model.config.check_budget(self.tokens_per_frame, source="this streaming session's tokens_per_frame")
-        self.cache = CrossLMMCache(config=model.config.text_config, keep_full_memory=True)  # re-rank per ask
+        # the model's cache class: a baseline's may keep more (the merge baseline: its tokens' sizes)
+        cache_class = model.model.cache_class
+        self.cache = cache_class(config=model.config.text_config, keep_full_memory=True)  # re-rank per ask
         self.messages: list[dict] = []  # the conversation so far, typed content as the processor renders it
         self.ids: list[int] = []  # every token of the conversation the model has seen or must see next
         self._rendered = ""  # the conversation's text (``<video>`` unexpanded) whose tokens are in ids

@@ -20,6 +20,7 @@ from crosslmm.model.cache import CrossLMMCache
 from crosslmm.model.configuration import VISUAL_REDUCERS
 from crosslmm.model.modeling import CrossLMMModel
 from crosslmm.model.tiny import TinySpec, make_tiny
+from crosslmm.streaming import StreamingSession
 
 PATCHES = 64  # TinySpec: 32 px / 4 px patches = an 8x8 grid
 # One budget per reducer, none of them square: equal-FLOPs matching needs any k.
@@ -624,6 +625,30 @@ def test_merge_cached_generation_keeps_the_size_bias(cross):
         )
         unbiased = plain(**full).logits[:, -step_logits.shape[1] :]
     assert (step_logits - unbiased).abs().max() > 1e-3
+
+
+def test_merge_streaming_equals_the_offline_model():
+    """A streamed session (frames, a question, more frames, a question) decodes as the offline model does on
+    the whole sequence: the session's cache (the model's MergeCache) keeps the sizes of frames fed earlier,
+    across generated tokens and the tokens fed again."""
+    model, processor = _model(MERGE)
+    frames = coloured_frames(4, seed=5)
+    session = StreamingSession(model, processor)
+    assert isinstance(session.cache, MergeCache)
+    for chunk, question in ((frames[:2], "What colour is it?"), (frames[2:], "And now?")):
+        session.add_frames(chunk)
+        session.ask(question, max_new_tokens=3, output_logits=True, return_dict_in_generate=True)
+    steps = torch.stack(session.last_output.logits, dim=1)[0]  # (3, V)
+    sequence = session.last_output.sequences[0].tolist()
+    pixels = processor.preprocess_frames(frames)
+    with torch.no_grad():
+        offline = model(
+            input_ids=torch.tensor([sequence[:-1]]),
+            pixel_values_videos=pixels[None],
+            video_frame_counts=torch.tensor([len(pixels)]),
+            use_cache=False,
+        ).logits[0]
+    torch.testing.assert_close(steps, offline[-steps.shape[0] :], rtol=0, atol=1e-5)
 
 
 def test_merge_refuses_what_would_drop_the_bias():
