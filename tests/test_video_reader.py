@@ -16,6 +16,7 @@ import torch
 from crosslmm.data import video as video_mod
 from crosslmm.data.sampling import FrameSampling
 from crosslmm.data.video import (
+    DENSE_STEP,
     TORCHCODEC_INSTALL,
     VideoError,
     auto_order,
@@ -195,22 +196,65 @@ def _peak_traced(fn) -> int:
         tracemalloc.stop()
 
 
+# Peak RSS growth of a fresh process decoding 24 frames (after its libraries are loaded); frames held in
+# FFmpeg's or decord's own buffers are invisible to tracemalloc but not to RSS.
+_RSS_GROWTH = """
+import sys
+from crosslmm.data.video import load_video
+path, backend, side = sys.argv[1], sys.argv[2], int(sys.argv[3])
+size = (side, side) if side else None
+load_video(path, num_frames=2, backend=backend, size=(8, 8))  # libraries and first-use buffers
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # peak RSS := current RSS (the imports' peak, or pages reclaimed since, would count otherwise)
+before = status("VmRSS:")
+clip = load_video(path, num_frames=24, backend=backend, size=size)
+print(status("VmHWM:") - before)
+"""
+
+
+@pytest.fixture(scope="module")
+def big_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.mp4"
+    write_video(path, make_frames(24, 480, 640), fps=FPS)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads peak RSS from /proc (Linux)")
 @pytest.mark.parametrize("backend", ["pyav", "decord"])
-def test_peak_memory_tracks_resized_frames(tmp_path: Path, backend: str) -> None:
-    """24 frames of 192x256: decoded full size, the clip alone is 24 frames (3.5 MB); resized to 16x16 the
-    reader holds at most a few full-size frames (pyav: one; decord: one batch of _CHUNK) at any time."""
-    path = tmp_path / "big.mp4"
-    write_video(path, make_frames(24, 192, 256), fps=FPS)
-    full_frame = 192 * 256 * 3
-    load_video(path, num_frames=24, backend=backend, size=(16, 16))  # imports and caches out of the way
-    full = _peak_traced(lambda: load_video(path, num_frames=24, backend=backend))
-    small = _peak_traced(lambda: load_video(path, num_frames=24, backend=backend, size=(16, 16)))
+def test_peak_rss_tracks_resized_frames(big_video: Path, backend: str) -> None:
+    """24 frames of 480x640 (22 MB decoded): resized to 16x16 at decode time, the process grows by a
+    fraction of that (one full-size frame at a time, the decoder's own buffers), not by the clip."""
+    import subprocess
+
+    def growth(side: int) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", _RSS_GROWTH, str(big_video), backend, str(side)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(run.stdout.strip().splitlines()[-1])
+
+    clip_bytes = 24 * 480 * 640 * 3
+    full, small = growth(0), growth(16)
+    assert full >= clip_bytes, (full, clip_bytes)
+    assert small < clip_bytes / 2, (small, clip_bytes)
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_clip_is_filled_in_place(tmp_path: Path, backend: str) -> None:
+    """The returned array is the only copy of the clip the reader builds (no list of frames then a stack);
+    resized, the frames are the ones sampled."""
+    path = tmp_path / "clip.mp4"
+    write_video(path, make_frames(24, 96, 128), fps=FPS)
     clip = load_video(path, num_frames=24, backend=backend, size=(16, 16))
     assert clip.frames.shape == (24, 16, 16, 3)
     np.testing.assert_array_equal(frame_ids(clip.frames), np.arange(24))
-    held = 3 if backend == "pyav" else 2 * video_mod._CHUNK + 2
-    assert 24 * full_frame <= full < 27 * full_frame, full  # the clip once, not a list and its stack
-    assert small < held * full_frame, (small, held * full_frame)
+    full_frame = 96 * 128 * 3
+    peak = _peak_traced(lambda: load_video(path, num_frames=24, backend=backend))
+    assert peak < 27 * full_frame, (peak, 24 * full_frame)
 
 
 # ---------------------------------------------------------------- keyframes
@@ -218,6 +262,10 @@ def test_peak_memory_tracks_resized_frames(tmp_path: Path, backend: str) -> None
 
 def test_write_video_gop_places_keyframes(tmp_path: Path, gop_video: Path, monkeypatch) -> None:
     assert keyframe_positions(gop_video) == [0, 5, 10, 15, 20, 25]
+    cut = make_frames(20)
+    cut[12:] = np.random.default_rng(0).integers(0, 256, cut[12:].shape, dtype=np.uint8)  # a scene cut
+    write_video(tmp_path / "cut.mp4", cut, fps=FPS, gop=GOP)
+    assert keyframe_positions(tmp_path / "cut.mp4") == [0, 5, 10, 15]  # no extra keyframe at the cut
     monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"libx264"})
     path = tmp_path / "mpeg4.mp4"
     write_video(path, make_frames(), fps=FPS, gop=7)
@@ -273,21 +321,25 @@ def test_exact_backends_record_times(gop_video: Path, backend: str) -> None:
 
 def test_auto_order_by_density() -> None:
     everything = ["decord", "pyav", "torchcodec", "pyav-keyframes"]
-    assert auto_order(50.0, 25.0, everything) == ["torchcodec", "decord", "pyav"]  # sparse: seek
-    assert auto_order(25.0, 25.0, everything) == ["torchcodec", "decord", "pyav"]  # at the keyframe rate
-    assert auto_order(10.0, 25.0, everything) == ["decord", "pyav", "torchcodec"]  # dense
-    assert auto_order(None, None, everything) == ["decord", "pyav", "torchcodec"]  # unknown
-    assert auto_order(50.0, 25.0, ["decord", "pyav"]) == ["decord", "pyav"]  # what runs here
-    assert "pyav-keyframes" not in auto_order(1e9, 1.0, everything)  # never changes the frames
+    assert auto_order(50.0, everything) == ["torchcodec", "decord", "pyav"]  # sparse: seek
+    assert auto_order(DENSE_STEP, everything) == ["torchcodec", "decord", "pyav"]
+    assert auto_order(2.0, everything) == ["torchcodec", "pyav", "decord"]  # dense: sequential
+    assert auto_order(None, everything) == ["torchcodec", "decord", "pyav"]  # unknown
+    assert auto_order(50.0, ["decord", "pyav"]) == ["decord", "pyav"]  # what runs here
+    assert auto_order(2.0, ["decord", "pyav"]) == ["pyav", "decord"]
+    assert "pyav-keyframes" not in auto_order(1e9, everything)  # never changes the frames
 
 
 def test_auto_decodes_the_sampled_frames_and_falls_back(gop_video: Path, monkeypatch) -> None:
     clip = load_video(gop_video, num_frames=4)
     np.testing.assert_array_equal(clip.indices, [3, 11, 18, 26])
     assert (
-        clip.backend
-        == auto_order(*video_mod._density(str(gop_video), lambda t, f: clip.indices), available_backends())[0]
-    )
+        video_mod._sampled_step(str(gop_video), lambda total, fps: clip.indices) == 8.0
+    )  # median of 8, 7, 8
+    assert clip.backend == auto_order(8.0, available_backends())[0]
+    dense = load_video(gop_video, num_frames=N)  # every frame: step 1
+    assert dense.backend == auto_order(1.0, available_backends())[0]
+    np.testing.assert_array_equal(dense.indices, np.arange(N))
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure")
@@ -347,3 +399,44 @@ def test_torchcodec_matches_pyav_where_it_loads(gop_video: Path) -> None:
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_allclose(a.times, b.times, atol=1e-6)
     assert np.abs(a.frames.astype(np.int16) - b.frames).max() <= 1
+
+
+# ---------------------------------------------------------------- every caller passes the processor's size
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch) -> list:
+    """The ``size`` of every load_video call (load_frames goes through it too)."""
+    sizes = []
+    real = video_mod.load_video
+
+    def spy(*args, **kwargs):
+        sizes.append(kwargs.get("size"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "load_video", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "chat --stream"])
+def test_chat_decodes_at_frame_size(tiny_dir, gop_video, processor, decoded_sizes, stream, capsys) -> None:
+    from crosslmm.cli import main
+
+    args = ["chat", "--model", tiny_dir, "--video", str(gop_video), "--frames", "2", "--max-new-tokens", "1"]
+    args += ["--stream", "--speed", "0", "--ask", "1:Hi?"] if stream else ["--question", "Hi?"]
+    assert main(args) == 0
+    assert decoded_sizes == [processor.frame_size]
+
+
+def test_answer_web_and_explain_decode_at_frame_size(tiny_dir, gop_video, processor, decoded_sizes, tmp_path):
+    from crosslmm.cli import main
+    from crosslmm.inference import answer, load
+    from crosslmm.web.app import _load_clip
+
+    model, _ = load(tiny_dir)
+    answer(model, processor, gop_video, "Hi?", num_frames=2, max_new_tokens=1)
+    clip = _load_clip(str(gop_video), 2, 0.0, processor.frame_size)
+    assert clip.frames.shape == (2, *processor.frame_size, 3)
+    args = ["explain", "--model", tiny_dir, "--video", str(gop_video), "--question", "Hi?", "--frames", "2"]
+    assert main([*args, "--max-new-tokens", "1", "--out", str(tmp_path / "maps")]) == 0
+    assert decoded_sizes == [processor.frame_size] * 3

@@ -7,8 +7,8 @@ processor's own rule), so memory holds the resized clip plus one full-size frame
 Backends (docs/video.md): ``decord`` and ``torchcodec`` seek to the keyframe before each sampled frame;
 ``pyav`` decodes sequentially, keeping only the sampled frames; ``pyav-keyframes`` decodes only the keyframe
 nearest to each sampled frame (different frames: opt-in, with their real indices and times recorded);
-``auto`` picks an exact backend per video from its sampling density and keyframe interval
-(:func:`auto_order`) and falls back to the next one if a backend cannot decode the file.
+``auto`` picks an exact backend per video from what runs here and its sampling density (:func:`auto_order`)
+and falls back to the next one if a backend cannot decode the file.
 Failures are raised as :class:`VideoError` (never replaced by a blank, shorter or different sample) so that
 a broken file is visible instead of silently degrading training or evaluation.
 """
@@ -39,9 +39,9 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
 # Still-image formats PIL may sniff from content; restricting the list keeps PIL from claiming video files
 # (it "identifies" MPEG-1 streams without being able to decode them).
 _PIL_STILL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
-# Frames decoded per call by the batch backends (decord, torchcodec) when resizing: bounds the full-size
-# frames alive at once (8 x 6 MB at 1080p) while keeping their batched seeking.
-_CHUNK = 8
+# Frames torchcodec decodes per call when resizing: bounds the full-size frames alive at once (4 x 6 MB at
+# 1080p) while keeping its batched seeking.
+_CHUNK = 4
 
 TORCHCODEC_INSTALL = (
     "torchcodec needs FFmpeg's shared libraries (libavutil, libavcodec, ...; major versions 4-8), which it "
@@ -171,19 +171,22 @@ class _Frames:
         self.filled = np.zeros(count, dtype=bool)
 
     def put(self, at: int, frames: np.ndarray | torch.Tensor) -> None:
-        """Resize ``frames`` (n, H, W, 3) and store them as frames ``at`` .. ``at + n - 1`` of the clip."""
-        resized = resize_frames(frames, self.size)
-        n = len(resized)
-        if self.array is None and n == self.count:
-            self.array = np.ascontiguousarray(resized)  # the whole clip in one batch: keep it, no copy
-        else:
+        """Resize ``frames`` (n, H, W, 3) and store them as frames ``at`` .. ``at + n - 1`` of the clip.
+        One frame at a time: the resize works in float, 4x a uint8 frame."""
+        n = len(frames)
+        if self.size is None and self.array is None and n == self.count:
+            self.array = np.ascontiguousarray(frames)  # the whole clip in one batch: keep it, no copy
+            self.filled[:] = True
+            return
+        for k in range(n):
+            resized = resize_frames(frames[k : k + 1], self.size)
             if self.array is None:
                 self.array = np.empty((self.count, *resized.shape[1:]), dtype=np.uint8)
             if resized.shape[1:] != self.array.shape[1:]:
                 raise RuntimeError(
                     f"frame size changes mid-stream: {resized.shape[1:3]} after {self.array.shape[1:3]}"
                 )
-            self.array[at : at + n] = resized
+            self.array[at + k] = resized[0]
         self.filled[at : at + n] = True
 
     def missing(self) -> np.ndarray:
@@ -212,8 +215,9 @@ def _read_decord(path: str, pick: Picker, size: Size | None) -> VideoClip:
     if total <= 0:
         raise RuntimeError("decord reports zero frames")
     indices = pick(total, src_fps)
-    # Full-size batches of _CHUNK frames when resizing (memory), else one batch as decord likes best.
-    step = _CHUNK if size is not None else len(indices)
+    # One frame per call when resizing (decord's batches allocate about three times their size, and a frame
+    # at a time costs no more CPU: measured in docs/video.md), else one batch as before.
+    step = 1 if size is not None else len(indices)
     frames = _Frames(len(indices), size)
     for at in range(0, len(indices), step):
         wanted = indices[at : at + step].tolist()
@@ -406,40 +410,43 @@ def _read_image(path: str, size: Size | None) -> VideoClip:
     )
 
 
-def auto_order(
-    sampled_step: float | None, keyframe_interval: float | None, available: Sequence[str]
-) -> list[str]:
-    """The exact backends ``auto`` tries, best first, for one video (docs/video.md has the measurements).
+# Sampled frames closer than this (in source frames) count as dense for auto_order: PyAV's plain sequential
+# decode then beats decord's (measured crossover between 2 and 8 frames apart, docs/video.md).
+DENSE_STEP = 4.0
 
-    ``sampled_step``: median distance between sampled frames, ``keyframe_interval``: frames per keyframe,
-    both in frames (None when unknown). Sampling at or below the keyframe rate (step >= interval): a
-    seeking backend (torchcodec, then decord) decodes about half a GOP per sampled frame instead of every
-    frame. Denser sampling, or unknown density: every frame up to the last sampled one is decoded anyway,
-    and decord does that fastest, then PyAV. Backends that do not run here are left out."""
-    if sampled_step is not None and keyframe_interval is not None and sampled_step >= keyframe_interval:
-        order = ["torchcodec", "decord", "pyav"]
+
+def auto_order(sampled_step: float | None, available: Sequence[str]) -> list[str]:
+    """The exact backends ``auto`` tries for one video, best first (measurements in docs/video.md).
+
+    ``sampled_step``: the median distance between sampled frames, in source frames (None: unknown).
+    torchcodec first wherever it runs (it took the least CPU at every measured density and keyframe
+    interval); then decord, which seeks to each sampled frame's keyframe; PyAV decodes every frame up to the
+    last sampled one, and only for dense sampling (``sampled_step < DENSE_STEP``: most frames get decoded
+    anyway) does that beat decord, so it goes second there. Backends that do not run here are left out;
+    "pyav-keyframes" is never in the list (it returns other frames: opt-in only)."""
+    if sampled_step is not None and sampled_step < DENSE_STEP:
+        order = ["torchcodec", "pyav", "decord"]
     else:
-        order = ["decord", "pyav", "torchcodec"]
+        order = ["torchcodec", "decord", "pyav"]
     return [b for b in order if b in available]
 
 
-def _density(path: str, pick: Picker) -> tuple[float | None, float | None]:
-    """(median sampled step, mean keyframe interval) in frames, from decord's index of the container (read
-    on open, no decoding); (None, None) when decord is missing or cannot open the file."""
+def _sampled_step(path: str, pick: Picker) -> float | None:
+    """Median distance between the sampled frames, in source frames, from decord's index of the container
+    (read on open, no decoding); None when decord is missing or cannot open the file."""
     if backend_unavailable("decord") is not None:
-        return None, None
+        return None
     import decord
 
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        total, src_fps, keys = len(vr), float(vr.get_avg_fps()), len(vr.get_key_indices())
+        total, src_fps = len(vr), float(vr.get_avg_fps())
     except Exception:  # the readers report the file's problems; this is only a hint
-        return None, None
-    if total <= 0 or keys <= 0:
-        return None, None
+        return None
+    if total <= 0:
+        return None
     indices = pick(total, src_fps)
-    step = float(np.median(np.diff(indices))) if len(indices) > 1 else float(total)
-    return step, total / keys
+    return float(np.median(np.diff(indices))) if len(indices) > 1 else float(total)
 
 
 def load_video(
@@ -496,7 +503,7 @@ def load_video(
         except Exception as e:
             raise VideoError(path, f"cannot decode with {backend}: {e}") from e
 
-    order = auto_order(*_density(path, pick), available_backends())
+    order = auto_order(_sampled_step(path, pick), available_backends())
     if not order:
         raise VideoError(path, f"no video backend runs here: {backend_unavailable('pyav')}")
     errors: list[str] = []
