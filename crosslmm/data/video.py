@@ -44,7 +44,7 @@ _PIL_STILL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
 _CHUNK = 4
 
 TORCHCODEC_INSTALL = (
-    "torchcodec needs FFmpeg's shared libraries (libavutil, libavcodec, ...; major versions 4-8), which it "
+    "torchcodec needs FFmpeg's shared libraries (libavutil, libavcodec, ...; FFmpeg 4 or newer), which it "
     "does not bundle: on Debian/Ubuntu `apt install ffmpeg`, with conda `conda install -c conda-forge "
     "ffmpeg`; or use backend 'pyav' or 'decord', which bundle their own"
 )
