@@ -52,7 +52,8 @@ def test_default_videos_are_unchanged_by_the_depth_option(name):
     for _ in range(3):
         frames, truth = make_video(SynthSpec(**fields), rng)
         digest.update(frames.tobytes())
-        digest.update(json.dumps(truth, sort_keys=True).encode())
+        recorded = {k: v for k, v in truth.items() if k != "others"}  # added later, drawn from nothing
+        digest.update(json.dumps(recorded, sort_keys=True).encode())
     assert digest.hexdigest()[:16] == expected
 
 
