@@ -115,18 +115,7 @@ class FastVCache(CrossLMMCache):
     """A ``CrossLMMCache`` that also keeps ``visible_prompt`` (B, S_prompt) bool: the prompt positions that
     decoder layers from ``fastv_layer`` on may attend to (False at the dropped visual tokens)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.visible_prompt: torch.Tensor | None = None
-
-    def _map_cross(self, fn) -> None:
-        super()._map_cross(fn)
-        if self.visible_prompt is not None:
-            self.visible_prompt = fn(self.visible_prompt)
-
-    def reset(self) -> None:
-        super().reset()
-        self.visible_prompt = None
+    sample_state = ("visible_prompt",)
 
 
 class FastVModel(CrossLMMModel):

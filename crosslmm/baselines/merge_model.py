@@ -34,18 +34,7 @@ class MergeCache(CrossLMMCache):
     """A ``CrossLMMCache`` that also keeps ``key_log_size`` (B, S), float32: log of the patches each cached
     position stands for (0 at text and unmerged tokens), the key bias of later decoding steps."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.key_log_size: torch.Tensor | None = None
-
-    def _map_cross(self, fn) -> None:
-        super()._map_cross(fn)
-        if self.key_log_size is not None:
-            self.key_log_size = fn(self.key_log_size)
-
-    def reset(self) -> None:
-        super().reset()
-        self.key_log_size = None
+    sample_state = ("key_log_size",)
 
 
 class MergeModel(CrossLMMModel):

@@ -23,7 +23,12 @@ class CrossLMMCache(DynamicCache):
     full ``cross_kv`` of that layer is dropped, unless ``keep_full_memory`` (streaming: frames and
     questions still to come need every frame, and each question re-ranks). ``decode_memory`` /
     ``decode_frames`` given here override the model config's for this cache (a generate-time setting).
+
+    ``sample_state``: names of further per-sample tensors (B, ...) a subclass keeps (a decoder variant's
+    state between steps); each starts as None and follows the rows through reorder, select, repeat and reset.
     """
+
+    sample_state: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -43,6 +48,8 @@ class CrossLMMCache(DynamicCache):
         self._capacity: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # streaming: storage of cross_kv
         self.frame_counts: torch.Tensor | None = None
         self.patches_per_frame = 0
+        for name in self.sample_state:
+            setattr(self, name, None)
 
     def set_visual_memory(self, frame_counts: torch.Tensor, patches_per_frame: int) -> None:
         self.frame_counts = frame_counts
@@ -102,8 +109,9 @@ class CrossLMMCache(DynamicCache):
         self.cross_kv = {k: (fn(key), fn(val)) for k, (key, val) in self.cross_kv.items()}
         self.selected_kv = {k: tuple(fn(t) for t in kv) for k, kv in self.selected_kv.items()}
         self._capacity = {}
-        if self.frame_counts is not None:
-            self.frame_counts = fn(self.frame_counts)
+        for name in ("frame_counts", *self.sample_state):
+            if getattr(self, name) is not None:
+                setattr(self, name, fn(getattr(self, name)))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -122,4 +130,5 @@ class CrossLMMCache(DynamicCache):
         self.cross_kv = {}
         self.selected_kv = {}
         self._capacity = {}
-        self.frame_counts = None
+        for name in ("frame_counts", *self.sample_state):
+            setattr(self, name, None)
