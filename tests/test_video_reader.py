@@ -145,18 +145,11 @@ def test_apply_chat_template_decodes_at_frame_size(gop_video, processor, monkeyp
     assert tuple(inputs["pixel_values_videos"].shape) == (1, 4, 3, *processor.frame_size)
 
 
-def test_dataset_decodes_at_frame_size(gop_video, processor, monkeypatch) -> None:
+def test_dataset_decodes_at_frame_size(gop_video, processor, decoded_sizes) -> None:
     from crosslmm.data.dataset import VideoChatDataset
     from crosslmm.data.records import Record
 
-    sizes = []
-    real = video_mod.load_video
-
-    def spy(*args, **kwargs):
-        sizes.append(kwargs.get("size"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(video_mod, "load_video", spy)
+    sizes = decoded_sizes
     messages = (
         {"role": "user", "content": "<video>\nWhat is it?"},
         {"role": "assistant", "content": "A test."},
