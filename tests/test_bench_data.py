@@ -130,6 +130,11 @@ def test_targets_pick_the_long_720p_video_and_the_fastest_backend():
     result["backends"] = backends + [KEYFRAME_BACKEND]
     found = {t.name: t for t in targets(result, spec)}
     assert found[f"s per 512-frame sample, fastest backend ({KEYFRAME_BACKEND}), 720p 10 min"].value == 4.0
+    assert found[f"peak RSS / resized frames, {KEYFRAME_BACKEND}, full, 512 frames"].value is not None
+    # A backend that refused the sampling everywhere gets no RSS target (it is not a memory failure).
+    result["decode"] = rows + [_row("long", KEYFRAME_BACKEND, None, None)]
+    names = [t.name for t in targets(result, spec)]
+    assert not any(KEYFRAME_BACKEND in n for n in names) and len(names) == 5
     assert found["auto s / best backend's s, worst point"].value == pytest.approx(8.5 / 8.0)
 
 

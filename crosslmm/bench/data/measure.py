@@ -61,9 +61,12 @@ def _decode_child(
     and, with ``warmup`` (a tiny clip), one 2-frame ``load_video`` with the same backend and size runs first,
     so what the reader imports lazily (torchvision for the resize) is in the baseline, not in the sample.
     A backend that refuses the sampling (``VideoError``) gives a row with its ``error``."""
+    import torch
+
     from crosslmm.bench.rss import peak_rss
     from crosslmm.data.video import VideoError, load_video
 
+    torch.set_num_threads(1)  # as in a DataLoader worker (torch sets it there); FFmpeg's own threads stay
     for module in ("av", "decord", "torchcodec"):
         try:
             __import__(module)

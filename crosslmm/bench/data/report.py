@@ -201,7 +201,8 @@ def targets(result: dict[str, Any], spec: DataBenchSpec) -> list[Target]:
     """The issue's three targets, on the rows measured (a target without its rows is ``None``: not met).
 
     * RSS: peak RSS a sample adds to a worker / the resized uint8 frames at the largest frame count, on the
-      resized path (the full-resolution one where the reader does not resize), worst video, per backend.
+      resized path (the full-resolution one where the reader does not resize), worst video, per backend
+      (none for a backend that refused that sampling on every video).
     * Time: the fastest backend's seconds for the largest frame count on the longest 720p video.
     * auto: auto's seconds / the best exact backend's (``measure.exact_backends``: what auto chooses from),
       at the worst measured point (<= 1/0.9). Rows whose backend refused the sampling are left out."""
@@ -211,6 +212,8 @@ def targets(result: dict[str, Any], spec: DataBenchSpec) -> list[Target]:
     found = []
     for backend in result["backends"]:
         rows = [r for r in decode if r["backend"] == backend and r["size"] == path and r["frames"] == frames]
+        if rows and all(r["peak_mb"] is None for r in rows):
+            continue  # the backend refused this sampling on every video: nothing to hold to the limit
         worst = max((r["peak_mb"] / resized_mb for r in rows if r["peak_mb"] is not None), default=None)
         found.append(
             Target(f"peak RSS / resized frames, {backend}, {path}, {frames} frames", worst, RSS_LIMIT)
