@@ -433,3 +433,27 @@ def test_answer_web_and_explain_decode_at_frame_size(tiny_dir, gop_video, proces
     args = ["explain", "--model", tiny_dir, "--video", str(gop_video), "--question", "Hi?", "--frames", "2"]
     assert main([*args, "--max-new-tokens", "1", "--out", str(tmp_path / "maps")]) == 0
     assert decoded_sizes == [processor.frame_size] * 3
+
+
+def test_training_passes_the_configured_backend_to_the_reader(gop_video, processor, monkeypatch) -> None:
+    """``data.video_backend`` reaches every decode of the training dataset; an unknown name is refused when
+    the config is validated, naming the key."""
+    from crosslmm.data.dataset import VideoChatDataset
+    from crosslmm.data.records import Record
+    from crosslmm.training.config import DataConfig, TrainConfig
+
+    backends = []
+    real = video_mod.load_video
+
+    def spy(*args, **kwargs):
+        backends.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "load_video", spy)
+    messages = ({"role": "user", "content": "<video>\nWhat?"}, {"role": "assistant", "content": "A test."})
+    record = Record(source="mem", index=0, id="r0", media=str(gop_video), is_image=False, messages=messages)
+    VideoChatDataset([record], processor, 4096, FrameSampling(num_frames=2), backend="pyav")[0]
+    assert backends == ["pyav"]
+    config = TrainConfig(model="m", output_dir="o", data=DataConfig(mixture="x.yaml", video_backend="ffmpeg"))
+    with pytest.raises(ValueError, match="data.video_backend must be one of"):
+        config.validate()

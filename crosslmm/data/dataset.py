@@ -106,7 +106,8 @@ class VideoChatDataset(Dataset):
     ``skip_bad``; skipped and over-length records are replaced by the next usable record and counted in
     the sample's ``dropped`` = (bad, over-length), so batches keep their size on every rank and the trainer
     can report the totals. ``tokens_per_frame``: the budget the video is expanded at (None: the
-    processor's; elastic training gives the largest choice and the collator re-expands). Each sample
+    processor's; elastic training gives the largest choice and the collator re-expands). ``backend``: the
+    video backend (:data:`crosslmm.data.video.BACKENDS`). Each sample
     carries its ``index``, from which the collator draws an elastic batch's budget.
     """
 
@@ -119,6 +120,7 @@ class VideoChatDataset(Dataset):
         overlength: str = "truncate",
         skip_bad: bool = False,
         tokens_per_frame: int | None = None,
+        backend: str = "auto",
     ) -> None:
         if overlength not in OVERLENGTH_POLICIES:
             raise ValueError(f"overlength must be one of {OVERLENGTH_POLICIES}, got {overlength!r}")
@@ -131,6 +133,7 @@ class VideoChatDataset(Dataset):
         self.overlength = overlength
         self.skip_bad = skip_bad
         self.tokens_per_frame = tokens_per_frame
+        self.backend = backend
 
     def __len__(self) -> int:
         return len(self.records)
@@ -139,7 +142,9 @@ class VideoChatDataset(Dataset):
         """Token ids/labels and resized uint8 frames (T, 3, S, S) of a record (None: over-length, dropped).
         Frames leave the reader at the processor's ``frame_size``, so no full-size clip is held."""
         try:
-            frames = load_frames(record.media, self.sampling, size=self.processor.frame_size)
+            frames = load_frames(
+                record.media, self.sampling, size=self.processor.frame_size, backend=self.backend
+            )
         except VideoError as e:
             raise RecordError(record.source, record.index, f"unreadable media: {e}") from None
         encoded = encode_conversation(

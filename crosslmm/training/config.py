@@ -12,6 +12,7 @@ import yaml
 
 from crosslmm.data.dataset import OVERLENGTH_POLICIES
 from crosslmm.data.sampling import FrameSampling
+from crosslmm.data.video import BACKENDS
 
 # Trainable parts of the model, named by what they are rather than by module paths.
 COMPONENTS = ("vision", "projector", "v2v", "t2v", "cross_mlp", "llm")
@@ -32,6 +33,9 @@ class DataConfig:
     overlength: str = "truncate"  # cut text after the video, or "drop" the sample
     skip_bad: bool = False  # skip (and count) bad records instead of stopping
     num_workers: int = 4
+    # crosslmm.data.video.BACKENDS: "auto" (exact frames, the backend chosen per video), or one backend;
+    # "pyav-keyframes" trains on the nearest keyframes instead of the sampled frames (docs/video.md)
+    video_backend: str = "auto"
 
     @property
     def sampling(self) -> FrameSampling:
@@ -121,6 +125,8 @@ class TrainConfig:
             raise ValueError(
                 f"data.overlength must be one of {OVERLENGTH_POLICIES}, got {self.data.overlength!r}"
             )
+        if self.data.video_backend not in BACKENDS:
+            raise ValueError(f"data.video_backend must be one of {BACKENDS}, got {self.data.video_backend!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.report_to not in ("wandb", "none"):

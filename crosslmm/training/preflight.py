@@ -411,7 +411,7 @@ def check_data(
         for i in probed:
             record = records[i]
             try:
-                n_frames = len(load_frames(record.media, sampling))
+                n_frames = len(load_frames(record.media, sampling, backend=config.data.video_backend))
             except VideoError as e:
                 unreadable += 1
                 message = f"{record.source}: record {record.index} (id {record.id}): unreadable media: {e}"

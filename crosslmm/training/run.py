@@ -147,6 +147,7 @@ def train(config: TrainConfig, use_configured_state: bool = False) -> Path:
         overlength=config.data.overlength,
         skip_bad=config.data.skip_bad,
         tokens_per_frame=max(choices) if choices else None,
+        backend=config.data.video_backend,
     )
     if training_args.process_index == 0:
         checkpoint.remove_incomplete(config.output_dir)
