@@ -100,7 +100,7 @@ def test_crosslmm_train_trains_and_reports_config_errors_in_one_line(setup, caps
     assert capsys.readouterr().err.strip() == (
         "crosslmm train: error: unknown config key(s) ['data.frames']; valid keys: "
         "['data.mixture', 'data.num_frames', 'data.fps', 'data.min_frames', 'data.max_frames', "
-        "'data.max_length', 'data.overlength', 'data.skip_bad', 'data.num_workers']"
+        "'data.max_length', 'data.overlength', 'data.skip_bad', 'data.num_workers', 'data.video_backend']"
     )
     assert cli(["train", "--config", config]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"final model: {out}/final"
