@@ -145,18 +145,17 @@ def test_apply_chat_template_decodes_at_frame_size(gop_video, processor, monkeyp
     assert tuple(inputs["pixel_values_videos"].shape) == (1, 4, 3, *processor.frame_size)
 
 
-def test_dataset_decodes_at_frame_size(gop_video, processor, decoded_sizes) -> None:
+def test_dataset_decodes_at_frame_size(gop_video, processor, load_video_calls) -> None:
     from crosslmm.data.dataset import VideoChatDataset
     from crosslmm.data.records import Record
 
-    sizes = decoded_sizes
     messages = (
         {"role": "user", "content": "<video>\nWhat is it?"},
         {"role": "assistant", "content": "A test."},
     )
     record = Record(source="mem", index=0, id="r0", media=str(gop_video), is_image=False, messages=messages)
     sample = VideoChatDataset([record], processor, 4096, FrameSampling(num_frames=4))[0]
-    assert sizes == [processor.frame_size]
+    assert _sizes(load_video_calls) == [processor.frame_size]
     assert tuple(sample["frames"].shape) == (4, 3, *processor.frame_size)
 
 
@@ -398,30 +397,36 @@ def test_torchcodec_matches_pyav_where_it_loads(gop_video: Path) -> None:
 
 
 @pytest.fixture
-def decoded_sizes(monkeypatch) -> list:
-    """The ``size`` of every load_video call (load_frames goes through it too)."""
-    sizes = []
+def load_video_calls(monkeypatch) -> list[dict]:
+    """The keyword arguments of every load_video call (load_frames goes through it too)."""
+    calls = []
     real = video_mod.load_video
 
     def spy(*args, **kwargs):
-        sizes.append(kwargs.get("size"))
+        calls.append(kwargs)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(video_mod, "load_video", spy)
-    return sizes
+    return calls
+
+
+def _sizes(calls: list[dict]) -> list:
+    return [call.get("size") for call in calls]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "chat --stream"])
-def test_chat_decodes_at_frame_size(tiny_dir, gop_video, processor, decoded_sizes, stream, capsys) -> None:
+def test_chat_decodes_at_frame_size(tiny_dir, gop_video, processor, load_video_calls, stream, capsys) -> None:
     from crosslmm.cli import main
 
     args = ["chat", "--model", tiny_dir, "--video", str(gop_video), "--frames", "2", "--max-new-tokens", "1"]
     args += ["--stream", "--speed", "0", "--ask", "1:Hi?"] if stream else ["--question", "Hi?"]
     assert main(args) == 0
-    assert decoded_sizes == [processor.frame_size]
+    assert _sizes(load_video_calls) == [processor.frame_size]
 
 
-def test_answer_web_and_explain_decode_at_frame_size(tiny_dir, gop_video, processor, decoded_sizes, tmp_path):
+def test_answer_web_and_explain_decode_at_frame_size(
+    tiny_dir, gop_video, processor, load_video_calls, tmp_path
+):
     from crosslmm.cli import main
     from crosslmm.inference import answer, load
     from crosslmm.web.app import _load_clip
@@ -432,28 +437,20 @@ def test_answer_web_and_explain_decode_at_frame_size(tiny_dir, gop_video, proces
     assert clip.frames.shape == (2, *processor.frame_size, 3)
     args = ["explain", "--model", tiny_dir, "--video", str(gop_video), "--question", "Hi?", "--frames", "2"]
     assert main([*args, "--max-new-tokens", "1", "--out", str(tmp_path / "maps")]) == 0
-    assert decoded_sizes == [processor.frame_size] * 3
+    assert _sizes(load_video_calls) == [processor.frame_size] * 3
 
 
-def test_training_passes_the_configured_backend_to_the_reader(gop_video, processor, monkeypatch) -> None:
+def test_training_passes_the_configured_backend_to_the_reader(gop_video, processor, load_video_calls) -> None:
     """``data.video_backend`` reaches every decode of the training dataset; an unknown name is refused when
     the config is validated, naming the key."""
     from crosslmm.data.dataset import VideoChatDataset
     from crosslmm.data.records import Record
     from crosslmm.training.config import DataConfig, TrainConfig
 
-    backends = []
-    real = video_mod.load_video
-
-    def spy(*args, **kwargs):
-        backends.append(kwargs.get("backend"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(video_mod, "load_video", spy)
     messages = ({"role": "user", "content": "<video>\nWhat?"}, {"role": "assistant", "content": "A test."})
     record = Record(source="mem", index=0, id="r0", media=str(gop_video), is_image=False, messages=messages)
     VideoChatDataset([record], processor, 4096, FrameSampling(num_frames=2), backend="pyav")[0]
-    assert backends == ["pyav"]
+    assert [call.get("backend") for call in load_video_calls] == ["pyav"]
     config = TrainConfig(model="m", output_dir="o", data=DataConfig(mixture="x.yaml", video_backend="ffmpeg"))
     with pytest.raises(ValueError, match="data.video_backend must be one of"):
         config.validate()
