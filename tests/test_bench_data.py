@@ -45,14 +45,18 @@ def test_quick_writes_table_json_and_plot(quick):
 
 
 def test_peak_rss_follows_the_decoded_frames(quick):
-    """At full resolution 64 frames hold 16x the pixels of 4: the measured peak must grow by at least the
-    frames' own size (a broken RSS measurement reads flat or zero)."""
+    """At full resolution 64 frames hold 16x the pixels of 4. Each call's peak must hold at least the frames it
+    returns (they are alive at return), and the 64-frame peak must exceed the 4-frame peak by most of the
+    frames' growth: the decoder's own buffers differ by a few MB between the two samplings (seek vs. dense
+    decode), so the growth is not exact; a broken RSS measurement reads flat or zero and fails both."""
     _, result, _ = quick
     for backend in ("pyav", "auto"):
         rows = {r["frames"]: r for r in result["decode"] if (r["backend"], r["size"]) == (backend, "full")}
         assert rows[64]["frames_mb"] == pytest.approx(64 * 240 * 320 * 3 / MB)
+        for frames in (4, 64):
+            assert rows[frames]["peak_mb"] >= rows[frames]["frames_mb"], (backend, frames, rows)
         grown = rows[64]["peak_mb"] - rows[4]["peak_mb"]
-        assert grown >= rows[64]["frames_mb"] - rows[4]["frames_mb"], (backend, rows)
+        assert grown >= 0.5 * (rows[64]["frames_mb"] - rows[4]["frames_mb"]), (backend, rows)
         assert rows[64]["worker_peak_mb"] == pytest.approx(rows[64]["baseline_mb"] + rows[64]["peak_mb"])
 
 
