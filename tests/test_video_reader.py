@@ -301,6 +301,28 @@ def test_keyframes_errors_name_the_file(tmp_path: Path) -> None:
         load_video(path, num_frames=2, backend="pyav-keyframes")
 
 
+@pytest.fixture(scope="module")
+def sequential_frames(gop_video: Path) -> np.ndarray:
+    """Every frame of ``gop_video`` from a plain PyAV decode: no seeking, no skipped frames."""
+    import av
+
+    with av.open(str(gop_video)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("num_frames", [2, 4, 7, 12, N])
+def test_pyav_equals_a_sequential_decode(
+    gop_video: Path, sequential_frames: np.ndarray, num_frames: int
+) -> None:
+    """The PyAV reader seeks between runs of sampled frames and skips unreferenced frames that were not
+    sampled; its pixels must still be a full decode's. libx264 puts B-frames (decoded after the frame that
+    follows them) in ``gop_video``: the sparse samplings seek, the dense ones sample B-frames."""
+    clip = load_video(gop_video, num_frames=num_frames, backend="pyav")
+    assert len(clip.indices) == num_frames
+    np.testing.assert_array_equal(clip.frames, sequential_frames[clip.indices])
+    np.testing.assert_array_equal(frame_ids(clip.frames), clip.indices)
+
+
 @pytest.mark.parametrize("backend", ["pyav", "decord"])
 def test_exact_backends_record_times(gop_video: Path, backend: str) -> None:
     clip = load_video(gop_video, num_frames=4, backend=backend)
