@@ -168,28 +168,30 @@ def test_backends_agree(video: Path) -> None:
     assert np.abs(a.frames.astype(np.float32) - make_frames()).mean() < 3.0
 
 
-def test_fallback_when_decord_cannot_open(video: Path, tmp_path: Path, monkeypatch, caplog) -> None:
-    import decord
-
+def test_fallback_when_pyav_cannot_open(video: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    """auto's first backend failing on a file: the next one decodes the same frames, and the log names the
+    file and the first one's reason."""
     path = tmp_path / "copy.mp4"
     shutil.copy(video, path)
-    expected = load_video(path, num_frames=5, backend="pyav")
+    expected = load_video(path, num_frames=5, backend="decord")
 
     def broken(*args, **kwargs):
-        raise RuntimeError("simulated decord failure")
+        raise RuntimeError("simulated PyAV failure")
 
-    monkeypatch.setattr(decord, "VideoReader", broken)
+    monkeypatch.setattr(av, "open", broken)
     with caplog.at_level(logging.INFO, logger=video_mod.__name__):
         clip = load_video(path, num_frames=5)
+    assert clip.backend != "pyav"
     np.testing.assert_array_equal(clip.indices, expected.indices)
     np.testing.assert_array_equal(clip.frames, expected.frames)
-    assert "copy.mp4" in caplog.text and "simulated decord failure" in caplog.text
-    with pytest.raises(VideoError, match="copy.mp4.*simulated decord failure"):
-        load_video(path, num_frames=5, backend="decord")
+    assert "copy.mp4" in caplog.text and "simulated PyAV failure" in caplog.text
+    with pytest.raises(VideoError, match="copy.mp4.*simulated PyAV failure"):
+        load_video(path, num_frames=5, backend="pyav")
 
 
-def test_fallback_when_decord_miscounts_frames(video: Path, monkeypatch) -> None:
-    """decord overestimating the frame count makes get_batch fail; PyAV then decodes with its own count."""
+def test_decord_miscounting_frames_fails_loudly(video: Path, monkeypatch) -> None:
+    """decord overestimating the frame count makes get_batch fail: an error naming the file, never frames
+    from a wrong count; auto (PyAV first) decodes with PyAV's own count."""
     import decord
 
     real = decord.VideoReader
@@ -199,6 +201,8 @@ def test_fallback_when_decord_miscounts_frames(video: Path, monkeypatch) -> None
             return super().__len__() + 20
 
     monkeypatch.setattr(decord, "VideoReader", Overcounting)
+    with pytest.raises(VideoError, match=r"clip\.mp4: cannot decode with decord"):
+        load_video(video, num_frames=4, backend="decord")
     clip = load_video(video, num_frames=4)
     np.testing.assert_array_equal(frame_ids(clip), [3, 11, 18, 26])
 
@@ -304,7 +308,7 @@ def test_window_errors_do_not_fall_back(video: Path, monkeypatch) -> None:
 def test_corrupt_file_reports_both_backends(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.mp4"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    with pytest.raises(VideoError, match=r"corrupt\.mp4: unreadable video \(decord: .+; pyav: .+\)"):
+    with pytest.raises(VideoError, match=r"corrupt\.mp4: unreadable video \(pyav: .+; decord: .+\)"):
         load_video(path, num_frames=4)
     for backend in ("decord", "pyav"):
         with pytest.raises(VideoError, match=rf"corrupt\.mp4: cannot decode with {backend}"):
@@ -323,10 +327,11 @@ def test_truncated_video_raises_instead_of_blank_frames(tmp_path: Path) -> None:
         container.mux(stream.encode())
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(
-        VideoError, match=r"trunc\.mp4: unreadable video \(decord: .+; pyav: stream ended after"
+        VideoError,
+        match=r"trunc\.mp4: unreadable video \(pyav: the file ends after \d+ of the 60 frames.+; decord: ",
     ):
         load_video(path, num_frames=8)
-    # the frames that survived are still served (by the PyAV fallback, since decord rejects the file)
+    # the frames that survived are still served (by PyAV; decord rejects the file)
     head = load_video(path, num_frames=2, end=1.0)
     np.testing.assert_array_equal(head.indices, [2, 7])
     np.testing.assert_array_equal(head.frames, load_video(path, num_frames=2, end=1.0, backend="pyav").frames)

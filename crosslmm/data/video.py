@@ -5,10 +5,10 @@ Frames can leave the reader already at the vision tower's input size (``size``, 
 processor's own rule), so memory holds the resized clip plus one full-size frame, not the full-size clip.
 
 Backends (docs/video.md): ``decord`` and ``torchcodec`` seek to the keyframe before each sampled frame;
-``pyav`` decodes sequentially, keeping only the sampled frames; ``pyav-keyframes`` decodes only the keyframe
-nearest to each sampled frame (different frames: opt-in, with their real indices and times recorded);
-``auto`` picks an exact backend per video from what runs here and its sampling density (:func:`auto_order`)
-and falls back to the next one if a backend cannot decode the file.
+``pyav`` decodes each run of sampled frames from its keyframe and skips the frames they do not need;
+``pyav-keyframes`` decodes only the keyframe nearest to each sampled frame (different frames: opt-in, with
+their real indices and times recorded); ``auto`` tries the exact backends that run here in
+:data:`AUTO_ORDER` and falls back to the next one if a backend cannot decode the file.
 Failures are raised as :class:`VideoError` (never replaced by a blank, shorter or different sample) so that
 a broken file is visible instead of silently degrading training or evaluation.
 """
@@ -276,14 +276,20 @@ def _stream_info(container, path: str):
 @dataclass
 class _PacketIndex:
     """A stream's frames in presentation order, from its packets (no decoding): frame ``i`` has timestamp
-    ``pts[i]``; ``keyframes`` are the frame indices of the keyframes, ascending."""
+    ``pts[i]``; ``keyframes`` are the frame indices of the keyframes, ascending. ``total`` is the frame
+    count the container lists (the packets when it lists none): a truncated file has fewer packets."""
 
     pts: np.ndarray
     keyframes: np.ndarray
+    total: int
 
-    @property
-    def total(self) -> int:
-        return len(self.pts)
+    def require(self, indices: np.ndarray) -> None:
+        """Refuse frames the container lists but the file does not hold (never a shorter sample)."""
+        if len(indices) and indices[-1] >= len(self.pts):
+            raise RuntimeError(
+                f"the file ends after {len(self.pts)} of the {self.total} frames its container lists "
+                f"(truncated?), but frame {int(indices[-1])} was requested"
+            )
 
     def keyframe_before(self, indices: np.ndarray) -> np.ndarray:
         """For each frame index, the last keyframe at or before it (0, the stream's start, if none is)."""
@@ -309,7 +315,8 @@ def _packet_index(container, stream) -> _PacketIndex:
     sorted_pts = np.asarray(pts, dtype=np.int64)[order]
     if np.any(np.diff(sorted_pts) == 0):
         raise RuntimeError("two packets share a timestamp, so frames cannot be located: use backend decord")
-    return _PacketIndex(sorted_pts, np.flatnonzero(np.asarray(key, dtype=bool)[order]))
+    keyframes = np.flatnonzero(np.asarray(key, dtype=bool)[order])
+    return _PacketIndex(sorted_pts, keyframes, max(stream.frames or 0, len(sorted_pts)))
 
 
 def _keep_frames(
@@ -334,6 +341,7 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
         stream, src_fps, seconds, first_pts = _stream_info(container, path)
         index = _packet_index(container, stream)
         indices = pick(index.total, src_fps)
+        index.require(indices)
         start = index.keyframe_before(indices)
         sampled_pts = index.pts[indices]
         slot = {int(p): k for k, p in enumerate(sampled_pts)}
@@ -385,6 +393,7 @@ def _read_pyav_keyframes(path: str, pick: Picker, size: Size | None) -> VideoCli
     if not len(index.keyframes):
         raise RuntimeError("the container marks no keyframes")
     indices = pick(index.total, src_fps)
+    index.require(indices)
     chosen = nearest_keyframes(indices, index.keyframes)
     if len(np.unique(chosen)) != len(chosen):
         shared = int(indices[np.flatnonzero(np.diff(chosen) == 0)[0]])
@@ -450,43 +459,15 @@ def _read_image(path: str, size: Size | None) -> VideoClip:
     )
 
 
-# Sampled frames closer than this (in source frames) count as dense for auto_order: PyAV's plain sequential
-# decode then beats decord's (measured crossover between 2 and 8 frames apart, docs/video.md).
-DENSE_STEP = 4.0
+# The exact backends ``auto`` tries, best first: PyAV took the least CPU at every point measured (it skips
+# what the sampled frames do not need), then torchcodec, then decord (docs/video.md).
+AUTO_ORDER = ("pyav", "torchcodec", "decord")
 
 
-def auto_order(sampled_step: float | None, available: Sequence[str]) -> list[str]:
-    """The exact backends ``auto`` tries for one video, best first (measurements in docs/video.md).
-
-    ``sampled_step``: the median distance between sampled frames, in source frames (None: unknown).
-    torchcodec first wherever it runs (it took the least CPU at every measured density and keyframe
-    interval); then decord, which seeks to each sampled frame's keyframe; PyAV decodes every frame up to the
-    last sampled one, and only for dense sampling (``sampled_step < DENSE_STEP``: most frames get decoded
-    anyway) does that beat decord, so it goes second there. Backends that do not run here are left out;
+def auto_order(available: Sequence[str]) -> list[str]:
+    """The exact backends ``auto`` tries, best first (:data:`AUTO_ORDER`), among those that run here;
     "pyav-keyframes" is never in the list (it returns other frames: opt-in only)."""
-    if sampled_step is not None and sampled_step < DENSE_STEP:
-        order = ["torchcodec", "pyav", "decord"]
-    else:
-        order = ["torchcodec", "decord", "pyav"]
-    return [b for b in order if b in available]
-
-
-def _sampled_step(path: str, pick: Picker) -> float | None:
-    """Median distance between the sampled frames, in source frames, from decord's index of the container
-    (read on open, no decoding); None when decord is missing or cannot open the file."""
-    if backend_unavailable("decord") is not None:
-        return None
-    import decord
-
-    try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        total, src_fps = len(vr), float(vr.get_avg_fps())
-    except Exception:  # the readers report the file's problems; this is only a hint
-        return None
-    if total <= 0:
-        return None
-    indices = pick(total, src_fps)
-    return float(np.median(np.diff(indices))) if len(indices) > 1 else float(total)
+    return [b for b in AUTO_ORDER if b in available]
 
 
 def load_video(
@@ -505,8 +486,8 @@ def load_video(
     ``size=(height, width)`` (the processor's ``frame_size``) resizes each frame by :func:`resize_frames`
     as soon as it is decoded; None keeps the full-resolution frames.
     Images (by extension or content) are one-frame clips: indices ``[0]``, fps/duration 0, start/end ignored.
-    ``backend``: one of :data:`BACKENDS`; "auto" tries the exact backends in :func:`auto_order`'s order for
-    this video, falling back to the next when one cannot open or decode it. "pyav-keyframes" (never chosen
+    ``backend``: one of :data:`BACKENDS`; "auto" tries the exact backends in :func:`auto_order`'s order,
+    falling back to the next when one cannot open or decode it. "pyav-keyframes" (never chosen
     by auto) returns the keyframe nearest to each sampled frame.
     Every failure raises :class:`VideoError` naming the file and the reason.
     """
@@ -543,7 +524,7 @@ def load_video(
         except Exception as e:
             raise VideoError(path, f"cannot decode with {backend}: {e}") from e
 
-    order = auto_order(_sampled_step(path, pick), available_backends())
+    order = auto_order(available_backends())
     if not order:
         raise VideoError(path, f"no video backend runs here: {backend_unavailable('pyav')}")
     errors: list[str] = []
