@@ -177,3 +177,19 @@ def test_only_picks_test_videos_by_name_and_refuses_a_name_that_matches_none(tmp
     assert [v.name for v in picked[0].videos] == [videos.FULL_VIDEOS[1].name, videos.FULL_VIDEOS[2].name]
     assert main(["bench", "data", "--only", "480p", "--out", str(tmp_path)]) == 2
     assert "matches none of the test videos" in capsys.readouterr().err
+
+
+def test_loader_video_must_name_one_video(tmp_path, capsys):
+    argv = [
+        "bench",
+        "data",
+        "--quick",
+        "--loader-video",
+        "nope",
+        "--videos",
+        str(tmp_path),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    assert "--loader-video 'nope' must match one of the videos: 240p_4s" in capsys.readouterr().err

@@ -148,6 +148,13 @@ def _data(args: argparse.Namespace) -> int:
         if not overrides["videos"]:
             names = ", ".join(v.name for v in base.videos)
             raise ValueError(f"--only {args.only!r} matches none of the test videos: {names}")
+    if args.loader_video is not None:
+        videos = overrides.get("videos", base.videos)
+        matches = [i for i, v in enumerate(videos) if v.name.startswith(args.loader_video)]
+        if len(matches) != 1:
+            names = ", ".join(v.name for v in videos)
+            raise ValueError(f"--loader-video {args.loader_video!r} must match one of the videos: {names}")
+        overrides["loader_video"] = matches[0]
     bench_data(replace(base, **overrides), Path(args.videos), Path(args.out), progress=not args.no_progress)
     return 0
 
@@ -250,6 +257,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", default=None, help="DataLoader workers, comma-separated (default 1,4,8)")
     p.add_argument(
         "--loader-frames", type=int, default=None, help="frames per DataLoader sample (default 512)"
+    )
+    p.add_argument(
+        "--loader-video",
+        default=None,
+        help="the video the DataLoader reads, by name prefix (default: the first)",
     )
     p.add_argument("--repeats", type=int, default=1, help="fresh-process decodes per cell (median time)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the stage-2 job")

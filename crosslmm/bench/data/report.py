@@ -37,7 +37,7 @@ class DataBenchSpec:
     size: tuple[int, int] = (384, 384)
     repeats: int = 1
     workers: tuple[int, ...] = (1, 4, 8)
-    loader_video: int = -1  # index into videos: the clip the DataLoader reads
+    loader_video: int = 0  # index into videos: the clip the DataLoader reads (10-min 720p: a stage-2 video)
     loader_frames: int | None = None  # None: the recipe's max_frames
     loader_backend: str = "auto"
     samples_per_worker: int = 2
