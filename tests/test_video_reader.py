@@ -322,6 +322,68 @@ def test_pyav_equals_a_sequential_decode(
     np.testing.assert_array_equal(frame_ids(clip.frames), clip.indices)
 
 
+# (file, encoder, options): containers that index by decode time (mp4, avi) and by presentation time (mkv,
+# webm), B-frames and open GOPs (avi's MPEG-4 B-frames before their keyframe), a decoder that reads
+# skip_frame only when it opens (libdav1d for AV1).
+FORMATS = [
+    ("h264.mp4", "libx264", {"x264-params": "keyint=6:min-keyint=6:scenecut=0:bframes=3"}),
+    ("h264-open-gop.mp4", "libx264", {"x264-params": "keyint=6:open-gop=1:bframes=3"}),
+    ("h264.mkv", "libx264", {"x264-params": "keyint=6:min-keyint=6:scenecut=0"}),
+    ("hevc.mp4", "libx265", {"x265-params": "keyint=6:bframes=4:log-level=none"}),
+    ("vp9.webm", "libvpx-vp9", {"g": "6"}),
+    ("mpeg4.avi", "mpeg4", {"g": "6", "bf": "2"}),
+    ("av1.mkv", "libaom-av1", {"g": "6", "cpu-used": "8"}),
+]
+
+
+@pytest.mark.parametrize(("name", "encoder", "options"), FORMATS, ids=[f[0] for f in FORMATS])
+def test_pyav_equals_a_sequential_decode_across_formats(tmp_path: Path, name, encoder, options) -> None:
+    import av
+
+    if encoder not in av.codecs_available:
+        pytest.skip(f"PyAV's FFmpeg has no {encoder} encoder")
+    path = tmp_path / name
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=int(FPS))
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = options
+        for frame in make_frames(N, 64, 96):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        every = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    for num_frames in (3, 7, 20, N):
+        clip = load_video(path, num_frames=num_frames, backend="pyav")
+        np.testing.assert_array_equal(
+            clip.frames, every[clip.indices], err_msg=f"{name}, {num_frames} frames"
+        )
+
+
+def test_a_seek_that_lands_late_restarts_from_the_first_frame() -> None:
+    """A demuxer whose seek lands after the asked timestamp (an inexact index) must not make the reader
+    skip frames: it is sent back to the stream's first timestamp."""
+
+    class Packet:
+        def __init__(self, ts: int) -> None:
+            self.pts = self.dts = ts
+            self.size = 1
+
+    class Container:
+        seeks: list[int] = []
+
+        def seek(self, ts, **kwargs) -> None:
+            self.seeks.append(ts)
+            self.at = 40 if ts == 25 else ts  # lands late for 25
+
+        def demux(self, stream):
+            return (Packet(t) for t in range(self.at, 50, 10))
+
+    container = Container()
+    assert [p.pts for p in video_mod._packets_from(container, None, 10, 0)] == [10, 20, 30, 40]
+    assert [p.pts for p in video_mod._packets_from(container, None, 25, 0)] == [0, 10, 20, 30, 40]
+    assert container.seeks == [10, 25, 0]
+
+
 @pytest.mark.parametrize("backend", ["pyav", "decord"])
 def test_exact_backends_record_times(gop_video: Path, backend: str) -> None:
     clip = load_video(gop_video, num_frames=4, backend=backend)

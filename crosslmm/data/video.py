@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -276,10 +277,14 @@ def _stream_info(container, path: str):
 @dataclass
 class _PacketIndex:
     """A stream's frames in presentation order, from its packets (no decoding): frame ``i`` has timestamp
-    ``pts[i]``; ``keyframes`` are the frame indices of the keyframes, ascending. ``total`` is the frame
-    count the container lists (the packets when it lists none): a truncated file has fewer packets."""
+    ``pts[i]``, and ``seek_at[i]`` is the timestamp to seek to so that the demuxer lands at or before its
+    packet (its decode timestamp where it has one: demuxers index mp4 and avi by decode time, mkv by
+    presentation time, and the decode time is never the later one). ``keyframes`` are the frame indices of
+    the keyframes, ascending. ``total`` is the frame count the container lists (the packets when it lists
+    none): a truncated file has fewer packets."""
 
     pts: np.ndarray
+    seek_at: np.ndarray
     keyframes: np.ndarray
     total: int
 
@@ -300,7 +305,7 @@ class _PacketIndex:
 def _packet_index(container, stream) -> _PacketIndex:
     """One pass over the packets (a 10-min 720p file: about 0.3 s). Frame-accurate like decord's and
     torchcodec's exact index, as long as every packet carries a distinct timestamp; else it refuses."""
-    pts, key = [], []
+    pts, seek_at, key = [], [], []
     for packet in container.demux(stream):
         if packet.size > 0:
             if packet.pts is None:
@@ -308,6 +313,7 @@ def _packet_index(container, stream) -> _PacketIndex:
                     "a packet has no timestamp, so frames cannot be located: use backend decord"
                 )
             pts.append(packet.pts)
+            seek_at.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
             key.append(packet.is_keyframe)
     if not pts:
         raise RuntimeError("video has zero frames")
@@ -316,7 +322,23 @@ def _packet_index(container, stream) -> _PacketIndex:
     if np.any(np.diff(sorted_pts) == 0):
         raise RuntimeError("two packets share a timestamp, so frames cannot be located: use backend decord")
     keyframes = np.flatnonzero(np.asarray(key, dtype=bool)[order])
-    return _PacketIndex(sorted_pts, keyframes, max(stream.frames or 0, len(sorted_pts)))
+    total = max(stream.frames or 0, len(sorted_pts))
+    return _PacketIndex(sorted_pts, np.asarray(seek_at, dtype=np.int64)[order], keyframes, total)
+
+
+def _packets_from(container, stream, at: int, start: int) -> Iterator:
+    """The stream's packets (size > 0) from the keyframe at or before timestamp ``at``. A demuxer that lands
+    after ``at`` (an inexact index) is sent back to ``start``, the stream's first timestamp, instead: more
+    decoding, the same frames."""
+    for target in (at, start):
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        packets = (p for p in container.demux(stream) if p.size > 0)
+        first = next(packets, None)
+        if first is None:
+            return iter(())
+        if first.pts is None or min(first.pts, first.dts if first.dts is not None else first.pts) <= at:
+            break
+    return itertools.chain([first], packets)
 
 
 def _keep_frames(
@@ -330,11 +352,17 @@ def _keep_frames(
             times[at] = (frame.pts - first_pts) * seconds
 
 
+# FFmpeg decoders that read ``skip_frame`` for each frame, so it can change from packet to packet (libdav1d,
+# for one, reads it once when it opens and would then drop sampled frames too).
+SKIPS_PER_PACKET = frozenset({"h264", "hevc", "mpeg4", "vp9"})
+
+
 def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
     """Decode each run of sampled frames from the keyframe before its first one, and skip the rest: a run
     ends where the next sampled frame's keyframe lies beyond the run's last frame, and the reader seeks
     there. Within a run, frames that no other frame references (``skip_frame="NONREF"``) are not decoded
-    unless sampled. The pixels equal a full sequential decode's (tested)."""
+    unless sampled (:data:`SKIPS_PER_PACKET` codecs). The pixels equal a full sequential decode's (tested
+    on H.264 in mp4 and mkv, HEVC, VP9 in webm, MPEG-4 Part 2 with B-frames in avi and AV1 in mkv)."""
     import av
 
     with av.open(path) as container:
@@ -348,6 +376,7 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
         frames, times = _Frames(len(indices), size), np.zeros(len(indices))
         stream.thread_type = "AUTO"
         context = stream.codec_context
+        skips = context.name in SKIPS_PER_PACKET
 
         def keep(decoded) -> None:
             _keep_frames(decoded, slot, frames, times, first_pts, seconds)
@@ -357,13 +386,11 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
             last = first
             while last + 1 < len(indices) and start[last + 1] <= indices[last]:
                 last += 1
-            container.seek(int(index.pts[start[first]]), stream=stream, backward=True, any_frame=False)
             pending = set(sampled_pts[first : last + 1].tolist())  # packets come in decode order
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue
-                # per packet: FFmpeg's frame threads take the setting with each packet
-                context.skip_frame = "DEFAULT" if packet.pts in slot else "NONREF"
+            at = int(index.seek_at[start[first]])
+            for packet in _packets_from(container, stream, at, int(index.seek_at.min())):
+                if skips:  # per packet: FFmpeg's frame threads take the setting with each packet
+                    context.skip_frame = "DEFAULT" if packet.pts in slot else "NONREF"
                 keep(stream.decode(packet))
                 pending.discard(packet.pts)
                 if not pending:
