@@ -359,9 +359,26 @@ def test_pyav_equals_a_sequential_decode_across_formats(tmp_path: Path, name, en
         )
 
 
-def test_a_seek_that_lands_late_restarts_from_the_first_frame() -> None:
-    """A demuxer whose seek lands after the asked timestamp (an inexact index) must not make the reader
-    skip frames: it is sent back to the stream's first timestamp."""
+def test_seeks_land_on_the_keyframe_asked_for(gop_video: Path) -> None:
+    """In an mp4 (indexed by presentation time) every seek lands exactly on the run's keyframe: not on an
+    earlier one, which would decode a whole extra keyframe interval per run (seeking by decode time did)."""
+    import av
+
+    with av.open(str(gop_video)) as container:
+        stream = container.streams.video[0]
+        index = video_mod._packet_index(container, stream)
+        assert index.keyframes.tolist() == list(range(0, N, GOP))
+        for key in index.keyframes[1:]:
+            pts, dts = int(index.pts[key]), int(index.dts[key])
+            assert dts < pts  # B-frames: the keyframe is decoded before it is shown
+            first = next(video_mod._packets_from(container, stream, pts, dts, int(index.dts.min())))
+            assert (first.pts, first.is_keyframe) == (pts, True)
+
+
+def test_a_seek_that_lands_late_goes_back() -> None:
+    """A demuxer whose seek lands after the keyframe asked for (an avi, indexed by decode time, asked by
+    presentation time) must not make the reader skip frames: it seeks by decode time, then from the
+    stream's first timestamp."""
 
     class Packet:
         def __init__(self, ts: int) -> None:
@@ -373,15 +390,16 @@ def test_a_seek_that_lands_late_restarts_from_the_first_frame() -> None:
 
         def seek(self, ts, **kwargs) -> None:
             self.seeks.append(ts)
-            self.at = 40 if ts == 25 else ts  # lands late for 25
+            self.at = -(-ts // 10) * 10  # keyframes every 10: lands on the next one unless ts is one
 
         def demux(self, stream):
             return (Packet(t) for t in range(self.at, 50, 10))
 
     container = Container()
-    assert [p.pts for p in video_mod._packets_from(container, None, 10, 0)] == [10, 20, 30, 40]
-    assert [p.pts for p in video_mod._packets_from(container, None, 25, 0)] == [0, 10, 20, 30, 40]
-    assert container.seeks == [10, 25, 0]
+    assert [p.pts for p in video_mod._packets_from(container, None, 10, 10, 0)] == [10, 20, 30, 40]
+    assert [p.pts for p in video_mod._packets_from(container, None, 25, 20, 0)] == [20, 30, 40]
+    assert [p.pts for p in video_mod._packets_from(container, None, 25, 15, 0)] == [0, 10, 20, 30, 40]
+    assert container.seeks == [10, 25, 20, 25, 15, 0]
 
 
 @pytest.mark.parametrize("backend", ["pyav", "decord"])

@@ -277,14 +277,12 @@ def _stream_info(container, path: str):
 @dataclass
 class _PacketIndex:
     """A stream's frames in presentation order, from its packets (no decoding): frame ``i`` has timestamp
-    ``pts[i]``, and ``seek_at[i]`` is the timestamp to seek to so that the demuxer lands at or before its
-    packet (its decode timestamp where it has one: demuxers index mp4 and avi by decode time, mkv by
-    presentation time, and the decode time is never the later one). ``keyframes`` are the frame indices of
-    the keyframes, ascending. ``total`` is the frame count the container lists (the packets when it lists
-    none): a truncated file has fewer packets."""
+    ``pts[i]`` and decode timestamp ``dts[i]`` (its pts where the container gives none); ``keyframes`` are
+    the frame indices of the keyframes, ascending. ``total`` is the frame count the container lists (the
+    packets when it lists none): a truncated file has fewer packets."""
 
     pts: np.ndarray
-    seek_at: np.ndarray
+    dts: np.ndarray
     keyframes: np.ndarray
     total: int
 
@@ -305,7 +303,7 @@ class _PacketIndex:
 def _packet_index(container, stream) -> _PacketIndex:
     """One pass over the packets (a 10-min 720p file: about 0.3 s). Frame-accurate like decord's and
     torchcodec's exact index, as long as every packet carries a distinct timestamp; else it refuses."""
-    pts, seek_at, key = [], [], []
+    pts, dts, key = [], [], []
     for packet in container.demux(stream):
         if packet.size > 0:
             if packet.pts is None:
@@ -313,7 +311,7 @@ def _packet_index(container, stream) -> _PacketIndex:
                     "a packet has no timestamp, so frames cannot be located: use backend decord"
                 )
             pts.append(packet.pts)
-            seek_at.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
+            dts.append(_decode_ts(packet))
             key.append(packet.is_keyframe)
     if not pts:
         raise RuntimeError("video has zero frames")
@@ -323,20 +321,25 @@ def _packet_index(container, stream) -> _PacketIndex:
         raise RuntimeError("two packets share a timestamp, so frames cannot be located: use backend decord")
     keyframes = np.flatnonzero(np.asarray(key, dtype=bool)[order])
     total = max(stream.frames or 0, len(sorted_pts))
-    return _PacketIndex(sorted_pts, np.asarray(seek_at, dtype=np.int64)[order], keyframes, total)
+    return _PacketIndex(sorted_pts, np.asarray(dts, dtype=np.int64)[order], keyframes, total)
 
 
-def _packets_from(container, stream, at: int, start: int) -> Iterator:
-    """The stream's packets (size > 0) from the keyframe at or before timestamp ``at``. A demuxer that lands
-    after ``at`` (an inexact index) is sent back to ``start``, the stream's first timestamp, instead: more
-    decoding, the same frames."""
-    for target in (at, start):
+def _decode_ts(packet) -> int:
+    return packet.dts if packet.dts is not None else packet.pts
+
+
+def _packets_from(container, stream, pts: int, dts: int, start: int) -> Iterator:
+    """The stream's packets (size > 0) from a keyframe at or before the keyframe with timestamps ``pts``,
+    ``dts``. Demuxers index by presentation time (mp4, mkv) or by decode time (avi), so the seek goes by
+    ``pts``, and where it lands after that keyframe (a later decode timestamp), by ``dts``, and last from
+    ``start``, the stream's first decode timestamp: more decoding, never a missed frame."""
+    for target in dict.fromkeys((pts, dts, start)):
         container.seek(target, stream=stream, backward=True, any_frame=False)
         packets = (p for p in container.demux(stream) if p.size > 0)
         first = next(packets, None)
         if first is None:
             return iter(())
-        if first.pts is None or min(first.pts, first.dts if first.dts is not None else first.pts) <= at:
+        if _decode_ts(first) <= dts:
             break
     return itertools.chain([first], packets)
 
@@ -387,8 +390,11 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
             while last + 1 < len(indices) and start[last + 1] <= indices[last]:
                 last += 1
             pending = set(sampled_pts[first : last + 1].tolist())  # packets come in decode order
-            at = int(index.seek_at[start[first]])
-            for packet in _packets_from(container, stream, at, int(index.seek_at.min())):
+            key = start[first]
+            packets = _packets_from(
+                container, stream, int(index.pts[key]), int(index.dts[key]), int(index.dts.min())
+            )
+            for packet in packets:
                 if skips:  # per packet: FFmpeg's frame threads take the setting with each packet
                     context.skip_frame = "DEFAULT" if packet.pts in slot else "NONREF"
                 keep(stream.decode(packet))
