@@ -375,6 +375,18 @@ def test_seeks_land_on_the_keyframe_asked_for(gop_video: Path) -> None:
             assert (first.pts, first.is_keyframe) == (pts, True)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pyav_decodes_with_torchs_thread_count(gop_video: Path, monkeypatch, threads: int) -> None:
+    """One FFmpeg thread in a DataLoader worker (torch runs one thread there), the cores elsewhere."""
+    import av
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    with av.open(str(gop_video)) as container:
+        stream = container.streams.video[0]
+        video_mod._use_threads(stream)
+        assert stream.codec_context.thread_count == threads
+
+
 def test_a_seek_that_lands_late_goes_back() -> None:
     """A demuxer whose seek lands after the keyframe asked for (an avi, indexed by decode time, asked by
     presentation time) must not make the reader skip frames: it seeks by decode time, then from the

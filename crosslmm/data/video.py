@@ -355,6 +355,15 @@ def _keep_frames(
             times[at] = (frame.pts - first_pts) * seconds
 
 
+def _use_threads(stream) -> None:
+    """FFmpeg decodes with as many threads as torch computes with: 1 in a DataLoader worker (torch sets it
+    there; the workers already fill the cores, and frame threads cost 7-14 % more CPU per sample, measured
+    in docs/video.md), the machine's cores in a process of its own (chat, evaluation), where they cut the
+    wait."""
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = torch.get_num_threads()
+
+
 # FFmpeg decoders that read ``skip_frame`` for each frame, so it can change from packet to packet (libdav1d,
 # for one, reads it once when it opens and would then drop sampled frames too).
 SKIPS_PER_PACKET = frozenset({"h264", "hevc", "mpeg4", "vp9"})
@@ -377,7 +386,7 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
         sampled_pts = index.pts[indices]
         slot = {int(p): k for k, p in enumerate(sampled_pts)}
         frames, times = _Frames(len(indices), size), np.zeros(len(indices))
-        stream.thread_type = "AUTO"
+        _use_threads(stream)
         context = stream.codec_context
         skips = context.name in SKIPS_PER_PACKET
 
