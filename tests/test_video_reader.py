@@ -300,13 +300,17 @@ def test_keyframes_errors_name_the_file(tmp_path: Path) -> None:
         load_video(path, num_frames=2, backend="pyav-keyframes")
 
 
-@pytest.fixture(scope="module")
-def sequential_frames(gop_video: Path) -> np.ndarray:
-    """Every frame of ``gop_video`` from a plain PyAV decode: no seeking, no skipped frames."""
+def decode_every_frame(path: Path) -> np.ndarray:
+    """Every frame of ``path`` from a plain PyAV decode: no seeking, no skipped frames."""
     import av
 
-    with av.open(str(gop_video)) as container:
+    with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def sequential_frames(gop_video: Path) -> np.ndarray:
+    return decode_every_frame(gop_video)
 
 
 @pytest.mark.parametrize("num_frames", [2, 4, 7, 12, N])
@@ -322,8 +326,8 @@ def test_pyav_equals_a_sequential_decode(
     np.testing.assert_array_equal(frame_ids(clip.frames), clip.indices)
 
 
-# (file, encoder, options): containers that index by decode time (mp4, avi) and by presentation time (mkv,
-# webm), B-frames and open GOPs (avi's MPEG-4 B-frames before their keyframe), a decoder that reads
+# (file, encoder, options): containers that index by presentation time (mp4, mkv, webm) and by decode time
+# (avi), B-frames and open GOPs (avi's MPEG-4 B-frames before their keyframe), a decoder that reads
 # skip_frame only when it opens (libdav1d for AV1).
 FORMATS = [
     ("h264.mp4", "libx264", {"x264-params": "keyint=6:min-keyint=6:scenecut=0:bframes=3"}),
@@ -350,8 +354,7 @@ def test_pyav_equals_a_sequential_decode_across_formats(tmp_path: Path, name, en
         for frame in make_frames(N, 64, 96):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    with av.open(str(path)) as container:
-        every = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    every = decode_every_frame(path)
     for num_frames in (3, 7, 20, N):
         clip = load_video(path, num_frames=num_frames, backend="pyav")
         np.testing.assert_array_equal(

@@ -315,8 +315,9 @@ def _packet_index(container, stream) -> _PacketIndex:
             key.append(packet.is_keyframe)
     if not pts:
         raise RuntimeError("video has zero frames")
-    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-    sorted_pts = np.asarray(pts, dtype=np.int64)[order]
+    pts = np.asarray(pts, dtype=np.int64)
+    order = np.argsort(pts, kind="stable")
+    sorted_pts = pts[order]
     if np.any(np.diff(sorted_pts) == 0):
         raise RuntimeError("two packets share a timestamp, so frames cannot be located: use backend decord")
     keyframes = np.flatnonzero(np.asarray(key, dtype=bool)[order])
@@ -393,6 +394,7 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
         def keep(decoded) -> None:
             _keep_frames(decoded, slot, frames, times, first_pts, seconds)
 
+        stream_start = int(index.dts.min())
         first = 0
         while first < len(indices):
             last = first
@@ -400,9 +402,7 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
                 last += 1
             pending = set(sampled_pts[first : last + 1].tolist())  # packets come in decode order
             key = start[first]
-            packets = _packets_from(
-                container, stream, int(index.pts[key]), int(index.dts[key]), int(index.dts.min())
-            )
+            packets = _packets_from(container, stream, int(index.pts[key]), int(index.dts[key]), stream_start)
             for packet in packets:
                 if skips:  # per packet: FFmpeg's frame threads take the setting with each packet
                     context.skip_frame = "DEFAULT" if packet.pts in slot else "NONREF"
