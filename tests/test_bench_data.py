@@ -94,7 +94,9 @@ def test_loader_rate_and_targets_follow_the_measurements(quick):
         r["peak_mb"] for r in result["decode"] if (r["backend"], r["frames"], r["size"]) == ("pyav", 64, path)
     )
     assert rss == pytest.approx(pyav_peak / frames_mb(64, (64, 64)))
-    assert found["s per 64-frame sample, fastest backend, 720p"]["value"] is None  # no 720p clip in --quick
+    assert (
+        found["s per 64-frame sample on 1 thread, fastest backend, 720p"]["value"] is None
+    )  # no 720p clip in --quick
     assert all(r["seconds"] is not None for r in result["decode"])  # pyav and auto take any sampling
 
 
@@ -123,7 +125,7 @@ def test_targets_pick_the_long_720p_video_and_the_fastest_backend():
     backends = ["decord", "pyav", "auto"]
     result = {"decode": rows, "sizes": ["full"], "backends": backends, "videos": [video, short]}
     found = {t.name: t for t in targets(result, spec)}
-    assert found["s per 512-frame sample, fastest backend (pyav), 720p 10 min"].value == 8.0
+    assert found["s per 512-frame sample on 1 thread, fastest backend (pyav), 720p 10 min"].value == 8.0
     assert found["auto s / best backend's s, worst point"].value == pytest.approx(8.5 / 8.0)
     assert found["auto s / best backend's s, worst point"].met
     assert found["peak RSS / resized frames, decord, full, 512 frames"].value == pytest.approx(
@@ -133,13 +135,44 @@ def test_targets_pick_the_long_720p_video_and_the_fastest_backend():
     result["decode"] = rows + [_row("long", KEYFRAME_BACKEND, 4.0, 50.0)]
     result["backends"] = backends + [KEYFRAME_BACKEND]
     found = {t.name: t for t in targets(result, spec)}
-    assert found[f"s per 512-frame sample, fastest backend ({KEYFRAME_BACKEND}), 720p 10 min"].value == 4.0
+    assert (
+        found[f"s per 512-frame sample on 1 thread, fastest backend ({KEYFRAME_BACKEND}), 720p 10 min"].value
+        == 4.0
+    )
     assert found[f"peak RSS / resized frames, {KEYFRAME_BACKEND}, full, 512 frames"].value is not None
     # A backend that refused the sampling everywhere gets no RSS target (it is not a memory failure).
     result["decode"] = rows + [_row("long", KEYFRAME_BACKEND, None, None)]
     names = [t.name for t in targets(result, spec)]
     assert not any(KEYFRAME_BACKEND in n for n in names) and len(names) == 5
     assert found["auto s / best backend's s, worst point"].value == pytest.approx(8.5 / 8.0)
+
+
+def test_targets_per_thread_count():
+    """Each thread count measured gets its own time target; the RSS target reads a worker's rows (one
+    thread); auto is held against the best backend at its own thread count."""
+    spec = DataBenchSpec(frames=(512,), size=(384, 384), threads=(1, 2))
+    video = {"name": "long", "label": "720p 10 min", "spec": {"height": 720, "seconds": 600}}
+    rows = [
+        {**_row("long", "pyav", 20.0, 300.0), "threads": 1},
+        {**_row("long", "auto", 21.0, 300.0), "threads": 1},
+        {**_row("long", "pyav", 9.0, 900.0), "threads": 2},
+        {**_row("long", "auto", 9.9, 900.0), "threads": 2},
+    ]
+    result = {"decode": rows, "sizes": ["full"], "backends": ["pyav", "auto"], "videos": [video]}
+    found = {t.name: t for t in targets(result, spec)}
+    assert found["s per 512-frame sample on 1 thread, fastest backend (pyav), 720p 10 min"].value == 20.0
+    assert found["s per 512-frame sample on 2 threads, fastest backend (pyav), 720p 10 min"].met
+    assert found["auto s / best backend's s, worst point"].value == pytest.approx(9.9 / 9.0)
+    rss = found["peak RSS / resized frames, pyav, full, 512 frames"].value
+    assert rss == pytest.approx(300 / frames_mb(512, (384, 384)))
+
+
+def test_decode_sample_runs_on_the_threads_asked_for(tmp_path):
+    from crosslmm.bench.data.measure import decode_sample
+
+    (record,) = videos.ensure_videos(tmp_path, (videos.WARMUP_VIDEO,), progress=False)
+    for threads in (1, 2):
+        assert decode_sample(record["path"], 2, "pyav", None, threads=threads)["torch_threads"] == threads
 
 
 def test_videos_are_cached_and_have_the_stated_keyframes(tmp_path, monkeypatch):

@@ -340,9 +340,15 @@ FORMATS = [
 ]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize(("name", "encoder", "options"), FORMATS, ids=[f[0] for f in FORMATS])
-def test_pyav_equals_a_sequential_decode_across_formats(tmp_path: Path, name, encoder, options) -> None:
+def test_pyav_equals_a_sequential_decode_across_formats(
+    tmp_path: Path, monkeypatch, name, encoder, options, threads
+) -> None:
+    """On one thread (a DataLoader worker) and on three, each decoding runs of its own."""
     import av
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
 
     if encoder not in av.codecs_available:
         pytest.skip(f"PyAV's FFmpeg has no {encoder} encoder")
@@ -378,16 +384,64 @@ def test_seeks_land_on_the_keyframe_asked_for(gop_video: Path) -> None:
             assert (first.pts, first.is_keyframe) == (pts, True)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_pyav_decodes_with_torchs_thread_count(gop_video: Path, monkeypatch, threads: int) -> None:
-    """One FFmpeg thread in a DataLoader worker (torch runs one thread there), the cores elsewhere."""
-    import av
+def test_pyav_runs_split_where_the_next_keyframe_is_past_the_run() -> None:
+    """A run goes on while the next sampled frame's keyframe is at or before the run's last frame."""
+    runs = video_mod.pyav_runs(np.array([0, 1, 2, 10, 11, 20]), np.array([0, 0, 0, 10, 10, 20]))
+    assert runs == [range(0, 3), range(3, 5), range(5, 6)]
+    assert video_mod.pyav_runs(np.array([6, 7]), np.array([5, 5])) == [range(0, 2)]
+    assert video_mod.pyav_runs(np.array([4, 6]), np.array([0, 5])) == [range(0, 1), range(1, 2)]
+    assert video_mod.pyav_runs(np.array([4, 6]), np.array([0, 0])) == [range(0, 2)]
 
+
+@pytest.mark.parametrize(
+    ("threads", "num_frames", "decoders", "ffmpeg_threads"),
+    [(1, 6, 1, 1), (3, 6, 3, 1), (4, 6, 4, 1), (4, 2, 2, 2), (4, 3, 1, 4)],
+    ids=["worker", "3-runs-per-thread", "4-threads", "2-runs", "1-run"],
+)
+def test_pyav_threads_follow_torch(
+    gop_video: Path, sequential_frames, monkeypatch, threads, num_frames, decoders, ffmpeg_threads
+) -> None:
+    """torch's thread count (1 in a DataLoader worker) decides: with several runs, that many threads each
+    decode whole runs on a decoder of their own; FFmpeg's frame threads get what is left over; the pixels
+    are a sequential decode's either way."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    with av.open(str(gop_video)) as container:
-        stream = container.streams.video[0]
-        video_mod._use_threads(stream)
-        assert stream.codec_context.thread_count == threads
+    seen: list[tuple[str, int]] = []
+    use_threads = video_mod._use_threads
+
+    def record(stream, count: int) -> None:
+        import threading
+
+        seen.append((threading.current_thread().name, count))
+        use_threads(stream, count)
+
+    monkeypatch.setattr(video_mod, "_use_threads", record)
+    sampling = {6: {"num_frames": 6}, 2: {"num_frames": 2}, 3: {"num_frames": 3, "start": 0.0, "end": 0.45}}
+    clip = load_video(gop_video, backend="pyav", **sampling[num_frames])
+    np.testing.assert_array_equal(clip.frames, sequential_frames[clip.indices])
+    assert len(seen) == decoders and len({name for name, _ in seen}) == decoders
+    assert {count for _, count in seen} == {ffmpeg_threads}
+
+
+def test_a_failing_decoding_thread_stops_the_others(gop_video: Path, monkeypatch) -> None:
+    """The first error is raised (naming the file) and no run is handed out after it."""
+    import threading
+    import time
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def decode_run(self, container, stream, run, skips) -> None:
+        if run[0] == 0:
+            raise RuntimeError("bad packet")
+        time.sleep(0.2)
+        with lock:
+            done.append(run[0])
+
+    monkeypatch.setattr(video_mod._PyavPlan, "_decode_run", decode_run)
+    with pytest.raises(VideoError, match="gop5.mp4.*bad packet"):
+        load_video(gop_video, num_frames=6, backend="pyav")
+    assert len(done) <= 1  # of the 5 other runs
 
 
 def test_a_seek_that_lands_late_goes_back() -> None:

@@ -136,6 +136,8 @@ def _data(args: argparse.Namespace) -> int:
         overrides["frames"] = tuple(_frames(args.frames))
     if args.workers is not None:
         overrides["workers"] = tuple(_frames(args.workers, "--workers"))
+    if args.threads is not None:
+        overrides["threads"] = tuple(_frames(args.threads, "--threads"))
     if args.backends is not None:
         overrides["backends"] = tuple(t for t in args.backends.split(",") if t)
     if args.sizes is not None:
@@ -255,6 +257,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "--sizes", default=None, help="full and/or resized (default both where load_video takes size=)"
     )
     p.add_argument("--workers", default=None, help="DataLoader workers, comma-separated (default 1,4,8)")
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="torch threads of the process decoding one sample, comma-separated (default 1: a worker's)",
+    )
     p.add_argument(
         "--loader-frames", type=int, default=None, help="frames per DataLoader sample (default 512)"
     )

@@ -15,11 +15,13 @@ a broken file is visible instead of silently degrading training or evaluation.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -170,6 +172,7 @@ class _Frames:
         self.count, self.size = count, size
         self.array: np.ndarray | None = None
         self.filled = np.zeros(count, dtype=bool)
+        self._allocating = threading.Lock()
 
     def put(self, at: int, frames: np.ndarray | torch.Tensor) -> None:
         """Resize ``frames`` (n, H, W, 3) and store them as frames ``at`` .. ``at + n - 1`` of the clip.
@@ -182,7 +185,9 @@ class _Frames:
         for k in range(n):
             resized = resize_frames(frames[k : k + 1], self.size)
             if self.array is None:
-                self.array = np.empty((self.count, *resized.shape[1:]), dtype=np.uint8)
+                with self._allocating:  # the PyAV reader's threads fill one clip
+                    if self.array is None:
+                        self.array = np.empty((self.count, *resized.shape[1:]), dtype=np.uint8)
             if resized.shape[1:] != self.array.shape[1:]:
                 raise RuntimeError(
                     f"frame size changes mid-stream: {resized.shape[1:3]} after {self.array.shape[1:3]}"
@@ -294,6 +299,11 @@ class _PacketIndex:
                 f"(truncated?), but frame {int(indices[-1])} was requested"
             )
 
+    @functools.cached_property
+    def first_dts(self) -> int:
+        """The stream's first decode timestamp: where a seek that lands late starts over."""
+        return int(self.dts.min())
+
     def keyframe_before(self, indices: np.ndarray) -> np.ndarray:
         """For each frame index, the last keyframe at or before it (0, the stream's start, if none is)."""
         pos = np.searchsorted(self.keyframes, indices, side="right") - 1
@@ -356,13 +366,9 @@ def _keep_frames(
             times[at] = (frame.pts - first_pts) * seconds
 
 
-def _use_threads(stream) -> None:
-    """FFmpeg decodes with as many threads as torch computes with: 1 in a DataLoader worker (torch sets it
-    there; the workers already fill the cores, and frame threads cost 7-14 % more CPU per sample, measured
-    in docs/video.md), the machine's cores in a process of its own (chat, evaluation), where they cut the
-    wait."""
+def _use_threads(stream, count: int) -> None:
     stream.thread_type = "AUTO"
-    stream.codec_context.thread_count = torch.get_num_threads()
+    stream.codec_context.thread_count = count
 
 
 # FFmpeg decoders that read ``skip_frame`` for each frame, so it can change from packet to packet (libdav1d,
@@ -370,49 +376,127 @@ def _use_threads(stream) -> None:
 SKIPS_PER_PACKET = frozenset({"h264", "hevc", "mpeg4", "vp9"})
 
 
+def pyav_runs(indices: np.ndarray, keyframes: np.ndarray) -> list[range]:
+    """Split the sampled positions into runs that the PyAV reader decodes each from one keyframe: a run ends
+    where the next sampled frame's keyframe (``keyframes[k]``, the one before ``indices[k]``) lies beyond
+    the run's last frame, so the stretch in between is skipped by a seek."""
+    ends = np.flatnonzero(keyframes[1:] > indices[:-1]) + 1
+    bounds = [0, *ends.tolist(), len(indices)]
+    return [range(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+@dataclass
+class _PyavPlan:
+    """What every decoding thread of one :func:`_read_pyav` call shares: the sampled frames, their
+    keyframes and the clip being filled."""
+
+    path: str
+    index: _PacketIndex
+    indices: np.ndarray
+    keyframes: np.ndarray  # the keyframe before each sampled frame
+    frames: _Frames
+    times: np.ndarray
+    first_pts: int
+    seconds: float
+
+    def decode(self, runs: Iterator[range], ffmpeg_threads: int) -> None:
+        """Decode runs from ``runs`` (shared between threads: each takes the next one) on a container of
+        its own."""
+        import av
+
+        with av.open(self.path) as container:
+            stream = container.streams.video[0]
+            _use_threads(stream, ffmpeg_threads)
+            skips = stream.codec_context.name in SKIPS_PER_PACKET
+            for run in runs:
+                self._decode_run(container, stream, run, skips)
+
+    def _decode_run(self, container, stream, run: range, skips: bool) -> None:
+        """Decode from the run's keyframe until every frame it samples is out. Only the run's own frames
+        are kept: a seek can land on an earlier keyframe (an mkv without a cue for every keyframe), and a
+        decoder may put out an open GOP's leading frames without their references; such frames belong to
+        an earlier run, which another thread may be decoding."""
+        index, context = self.index, stream.codec_context
+        slot = {int(index.pts[self.indices[k]]): k for k in run}
+        pending = set(slot)  # packets come in decode order
+        key = self.keyframes[run[0]]
+        packets = _packets_from(container, stream, int(index.pts[key]), int(index.dts[key]), index.first_dts)
+
+        def keep(decoded) -> None:
+            _keep_frames(decoded, slot, self.frames, self.times, self.first_pts, self.seconds)
+
+        for packet in packets:
+            if skips:  # per packet: FFmpeg's frame threads take the setting with each packet
+                context.skip_frame = "DEFAULT" if packet.pts in slot else "NONREF"
+            keep(stream.decode(packet))
+            pending.discard(packet.pts)
+            if not pending:
+                break
+        keep(stream.decode(None))  # the frames the decoder still holds; the next seek resets it
+
+
 def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
-    """Decode each run of sampled frames from the keyframe before its first one, and skip the rest: a run
-    ends where the next sampled frame's keyframe lies beyond the run's last frame, and the reader seeks
-    there. Within a run, frames that no other frame references (``skip_frame="NONREF"``) are not decoded
-    unless sampled (:data:`SKIPS_PER_PACKET` codecs). The pixels equal a full sequential decode's (tested
-    on H.264 in mp4 and mkv, HEVC, VP9 in webm, MPEG-4 Part 2 with B-frames in avi and AV1 in mkv)."""
+    """Decode each run of sampled frames (:func:`pyav_runs`) from the keyframe before its first one, and
+    skip the rest. Within a run, frames that no other frame references (``skip_frame="NONREF"``) are not
+    decoded unless sampled (:data:`SKIPS_PER_PACKET` codecs). The pixels equal a full sequential decode's
+    (tested on H.264 in mp4 and mkv, HEVC, VP9 in webm, MPEG-4 Part 2 with B-frames in avi and AV1 in mkv).
+
+    Threads follow torch's count (1 in a DataLoader worker, where the workers already fill the cores; the
+    cores in a process of its own, such as chat or evaluation): with several runs, that many threads each
+    decode whole runs on a decoder of their own (PyAV releases the GIL while decoding), which scales with
+    the cores where FFmpeg's frame threads do not (docs/video.md); a single run gets FFmpeg's frame
+    threads."""
     import av
 
     with av.open(path) as container:
-        stream, src_fps, seconds, first_pts = _stream_info(container, path)
-        index = _packet_index(container, stream)
-        indices = pick(index.total, src_fps)
-        index.require(indices)
-        start = index.keyframe_before(indices)
-        sampled_pts = index.pts[indices]
-        slot = {int(p): k for k, p in enumerate(sampled_pts)}
-        frames, times = _Frames(len(indices), size), np.zeros(len(indices))
-        _use_threads(stream)
-        context = stream.codec_context
-        skips = context.name in SKIPS_PER_PACKET
+        _, src_fps, seconds, first_pts = _stream_info(container, path)
+        index = _packet_index(container, container.streams.video[0])
+    indices = pick(index.total, src_fps)
+    index.require(indices)
+    keyframes = index.keyframe_before(indices)
+    plan = _PyavPlan(
+        path,
+        index,
+        indices,
+        keyframes,
+        _Frames(len(indices), size),
+        np.zeros(len(indices)),
+        first_pts,
+        seconds,
+    )
+    runs = pyav_runs(indices, keyframes)
+    threads = torch.get_num_threads()
+    decoders = min(threads, len(runs))
+    if decoders == 1:
+        plan.decode(iter(runs), threads)
+    else:
+        _decode_in_threads(plan, runs, decoders, max(1, threads // decoders))
+    return _clip(plan.frames, indices, plan.times, src_fps, index.total, "pyav")
 
-        def keep(decoded) -> None:
-            _keep_frames(decoded, slot, frames, times, first_pts, seconds)
 
-        stream_start = int(index.dts.min())
-        first = 0
-        while first < len(indices):
-            last = first
-            while last + 1 < len(indices) and start[last + 1] <= indices[last]:
-                last += 1
-            pending = set(sampled_pts[first : last + 1].tolist())  # packets come in decode order
-            key = start[first]
-            packets = _packets_from(container, stream, int(index.pts[key]), int(index.dts[key]), stream_start)
-            for packet in packets:
-                if skips:  # per packet: FFmpeg's frame threads take the setting with each packet
-                    context.skip_frame = "DEFAULT" if packet.pts in slot else "NONREF"
-                keep(stream.decode(packet))
-                pending.discard(packet.pts)
-                if not pending:
-                    break
-            keep(stream.decode(None))  # the frames the decoder still holds; the next seek resets it
-            first = last + 1
-    return _clip(frames, indices, times, src_fps, index.total, "pyav")
+def _decode_in_threads(plan: _PyavPlan, runs: list[range], decoders: int, ffmpeg_threads: int) -> None:
+    """``decoders`` threads take runs in order from one queue; after a failure no further run is handed out,
+    and the first error is raised."""
+    queue, lock, failed = iter(runs), threading.Lock(), threading.Event()
+
+    def next_runs() -> Iterator[range]:
+        while not failed.is_set():
+            with lock:
+                run = next(queue, None)
+            if run is None:
+                return
+            yield run
+
+    def work() -> None:
+        try:
+            plan.decode(next_runs(), ffmpeg_threads)
+        except BaseException:
+            failed.set()
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(decoders, thread_name_prefix="pyav") as pool:
+        for future in [pool.submit(work) for _ in range(decoders)]:
+            future.result()
 
 
 def nearest_keyframes(indices: np.ndarray, keyframes: np.ndarray) -> np.ndarray:

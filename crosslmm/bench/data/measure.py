@@ -55,7 +55,7 @@ def _decode(path: str, frames: int, backend: str, size: tuple[int, int] | None) 
 
 
 def _decode_child(
-    path: str, frames: int, backend: str, size: tuple[int, int] | None, warmup: str | None
+    path: str, frames: int, backend: str, size: tuple[int, int] | None, warmup: str | None, threads: int
 ) -> dict[str, Any]:
     """Runs in the fresh process. A worker pays its imports once, not per sample: the decoders are imported
     and, with ``warmup`` (a tiny clip), one 2-frame ``load_video`` with the same backend and size runs first,
@@ -66,7 +66,7 @@ def _decode_child(
     from crosslmm.bench.rss import peak_rss
     from crosslmm.data.video import VideoError, load_video
 
-    torch.set_num_threads(1)  # as in a DataLoader worker (torch sets it there); FFmpeg's own threads stay
+    torch.set_num_threads(threads)  # 1: as in a DataLoader worker (torch sets it there); readers follow it
     for module in ("av", "decord", "torchcodec"):
         try:
             __import__(module)
@@ -78,19 +78,25 @@ def _decode_child(
         peak, before, result = peak_rss(_decode, path, frames, backend, size)
     except VideoError as e:
         return {"error": e.reason or str(e)}
-    return {**result, "peak_mb": peak, "baseline_mb": before, "worker_peak_mb": before + peak}
+    peaks = {"peak_mb": peak, "baseline_mb": before, "worker_peak_mb": before + peak}
+    return {**result, **peaks, "torch_threads": torch.get_num_threads()}
 
 
 def decode_sample(
-    path: str, frames: int, backend: str, size: tuple[int, int] | None, warmup: str | None = None
+    path: str,
+    frames: int,
+    backend: str,
+    size: tuple[int, int] | None,
+    warmup: str | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """One sample of ``frames`` uniform frames (``load_video(num_frames=...)``, as stage 2 samples a video
-    longer than ``max_frames`` seconds) in a fresh process: seconds, the call's peak RSS above the process's
+    longer than ``max_frames`` seconds) in a fresh process with ``threads`` torch threads: seconds, the call's peak RSS above the process's
     resident memory before it (``peak_mb``), that memory (``baseline_mb``) and the frames' own size; or
     ``error`` when the backend refuses the sampling (``pyav-keyframes`` on frames denser than keyframes)."""
     from crosslmm.bench.rss import in_fresh_process
 
-    return in_fresh_process(_decode_child, path, frames, backend, size, warmup)
+    return in_fresh_process(_decode_child, path, frames, backend, size, warmup, threads)
 
 
 def exact_backends(names: list[str]) -> list[str]:

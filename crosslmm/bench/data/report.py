@@ -21,6 +21,7 @@ RECIPE = "crosslmm-7b-stage2"  # configs/train/: stage 2's frames and workers
 MODEL = "crosslmm-7b-9tok"  # configs/model/: the model stage 1 builds and stage 2 trains
 RSS_LIMIT = 1.5  # peak worker RSS / resized uint8 frames, at the largest frame count
 SECONDS_LIMIT = 10.0  # one 512-frame sample of a 10-min 720p video, fastest backend, one worker
+WORKER_THREADS = 1  # torch's thread count in a DataLoader worker: the RSS target reads these rows
 AUTO_SPEED = 0.9  # auto at least 0.9x the best backend's speed at every measured point
 FULL = "full"  # the size column of today's full-resolution path
 
@@ -36,6 +37,7 @@ class DataBenchSpec:
     sizes: tuple[str, ...] | None = None  # FULL and/or "resized"; None: both where the reader resizes
     size: tuple[int, int] = (384, 384)
     repeats: int = 1
+    threads: tuple[int, ...] = (WORKER_THREADS,)  # torch threads of the process decoding one sample
     workers: tuple[int, ...] = (1, 4, 8)
     loader_video: int = 0  # index into videos: the clip the DataLoader reads (10-min 720p: a stage-2 video)
     loader_frames: int | None = None  # None: the recipe's max_frames
@@ -63,16 +65,23 @@ def bench_data(spec: DataBenchSpec, videos_dir: Path, out: Path, progress: bool 
     if "resized" in sizes and not resizes:
         raise ValueError("load_video takes no size= here (the reader does not resize yet): use --sizes full")
     recipe = _recipe()
-    cells = [(v, s, f, b) for v in records for s in sizes for f in spec.frames for b in backends]
+    cells = [
+        (v, s, f, b, t)
+        for v in records
+        for s in sizes
+        for f in spec.frames
+        for b in backends
+        for t in spec.threads
+    ]
     decode = []
-    for video, size, frames, backend in tqdm(cells, desc="decode one sample", disable=not progress):
+    for video, size, frames, backend, threads in tqdm(cells, desc="decode one sample", disable=not progress):
         if frames > video["frames"]:
             continue
         runs = [
-            measure.decode_sample(video["path"], frames, backend, _size(size, spec), warmup["path"])
+            measure.decode_sample(video["path"], frames, backend, _size(size, spec), warmup["path"], threads)
             for _ in range(spec.repeats)
         ]
-        row = {"video": video["name"], "size": size, "frames": frames, "backend": backend}
+        row = {"video": video["name"], "size": size, "frames": frames, "backend": backend, "threads": threads}
         if any("error" in r for r in runs):
             error = next(r["error"] for r in runs if "error" in r)
             decode.append({**row, "seconds": None, "peak_mb": None, "error": error})
@@ -192,26 +201,41 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _threads(row: dict[str, Any]) -> int:
+    return row.get("threads", WORKER_THREADS)  # rows measured before the bench had --threads: one thread
+
+
 def _best(decode: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
-    rows = [r for r in decode if r["seconds"] is not None and all(r[k] == v for k, v in where.items())]
+    rows = [
+        r
+        for r in decode
+        if r["seconds"] is not None
+        and all((_threads(r) if k == "threads" else r[k]) == v for k, v in where.items())
+    ]
     return min(rows, key=lambda r: r["seconds"]) if rows else None
 
 
 def targets(result: dict[str, Any], spec: DataBenchSpec) -> list[Target]:
     """The issue's three targets, on the rows measured (a target without its rows is ``None``: not met).
 
-    * RSS: peak RSS a sample adds to a worker / the resized uint8 frames at the largest frame count, on the
-      resized path (the full-resolution one where the reader does not resize), worst video, per backend
-      (none for a backend that refused that sampling on every video).
-    * Time: the fastest backend's seconds for the largest frame count on the longest 720p video.
-    * auto: auto's seconds / the best exact backend's (``measure.exact_backends``: what auto chooses from),
-      at the worst measured point (<= 1/0.9). Rows whose backend refused the sampling are left out."""
+    * RSS: peak RSS a sample adds to a worker (one thread, ``WORKER_THREADS``) / the resized uint8 frames at
+      the largest frame count, on the resized path (the full-resolution one where the reader does not
+      resize), worst video, per backend (none for a backend that refused that sampling on every video).
+    * Time: the fastest backend's seconds for the largest frame count on the longest 720p video, one target
+      per thread count measured.
+    * auto: auto's seconds / the best exact backend's (``measure.exact_backends``: what auto chooses from) at
+      the same point and thread count, at the worst measured point (<= 1/0.9). Rows whose backend refused
+      the sampling are left out."""
     decode, frames = result["decode"], max(spec.frames)
     path = "resized" if "resized" in result["sizes"] else FULL
     resized_mb = measure.frames_mb(frames, spec.size)
     found = []
     for backend in result["backends"]:
-        rows = [r for r in decode if r["backend"] == backend and r["size"] == path and r["frames"] == frames]
+        rows = [
+            r
+            for r in decode
+            if (r["backend"], r["size"], r["frames"], _threads(r)) == (backend, path, frames, WORKER_THREADS)
+        ]
         if rows and all(r["peak_mb"] is None for r in rows):
             continue  # the backend refused this sampling on every video: nothing to hold to the limit
         worst = max((r["peak_mb"] / resized_mb for r in rows if r["peak_mb"] is not None), default=None)
@@ -220,21 +244,30 @@ def targets(result: dict[str, Any], spec: DataBenchSpec) -> list[Target]:
         )
     long720 = [v for v in result["videos"] if v["spec"]["height"] == 720]
     video = max(long720, key=lambda v: v["spec"]["seconds"]) if long720 else None
-    best = _best(decode, video=video["name"], frames=frames, size=path) if video else None
     label = video["label"] if video else "720p"
-    winner = f" ({best['backend']})" if best else ""
-    name = f"s per {frames}-frame sample, fastest backend{winner}, {label}"
-    found.append(Target(name, best and best["seconds"], SECONDS_LIMIT))
+    for threads in sorted({_threads(r) for r in decode} or {WORKER_THREADS}):
+        best = (
+            _best(decode, video=video["name"], frames=frames, size=path, threads=threads) if video else None
+        )
+        winner = f" ({best['backend']})" if best else ""
+        name = (
+            f"s per {frames}-frame sample on {_plural(threads, 'thread')}, fastest backend{winner}, {label}"
+        )
+        found.append(Target(name, best and best["seconds"], SECONDS_LIMIT))
     ratios = []
     exact = measure.exact_backends(result["backends"])
     for r in decode:
         if r["backend"] == "auto" and r["seconds"] is not None:
-            where = {"video": r["video"], "size": r["size"], "frames": r["frames"]}
+            where = {"video": r["video"], "size": r["size"], "frames": r["frames"], "threads": _threads(r)}
             rivals = [b for b in (_best(decode, backend=name, **where) for name in exact) if b is not None]
             if rivals:
                 ratios.append(r["seconds"] / min(b["seconds"] for b in rivals))
     found.append(Target("auto s / best backend's s, worst point", max(ratios, default=None), 1 / AUTO_SPEED))
     return found
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -268,6 +301,7 @@ def _print(result: dict[str, Any]) -> None:
         "size",
         "frames",
         "backend",
+        "threads",
         "s/sample",
         "peak MiB",
         "worker MiB",
@@ -276,7 +310,7 @@ def _print(result: dict[str, Any]) -> None:
     ]
     rows = []
     for r in result["decode"]:
-        row = [labels[r["video"]], r["size"], r["frames"], r["backend"]]
+        row = [labels[r["video"]], r["size"], r["frames"], r["backend"], _threads(r)]
         if r["seconds"] is None:
             rows.append(row + ["refused", None, None, None, r["error"][:70]])
             continue
@@ -364,38 +398,40 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     fig = Figure(figsize=(4.6 * (len(videos) + 2), 4.2))
     axes = fig.subplots(1, len(videos) + 2, squeeze=False)[0]
     measured = [r for r in result["decode"] if r["seconds"] is not None]  # not the refused cells
-    series = sorted({(r["backend"], r["size"]) for r in measured})
+    series = sorted({(r["backend"], r["size"], _threads(r)) for r in measured})
     colors = {s: f"C{i % 10}" for i, s in enumerate(series)}
+
+    def label(backend: str, size: str, threads: int) -> str:
+        return f"{backend}, {size}" + ("" if threads == WORKER_THREADS else f", {threads} threads")
+
+    def rows_of(video: dict[str, Any], *key: Any) -> list[dict[str, Any]]:
+        return [
+            r for r in measured if (r["video"], r["backend"], r["size"], _threads(r)) == (video["name"], *key)
+        ]
+
     for ax, video in zip(axes, videos):
-        for backend, size in series:
-            rows = [
-                r for r in measured if (r["video"], r["backend"], r["size"]) == (video["name"], backend, size)
-            ]
-            if rows:
-                style = "-" if size == FULL else "--"
+        for key in series:
+            if rows := rows_of(video, *key):
                 ax.plot(
                     [r["frames"] for r in rows],
                     [r["seconds"] for r in rows],
-                    style,
+                    "-" if key[1] == FULL else "--",
                     marker="o",
-                    color=colors[backend, size],
-                    label=f"{backend}, {size}",
+                    color=colors[key],
+                    label=label(*key),
                 )
         ax.set(xscale="log", yscale="log", xlabel="frames", ylabel="s per sample", title=video["label"])
         _ticks(ax, sorted({r["frames"] for r in result["decode"] if r["video"] == video["name"]}))
     rss = axes[len(videos)]
-    for backend, size in series:
-        rows = [
-            r for r in measured if (r["video"], r["backend"], r["size"]) == (videos[0]["name"], backend, size)
-        ]
-        if rows:
+    for key in series:
+        if rows := rows_of(videos[0], *key):
             rss.plot(
                 [r["frames"] for r in rows],
                 [r["peak_mb"] for r in rows],
-                "-" if size == FULL else "--",
+                "-" if key[1] == FULL else "--",
                 marker="o",
-                color=colors[backend, size],
-                label=f"{backend}, {size}",
+                color=colors[key],
+                label=label(*key),
             )
     height, width = result["size"]
     frames = sorted({r["frames"] for r in result["decode"]})
