@@ -60,6 +60,15 @@ def test_peak_rss_follows_the_decoded_frames(quick):
         assert rows[64]["worker_peak_mb"] == pytest.approx(rows[64]["baseline_mb"] + rows[64]["peak_mb"])
 
 
+def test_cpu_seconds_are_the_decoding_process_own(quick):
+    """CPU seconds of the call (all its threads): more than nothing, at most the wall time on every core."""
+    _, result, printed = quick
+    cores = result["machine"]["cores"]
+    for r in result["decode"]:
+        assert 0 < r["cpu_seconds"] <= r["seconds"] * cores + 0.05, r
+    assert "CPU s" in printed
+
+
 def test_needed_samples_per_second_is_the_flops_formula(quick):
     _, result, _ = quick
     from crosslmm.model.configuration import CrossLMMConfig
