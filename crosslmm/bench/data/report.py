@@ -474,11 +474,15 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
 def _ticks(ax: Any, xs: list[int]) -> None:
     """Ticks at the measured x values, plain numbers on both axes, a grid and the legend."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     if xs:
         ax.set_xticks(xs, [str(x) for x in xs], minor=False)
     ax.xaxis.set_minor_formatter(NullFormatter())
+    if ax.get_yscale() == "log":  # labelled ticks within a decade too, not only at powers of 10
+        low, high = ax.get_ylim()
+        subs = range(1, 10) if high < 10 * low else (1.0, 2.0, 5.0)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
