@@ -361,11 +361,33 @@ def test_pyav_equals_a_sequential_decode_across_formats(
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     every = decode_every_frame(path)
+    runs, stored = [], []
+    decode_run, put = video_mod._PyavPlan._decode_run, video_mod._Frames.put
+
+    def count_run(self, container, stream, run, skips) -> None:
+        runs.append(run)
+        decode_run(self, container, stream, run, skips)
+
+    def count_put(self, at, frames) -> None:
+        stored.extend(range(at, at + len(frames)))
+        put(self, at, frames)
+
+    monkeypatch.setattr(video_mod._PyavPlan, "_decode_run", count_run)
+    monkeypatch.setattr(video_mod._Frames, "put", count_put)
+    with av.open(str(path)) as container:
+        index = video_mod._packet_index(container, container.streams.video[0])
     for num_frames in (3, 7, 20, N):
+        runs.clear()
+        stored.clear()
         clip = load_video(path, num_frames=num_frames, backend="pyav")
         np.testing.assert_array_equal(
             clip.frames, every[clip.indices], err_msg=f"{name}, {num_frames} frames"
         )
+        # each run decoded once, each frame stored once
+        assert sorted(runs, key=lambda r: r.start) == video_mod.pyav_runs(
+            clip.indices, index.keyframe_before(clip.indices)
+        )
+        assert sorted(stored) == list(range(num_frames))
 
 
 def test_seeks_land_on_the_keyframe_asked_for(gop_video: Path) -> None:
@@ -395,16 +417,17 @@ def test_pyav_runs_split_where_the_next_keyframe_is_past_the_run() -> None:
 
 @pytest.mark.parametrize(
     ("threads", "num_frames", "decoders", "ffmpeg_threads"),
-    [(1, 6, 1, 1), (3, 6, 3, 1), (4, 6, 4, 1), (4, 2, 2, 2), (4, 3, 1, 4)],
-    ids=["worker", "3-runs-per-thread", "4-threads", "2-runs", "1-run"],
+    [(1, 6, 1, 1), (2, 6, 2, 1), (3, 6, 3, 1), (4, 2, 2, 2), (4, 3, 1, 4), (16, 6, 3, 5)],
+    ids=["worker", "3-runs-per-thread", "2-runs-per-thread", "2-runs", "1-run", "capped"],
 )
 def test_pyav_threads_follow_torch(
     gop_video: Path, sequential_frames, monkeypatch, threads, num_frames, decoders, ffmpeg_threads
 ) -> None:
-    """torch's thread count (1 in a DataLoader worker) decides: with several runs, that many threads each
-    decode whole runs on a decoder of their own; FFmpeg's frame threads get what is left over; the pixels
-    are a sequential decode's either way."""
+    """torch's thread count (1 in a DataLoader worker) decides: with several runs, that many threads (at
+    most MAX_DECODERS, here 3) each decode whole runs on a decoder of their own, with threads // decoders
+    FFmpeg threads each; the pixels are a sequential decode's either way."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(video_mod, "MAX_DECODERS", 3)
     seen: list[tuple[str, int]] = []
     use_threads = video_mod._use_threads
 

@@ -15,7 +15,6 @@ a broken file is visible instead of silently degrading training or evaluation.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import itertools
@@ -385,6 +384,11 @@ def pyav_runs(indices: np.ndarray, keyframes: np.ndarray) -> list[range]:
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
+# At most this many decoders per clip: each holds its own file and decoder (14-30 MiB more peak RSS per
+# sample at 720p-1080p, docs/video.md) and its resizes run on torch's threads; measured on 2 cores only.
+MAX_DECODERS = 8
+
+
 @dataclass
 class _PyavPlan:
     """What every decoding thread of one :func:`_read_pyav` call shares: the sampled frames, their
@@ -400,16 +404,19 @@ class _PyavPlan:
     seconds: float
 
     def decode(self, runs: Iterator[range], ffmpeg_threads: int) -> None:
-        """Decode runs from ``runs`` (shared between threads: each takes the next one) on a container of
-        its own."""
+        """Decode runs from ``runs`` on a container of its own (``runs`` is shared between threads: each
+        takes the next one)."""
         import av
 
         with av.open(self.path) as container:
-            stream = container.streams.video[0]
-            _use_threads(stream, ffmpeg_threads)
-            skips = stream.codec_context.name in SKIPS_PER_PACKET
-            for run in runs:
-                self._decode_run(container, stream, run, skips)
+            self.decode_on(container, runs, ffmpeg_threads)
+
+    def decode_on(self, container, runs: Iterator[range], ffmpeg_threads: int) -> None:
+        stream = container.streams.video[0]
+        _use_threads(stream, ffmpeg_threads)
+        skips = stream.codec_context.name in SKIPS_PER_PACKET
+        for run in runs:
+            self._decode_run(container, stream, run, skips)
 
     def _decode_run(self, container, stream, run: range, skips: bool) -> None:
         """Decode from the run's keyframe until every frame it samples is out. Only the run's own frames
@@ -442,42 +449,35 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
     (tested on H.264 in mp4 and mkv, HEVC, VP9 in webm, MPEG-4 Part 2 with B-frames in avi and AV1 in mkv).
 
     Threads follow torch's count (1 in a DataLoader worker, where the workers already fill the cores; the
-    cores in a process of its own, such as chat or evaluation): with several runs, that many threads each
-    decode whole runs on a decoder of their own (PyAV releases the GIL while decoding), which scales with
-    the cores where FFmpeg's frame threads do not (docs/video.md); a single run gets FFmpeg's frame
-    threads."""
+    cores in a process of its own, such as chat or evaluation): with several runs, up to that many threads
+    (:data:`MAX_DECODERS`) each decode whole runs on a decoder of their own (PyAV releases the GIL while
+    decoding): on 2 cores this halves the wait, where FFmpeg's frame threads cut it by 1.2-1.3x
+    (docs/video.md). Each decoder gets ``threads // decoders`` FFmpeg threads: all of them for one run."""
     import av
 
     with av.open(path) as container:
-        _, src_fps, seconds, first_pts = _stream_info(container, path)
-        index = _packet_index(container, container.streams.video[0])
-    indices = pick(index.total, src_fps)
-    index.require(indices)
-    keyframes = index.keyframe_before(indices)
-    plan = _PyavPlan(
-        path,
-        index,
-        indices,
-        keyframes,
-        _Frames(len(indices), size),
-        np.zeros(len(indices)),
-        first_pts,
-        seconds,
-    )
-    runs = pyav_runs(indices, keyframes)
-    threads = torch.get_num_threads()
-    decoders = min(threads, len(runs))
-    if decoders == 1:
-        plan.decode(iter(runs), threads)
-    else:
-        _decode_in_threads(plan, runs, decoders, max(1, threads // decoders))
-    return _clip(plan.frames, indices, plan.times, src_fps, index.total, "pyav")
+        stream, src_fps, seconds, first_pts = _stream_info(container, path)
+        index = _packet_index(container, stream)
+        indices = pick(index.total, src_fps)
+        index.require(indices)
+        keyframes = index.keyframe_before(indices)
+        frames = _Frames(len(indices), size)
+        plan = _PyavPlan(path, index, indices, keyframes, frames, np.zeros(len(indices)), first_pts, seconds)
+        runs = pyav_runs(indices, keyframes)
+        threads = torch.get_num_threads()
+        decoders = min(threads, len(runs), MAX_DECODERS)
+        if decoders == 1:  # a DataLoader worker: the container that read the index decodes too
+            plan.decode_on(container, iter(runs), threads)
+        else:
+            _decode_in_threads(plan, runs, decoders, threads // decoders)
+    return _clip(frames, indices, plan.times, src_fps, index.total, "pyav")
 
 
 def _decode_in_threads(plan: _PyavPlan, runs: list[range], decoders: int, ffmpeg_threads: int) -> None:
-    """``decoders`` threads take runs in order from one queue; after a failure no further run is handed out,
-    and the first error is raised."""
+    """``decoders`` threads take runs in order from one queue. After the first failure (in time), or an
+    interrupt of the calling thread, no further run is handed out; that first error is raised."""
     queue, lock, failed = iter(runs), threading.Lock(), threading.Event()
+    errors: list[BaseException] = []
 
     def next_runs() -> Iterator[range]:
         while not failed.is_set():
@@ -490,13 +490,22 @@ def _decode_in_threads(plan: _PyavPlan, runs: list[range], decoders: int, ffmpeg
     def work() -> None:
         try:
             plan.decode(next_runs(), ffmpeg_threads)
-        except BaseException:
+        except BaseException as e:
+            with lock:
+                errors.append(e)
             failed.set()
-            raise
 
-    with concurrent.futures.ThreadPoolExecutor(decoders, thread_name_prefix="pyav") as pool:
-        for future in [pool.submit(work) for _ in range(decoders)]:
-            future.result()
+    workers = [threading.Thread(target=work, name=f"pyav-{k}") for k in range(decoders)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    except BaseException:  # KeyboardInterrupt while waiting: stop handing out runs, then let them finish
+        failed.set()
+        raise
+    if errors:
+        raise errors[0]
 
 
 def nearest_keyframes(indices: np.ndarray, keyframes: np.ndarray) -> np.ndarray:

@@ -96,9 +96,12 @@ def decode_sample(
     threads: int = 1,
 ) -> dict[str, Any]:
     """One sample of ``frames`` uniform frames (``load_video(num_frames=...)``, as stage 2 samples a video
-    longer than ``max_frames`` seconds) in a fresh process with ``threads`` torch threads: seconds, the call's peak RSS above the process's
-    resident memory before it (``peak_mb``), that memory (``baseline_mb``) and the frames' own size; or
-    ``error`` when the backend refuses the sampling (``pyav-keyframes`` on frames denser than keyframes)."""
+    longer than ``max_frames`` seconds) in a fresh process with ``threads`` torch threads (1: a DataLoader
+    worker's): wall and CPU seconds (``cpu_seconds``, all threads), the call's peak RSS above the process's
+    resident memory before it (``peak_mb``), that memory (``baseline_mb``), the frames' own size and the
+    thread count the process ran (``torch_threads``); or ``error`` when the backend refuses the sampling
+    (``pyav-keyframes`` on frames denser than keyframes)."""
+
     from crosslmm.bench.rss import in_fresh_process
 
     return in_fresh_process(_decode_child, path, frames, backend, size, warmup, threads)
