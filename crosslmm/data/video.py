@@ -375,11 +375,11 @@ def _use_threads(stream, count: int) -> None:
 SKIPS_PER_PACKET = frozenset({"h264", "hevc", "mpeg4", "vp9"})
 
 
-def pyav_runs(indices: np.ndarray, keyframes: np.ndarray) -> list[range]:
+def pyav_runs(indices: np.ndarray, key_before: np.ndarray) -> list[range]:
     """Split the sampled positions into runs that the PyAV reader decodes each from one keyframe: a run ends
-    where the next sampled frame's keyframe (``keyframes[k]``, the one before ``indices[k]``) lies beyond
+    where the next sampled frame's keyframe (``key_before[k]``, the one before ``indices[k]``) lies beyond
     the run's last frame, so the stretch in between is skipped by a seek."""
-    ends = np.flatnonzero(keyframes[1:] > indices[:-1]) + 1
+    ends = np.flatnonzero(key_before[1:] > indices[:-1]) + 1
     bounds = [0, *ends.tolist(), len(indices)]
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
@@ -397,7 +397,7 @@ class _PyavPlan:
     path: str
     index: _PacketIndex
     indices: np.ndarray
-    keyframes: np.ndarray  # the keyframe before each sampled frame
+    key_before: np.ndarray  # the keyframe before each sampled frame (``index.keyframe_before``)
     frames: _Frames
     times: np.ndarray
     first_pts: int
@@ -426,7 +426,7 @@ class _PyavPlan:
         index, context = self.index, stream.codec_context
         slot = {int(index.pts[self.indices[k]]): k for k in run}
         pending = set(slot)  # packets come in decode order
-        key = self.keyframes[run[0]]
+        key = self.key_before[run[0]]
         packets = _packets_from(container, stream, int(index.pts[key]), int(index.dts[key]), index.first_dts)
 
         def keep(decoded) -> None:
@@ -460,10 +460,10 @@ def _read_pyav(path: str, pick: Picker, size: Size | None) -> VideoClip:
         index = _packet_index(container, stream)
         indices = pick(index.total, src_fps)
         index.require(indices)
-        keyframes = index.keyframe_before(indices)
+        key_before = index.keyframe_before(indices)
         frames = _Frames(len(indices), size)
-        plan = _PyavPlan(path, index, indices, keyframes, frames, np.zeros(len(indices)), first_pts, seconds)
-        runs = pyav_runs(indices, keyframes)
+        plan = _PyavPlan(path, index, indices, key_before, frames, np.zeros(len(indices)), first_pts, seconds)
+        runs = pyav_runs(indices, key_before)
         threads = torch.get_num_threads()
         decoders = min(threads, len(runs), MAX_DECODERS)
         if decoders == 1:  # a DataLoader worker: the container that read the index decodes too

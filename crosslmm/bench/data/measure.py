@@ -101,7 +101,6 @@ def decode_sample(
     resident memory before it (``peak_mb``), that memory (``baseline_mb``), the frames' own size and the
     thread count the process ran (``torch_threads``); or ``error`` when the backend refuses the sampling
     (``pyav-keyframes`` on frames denser than keyframes)."""
-
     from crosslmm.bench.rss import in_fresh_process
 
     return in_fresh_process(_decode_child, path, frames, backend, size, warmup, threads)
